@@ -1,0 +1,37 @@
+# Set-up and everyday commands. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install -q --disable-pip-version-check
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-all lint bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, pinned to the CPU wheel, so nothing later pulls a different build
+$(STAMP): $(VENV)/bin/python pyproject.toml
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[dev,viz]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/attnkit demo
+
+test: install
+	$(PY) -m pytest src tests -m "not slow"
+
+test-all: install
+	$(PY) -m pytest src tests
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks examples
+
+bench: install
+	$(VENV)/bin/attnkit bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info src/*.egg-info

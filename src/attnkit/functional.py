@@ -1,0 +1,141 @@
+"""``attention()``: validate, normalise, dispatch. The one call every implementation sits behind."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import scores as _scores
+from . import weights as _weights
+from .dispatch import DispatchReport, explain, select
+from .errors import AttnKitError
+from .masks import Mask
+from .registry import AttentionCall
+from .scores import Score, ScoreMod
+from .validation import check_bias, check_dropout, check_mask, check_qkv, check_scale
+from .weights import Weight
+
+__all__ = ["attention", "explain_dispatch", "make_call"]
+
+ScoreArg = str | Score | Callable[..., Tensor]
+WeightArg = str | Weight | Callable[..., Tensor]
+
+
+def make_call(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Mask | Tensor | None = None,
+    *,
+    score: ScoreArg = "scaled_dot",
+    weight: WeightArg = "softmax",
+    scale: float | None = None,
+    bias: Tensor | None = None,
+    score_mods: Sequence[ScoreMod] = (),
+    dropout_p: float = 0.0,
+    return_weights: bool = False,
+    options: Mapping[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+) -> AttentionCall:
+    """Validate the arguments of :func:`attention` and bundle them as an :class:`AttentionCall`."""
+    check_qkv(q, k, v)
+    m = check_mask(mask, q, k)
+    check_scale(scale)
+    check_dropout(dropout_p)
+    sc = _scores.resolve(score)
+    wt = _weights.resolve(weight)
+    mods = tuple(score_mods)
+    for mod in mods:
+        if not isinstance(mod, ScoreMod):
+            raise AttnKitError(f"score_mods must hold attnkit.scores.ScoreMod objects; got {type(mod).__name__}")
+    if bias is not None:
+        check_bias(bias, q, k)
+        mods = (_scores.bias(bias), *mods)
+    if options is not None and not isinstance(options, Mapping):
+        raise AttnKitError(f"options must be a mapping of option name to value; got {type(options).__name__}")
+    return AttentionCall(
+        q=q, k=k, v=v, mask=m, score=sc, weight=wt,
+        scale=float(sc.default_scale(q.shape[-1]) if scale is None else scale),
+        score_mods=mods, dropout_p=float(dropout_p), return_weights=bool(return_weights),
+        options=dict(options or {}), generator=generator,
+    )
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Mask | Tensor | None = None,
+    *,
+    score: ScoreArg = "scaled_dot",
+    weight: WeightArg = "softmax",
+    scale: float | None = None,
+    bias: Tensor | None = None,
+    score_mods: Sequence[ScoreMod] = (),
+    dropout_p: float = 0.0,
+    impl: str = "auto",
+    return_weights: bool = False,
+    options: Mapping[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Attention in four steps: score every query-key pair, modify, weight, combine the values.
+
+    Args:
+        q: queries ``(B, H, T, D)``.
+        k: keys ``(B, Hkv, S, D)``; ``H`` must be a multiple of ``Hkv`` (grouped-query attention).
+        v: values ``(B, Hkv, S, Dv)``.
+        mask: an :mod:`attnkit.masks` object or a bool tensor broadcastable to ``(B, H, T, S)``;
+            True = attend. A query with no allowed key gets zero weights and a zero output.
+        score: ``"scaled_dot"`` (default), ``"dot"``, ``"cosine"``, or a
+            :class:`~attnkit.scores.Score` such as ``scores.general(W)`` / ``scores.additive(...)``.
+        weight: ``"softmax"`` (default), ``"sparsemax"``, ``"entmax15"``, ``"sigmoid"`` or a callable.
+        scale: multiplies the scores; default ``1/sqrt(D)`` for scaled_dot, else 1.
+        bias: float tensor broadcastable to ``(B, H, T, S)`` added to the scores.
+        score_mods: further :class:`~attnkit.scores.ScoreMod` s (``alibi``, ``softcap``), in order.
+        dropout_p: dropout on the weights (pass 0 in evaluation).
+        impl: ``"auto"`` or a registered name (see :func:`attnkit.list_impls`).
+        return_weights: also return the weights ``(B, H, T, S)``.
+        options: implementation-specific options (e.g. block sizes), checked by name.
+        generator: random generator for dropout and randomised implementations.
+
+    Returns:
+        ``out (B, H, T, Dv)``, or ``(out, weights)`` when ``return_weights``.
+
+    Equivalent PyTorch code (softmax, no GQA)::
+
+        s = (q @ k.transpose(-2, -1)) * scale + bias
+        s = s.masked_fill(~mask, float("-inf"))
+        out = torch.softmax(s, -1) @ v
+
+    Example:
+        >>> import torch, attnkit
+        >>> q = k = v = torch.randn(1, 2, 5, 8)
+        >>> attnkit.attention(q, k, v, attnkit.masks.causal()).shape
+        torch.Size([1, 2, 5, 8])
+
+    Shape legend: B batch, H query heads, Hkv key/value heads, T queries, S keys, D head dim,
+    Dv value dim.
+    """
+    call = make_call(q, k, v, mask, score=score, weight=weight, scale=scale, bias=bias,
+                     score_mods=score_mods, dropout_p=dropout_p, return_weights=return_weights,
+                     options=options, generator=generator)
+    if not isinstance(impl, str):
+        raise AttnKitError(f"impl must be a name (str); got {type(impl).__name__}")
+    spec = select(call, impl)
+    return spec.fn(call)
+
+
+def explain_dispatch(q: Tensor, k: Tensor, v: Tensor, mask: Mask | Tensor | None = None, *,
+                     impl: str = "auto", **kwargs: Any) -> DispatchReport:
+    """Which implementation :func:`attention` would run with these arguments, and why each other
+    was not chosen. Takes the same arguments as :func:`attention`.
+
+    >>> import torch, attnkit
+    >>> q = torch.randn(1, 1, 4, 8)
+    >>> attnkit.explain_dispatch(q, q, q, weight="sparsemax").chosen
+    'reference'
+    """
+    return explain(make_call(q, k, v, mask, **kwargs), impl)

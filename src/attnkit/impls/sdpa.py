@@ -1,0 +1,86 @@
+"""``sdpa``: PyTorch's fused ``scaled_dot_product_attention`` behind attnkit's call.
+
+Runs scaled_dot / dot / cosine scores with softmax weights. Masks other than a plain causal mask
+(which uses ``is_causal``) and additive score modifiers (bias, ALiBi) are materialised as one
+dense ``(B, H, T, S)`` mask or bias, so memory is O(T * S) for those. Rows with no allowed key
+are forced to zero output (and zero gradient), whatever the backend does with them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..masks import Causal
+from ..registry import AttentionCall, ImplSpec, register_impl
+from ..shapes import repeat_kv
+
+__all__ = ["sdpa"]
+
+
+def _is_plain_causal(call: AttentionCall) -> bool:
+    m = call.mask
+    return isinstance(m, Causal) and (call.lq == call.lk or m.align == "top_left")
+
+
+def _attn_bias(call: AttentionCall) -> tuple[Tensor | None, Tensor | None]:
+    """The SDPA ``attn_mask`` (bool or float) and the rows-alive flags ``(B|1, H|1, T, 1)``."""
+    if call.mask is None and not call.score_mods:
+        return None, None
+    dense = call.mask.dense4(call.lq, call.lk, device=call.q.device) if call.mask is not None else None
+    alive = dense.any(-1, keepdim=True) if dense is not None else None
+    if alive is not None and not bool(alive.all()):
+        dense = dense | ~alive  # let dead rows attend anywhere; their output is zeroed after
+    if not call.score_mods:
+        return dense, alive
+    bias = sum(m.as_bias(call.batch, call.heads, call.lq, call.lk, dtype=call.q.dtype, device=call.q.device)
+               for m in call.score_mods)
+    if dense is not None:
+        bias = bias.masked_fill(~dense, -math.inf)
+    return bias, alive
+
+
+def sdpa(call: AttentionCall) -> Tensor:
+    """``torch.nn.functional.scaled_dot_product_attention`` with attnkit's semantics.
+
+    Equivalent PyTorch code::
+
+        F.scaled_dot_product_attention(q, repeat_kv(k), repeat_kv(v),
+                                       attn_mask=mask.dense(T, S), scale=scale)
+    """
+    q, k, v = call.q, call.k, call.v
+    scale = call.scale
+    if call.score.name == "cosine":
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        scale = scale / call.score.params["temperature"]
+    n_rep = call.heads // call.kv_heads
+    k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+    if _is_plain_causal(call) and not call.score_mods:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=call.dropout_p, is_causal=True, scale=scale)
+    attn_mask, alive = _attn_bias(call)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=call.dropout_p, scale=scale)
+    if alive is not None and not bool(alive.all()):
+        out = torch.where(alive, out, torch.zeros((), dtype=out.dtype))
+    return out
+
+
+def _check(call: AttentionCall) -> list[str]:
+    if call.dropout_p > 0 and call.generator is not None:
+        return ["dropout draws from the global RNG (no generator=)"]
+    return []
+
+
+register_impl(ImplSpec(
+    name="sdpa",
+    fn=sdpa,
+    description="torch scaled_dot_product_attention (fused; masks/bias materialised densely)",
+    scores=frozenset({"scaled_dot", "dot", "cosine"}),
+    weights=frozenset({"softmax"}),
+    score_mods="additive",
+    returns_weights=False,
+    priority=10,
+    check=_check,
+))

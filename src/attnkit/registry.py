@@ -1,0 +1,145 @@
+"""The registry of attention implementations and what each one declares it supports.
+
+Every implementation is a function ``fn(call: AttentionCall) -> Tensor | (Tensor, Tensor)``
+registered with an :class:`ImplSpec`. The dispatcher (``dispatch.py``) reads the specs to decide
+which implementation can run a call and to explain why the others cannot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from .errors import unknown_name
+from .masks import Mask
+from .scores import Score, ScoreMod
+from .weights import Weight
+
+__all__ = ["AttentionCall", "ImplSpec", "register_impl", "get_impl", "list_impls", "impl_table"]
+
+ALL_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
+
+
+@dataclass(frozen=True, eq=False)
+class AttentionCall:
+    """One validated attention problem, as every implementation receives it.
+
+    Shapes: ``q (B, H, T, D)``, ``k (B, Hkv, S, D)``, ``v (B, Hkv, S, Dv)``; ``H % Hkv == 0``
+    (grouped-query attention: query head ``h`` reads kv head ``h // (H // Hkv)``).
+    """
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    mask: Mask | None = None  # validated for these sizes; None = attend everywhere
+    score: Score | None = None
+    weight: Weight | None = None
+    scale: float = 1.0  # already resolved (never None here)
+    score_mods: tuple[ScoreMod, ...] = ()
+    dropout_p: float = 0.0
+    return_weights: bool = False
+    options: Mapping[str, Any] = field(default_factory=dict)  # implementation-specific options
+    generator: torch.Generator | None = None  # for dropout / randomised implementations
+
+    batch = property(lambda self: self.q.shape[0])
+    heads = property(lambda self: self.q.shape[1])
+    kv_heads = property(lambda self: self.k.shape[1])
+    lq = property(lambda self: self.q.shape[2])
+    lk = property(lambda self: self.k.shape[2])
+    head_dim = property(lambda self: self.q.shape[3])
+    v_dim = property(lambda self: self.v.shape[3])
+
+    @property
+    def requires_grad(self) -> bool:
+        """Whether autograd will need a backward through this call."""
+        return torch.is_grad_enabled() and any(t.requires_grad for t in (self.q, self.k, self.v))
+
+    def describe(self) -> str:
+        """Shapes and dtype, for error messages."""
+        return (f"q {tuple(self.q.shape)}, k {tuple(self.k.shape)}, v {tuple(self.v.shape)}, "
+                f"dtype {self.q.dtype}, device {self.q.device.type}")
+
+
+ImplFn = Callable[[AttentionCall], "Tensor | tuple[Tensor, Tensor]"]
+
+
+@dataclass(frozen=True)
+class ImplSpec:
+    """What an implementation is and what it supports (read by the dispatcher)."""
+
+    name: str
+    fn: ImplFn
+    description: str
+    scores: frozenset[str] | None = None  # score names it runs; None = any score
+    weights: frozenset[str] | None = None  # weight names it runs; None = any weight function
+    mask_types: tuple[type, ...] | None = None  # primitive mask classes it honours; None = any
+    score_mods: Literal["any", "additive", "none"] = "any"
+    dropout: bool = True
+    grad: bool = True
+    returns_weights: bool = True
+    exact: bool = True  # False: an approximation, never chosen by impl="auto"
+    devices: frozenset[str] = frozenset({"cpu", "cuda"})
+    dtypes: frozenset[torch.dtype] = ALL_DTYPES
+    max_head_dim: int | None = None
+    options: frozenset[str] = frozenset()  # names accepted in attention(options=...)
+    priority: int = 100  # impl="auto" tries lower numbers first
+    check: Callable[[AttentionCall], list[str]] | None = None  # extra refusals (cost model ...)
+    available: Callable[[], str | None] | None = None  # returns why it cannot run here, or None
+
+    def capabilities(self) -> dict[str, str]:
+        """One row of the capability table."""
+        fmt = lambda s: "any" if s is None else ", ".join(sorted(s))  # noqa: E731
+        masks = "any" if self.mask_types is None else ", ".join(t.__name__ for t in self.mask_types)
+        return {
+            "impl": self.name,
+            "exact": "yes" if self.exact else "approx",
+            "scores": fmt(self.scores),
+            "weights": fmt(self.weights),
+            "masks": masks,
+            "score mods": self.score_mods,
+            "grad": "yes" if self.grad else "no",
+            "return_weights": "yes" if self.returns_weights else "no",
+            "dropout": "yes" if self.dropout else "no",
+        }
+
+
+_REGISTRY: dict[str, ImplSpec] = {}
+
+
+def register_impl(spec: ImplSpec) -> ImplSpec:
+    """Add an implementation to the registry (a name may be registered once)."""
+    if spec.name in _REGISTRY or spec.name == "auto":
+        raise ValueError(f"implementation name {spec.name!r} is already taken")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _load_builtin() -> None:
+    from . import impls  # noqa: F401  (importing registers the built-in implementations)
+
+
+def get_impl(name: str) -> ImplSpec:
+    """The spec registered under ``name``; raises ``UnknownNameError`` listing the valid names."""
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise unknown_name("impl", name, ["auto", *_REGISTRY])
+    return _REGISTRY[name]
+
+
+def list_impls() -> list[str]:
+    """Registered implementation names, in ``impl="auto"`` preference order."""
+    _load_builtin()
+    return [s.name for s in sorted(_REGISTRY.values(), key=lambda s: (s.priority, s.name))]
+
+
+def impl_table() -> str:
+    """A Markdown table of every implementation's capabilities (used in the README)."""
+    rows = [get_impl(n).capabilities() for n in list_impls()]
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(r[c] for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
