@@ -9,7 +9,7 @@ with interchangeable exact and approximate implementations behind one call.
 from . import masks, scores, weights
 from .dispatch import DispatchReport, not_supported_reasons, use_impls
 from .errors import AttnKitError, DTypeError, ShapeError, UnknownNameError, UnsupportedError
-from .functional import attention, explain_dispatch
+from .functional import attention, explain_dispatch, observe
 from .registry import AttentionCall, ImplSpec, get_impl, impl_table, list_impls, register_impl
 
 __version__ = "0.1.0"
@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "attention",
     "explain_dispatch",
+    "observe",
     "masks",
     "scores",
     "weights",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextvars
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -18,7 +21,32 @@ from .scores import Score, ScoreMod
 from .validation import check_bias, check_dropout, check_mask, check_qkv, check_scale
 from .weights import Weight
 
-__all__ = ["attention", "explain_dispatch", "make_call"]
+__all__ = ["attention", "explain_dispatch", "make_call", "observe", "weights_of"]
+
+Observer = Callable[[AttentionCall, str, Tensor, Tensor], None]
+_OBSERVERS: contextvars.ContextVar[tuple[Observer, ...]] = contextvars.ContextVar("attnkit_observers", default=())
+
+
+@contextmanager
+def observe(callback: Observer) -> Iterator[None]:
+    """Within the block, every :func:`attention` call also computes its weights and calls
+    ``callback(call, impl_name, out, weights)``. Implementations that can return weights do so
+    (blockwise ones by recomputation); for the others the weights are recomputed with the
+    reference math. The output itself is unchanged. :mod:`attnkit.interpret` builds on this.
+    """
+    token = _OBSERVERS.set((*_OBSERVERS.get(), callback))
+    try:
+        yield
+    finally:
+        _OBSERVERS.reset(token)
+
+
+def weights_of(call: AttentionCall) -> Tensor:
+    """The attention weights ``(B, H, T, S)`` of ``call`` recomputed with the reference math."""
+    from .impls.reference import score_matrix
+
+    mask = call.mask.dense4(call.lq, call.lk, device=call.q.device) if call.mask is not None else None
+    return call.weight(score_matrix(call), mask)
 
 ScoreArg = str | Score | Callable[..., Tensor]
 WeightArg = str | Weight | Callable[..., Tensor]
@@ -125,7 +153,20 @@ def attention(
     if not isinstance(impl, str):
         raise AttnKitError(f"impl must be a name (str); got {type(impl).__name__}")
     spec = select(call, impl)
-    return spec.fn(call)
+    observers = _OBSERVERS.get()
+    if not observers:
+        return spec.fn(call)
+    if return_weights:
+        out, w = spec.fn(call)
+    elif spec.returns_weights:
+        out, w = spec.fn(dataclasses.replace(call, return_weights=True))
+    else:
+        out = spec.fn(call)
+        with torch.no_grad():
+            w = weights_of(call)
+    for cb in observers:
+        cb(call, spec.name, out, w)
+    return (out, w) if return_weights else out
 
 
 def explain_dispatch(q: Tensor, k: Tensor, v: Tensor, mask: Mask | Tensor | None = None, *,
