@@ -457,7 +457,8 @@ _MIX1, _MIX2 = -4658895280553007687, -7723592293110705685  # splitmix64 constant
 
 def _hash_uniform(seed: int, i: Tensor, j: Tensor) -> Tensor:
     """A deterministic uniform [0, 1) number per (seed, i, j): splitmix64 on int64 tensors."""
-    x = i * 0x9E3779B1 + j * 0x85EBCA77 + seed * 0x27D4EB2F165667C5
+    mixed = (seed * 0x27D4EB2F165667C5) % (1 << 64)  # the seed's term, wrapped to int64 in Python
+    x = i * 0x9E3779B1 + j * 0x85EBCA77 + (mixed - (1 << 64) if mixed >= (1 << 63) else mixed)
     x = (x ^ ((x >> 30) & 0x3FFFFFFFF)) * _MIX1
     x = (x ^ ((x >> 27) & 0x1FFFFFFFFF)) * _MIX2
     x = x ^ ((x >> 31) & 0x1FFFFFFFF)
