@@ -25,7 +25,7 @@ from attnkit.registry import get_impl, list_impls
 
 EXACT = [n for n in list_impls() if get_impl(n).exact]
 
-# (B, H, Hkv, T, S, D, Dv)
+# each shape is B, H, Hkv, T, S, D, Dv
 SHAPES = {
     "square": (2, 4, 4, 13, 13, 16, 16),
     "gqa_t_ne_s": (2, 6, 2, 9, 21, 8, 12),

@@ -35,7 +35,7 @@ def run_exact(lengths: Sequence[int], *, impls: Sequence[str] = ("sdpa", "refere
                     res.add({"T": lq, "causal": causal}, impl, None, note="skipped: T x S buffer too large")
                     continue
 
-                def step(impl=impl, mask=mask):
+                def step(impl=impl, mask=mask, q=q, k=k, v=v):
                     out = attention(q, k, v, mask, impl=impl)
                     if backward:
                         out.sum().backward()

@@ -54,7 +54,8 @@ def four_steps(x: Tensor, head_dim: int = 8, seed: int = 0) -> dict[str, Tensor]
     call = make_call(q, k, v, mask)
     scores = score_matrix(call)  # 2. score: (1, 1, T, T)
     out, weights = attention(q, k, v, mask, impl="reference", return_weights=True)  # 3. weight, 4. combine
-    return {"q": q, "k": k, "v": v, "scores": scores, "weights": weights, "out": out, "mask": mask.dense(*scores.shape[-2:])}
+    return {"q": q, "k": k, "v": v, "scores": scores, "weights": weights, "out": out,
+            "mask": mask.dense(*scores.shape[-2:])}
 
 
 def _matrix(title: str, m: Tensor, tokens: list[str], blank: Tensor | None = None) -> str:

@@ -213,7 +213,11 @@ def bias(tensor: Tensor) -> ScoreMod:
         raise ShapeError(f"bias must be 2-D to 4-D, broadcastable to (B, H, T, S); got shape "
                          f"{tuple(tensor.shape)}")
     t4 = as_4d(tensor)
-    return ScoreMod("bias", lambda s, b, h, i, j, lq, lk: s + index_broadcast(t4, b, h, i, j).to(s.dtype), additive=True)
+
+    def fn(s, b, h, i, j, lq, lk):
+        return s + index_broadcast(t4, b, h, i, j).to(s.dtype)
+
+    return ScoreMod("bias", fn, additive=True)
 
 
 def alibi_slopes(num_heads: int) -> Tensor:
