@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,20 +79,26 @@ print(json.dumps({"peak_extra_mib": (peak - base) / 1024.0, "peak_total_mib": pe
 """
 
 
-def peak_memory(target: str, kwargs: dict[str, Any], *, timeout: float = 600.0) -> dict[str, float] | None:
+def peak_memory(target: str, kwargs: dict[str, Any], *, timeout: float = 600.0,
+                extra_path: Sequence[str | Path] = ()) -> dict[str, float] | None:
     """Peak resident memory of one run in a fresh Python process.
 
     ``target`` is ``"module:function"``; the function takes ``kwargs``, builds its inputs and
     returns a zero-argument callable; the extra memory that callable needs beyond the inputs is
-    reported in MiB (``peak_extra_mib``). Returns None if the process fails (e.g. out of memory).
+    reported in MiB (``peak_extra_mib``). ``extra_path`` entries are put on the child's
+    ``PYTHONPATH`` (e.g. the ``benchmarks/`` folder). Returns None, with a warning carrying the
+    child's last error line, if the process fails (e.g. out of memory).
     """
-    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    paths = [str(p) for p in extra_path] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), PYTHONPATH=os.pathsep.join(paths))
     try:
         proc = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, json.dumps({"target": target, "kwargs": kwargs})],
                               capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return None
     if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["killed (out of memory?)"])[-1]
+        warnings.warn(f"peak_memory({target}) failed with exit code {proc.returncode}: {tail}", stacklevel=2)
         return None
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
