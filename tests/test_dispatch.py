@@ -65,7 +65,10 @@ def test_auto_never_picks_an_approximation():
             assert attnkit.explain_dispatch(q, k, v).chosen != name
 
 
-def test_register_custom_impl_and_duplicate_name():
+def test_register_custom_impl_and_duplicate_name(monkeypatch):
+    from attnkit import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # restored after the test
     calls = []
 
     def mine(call):
