@@ -1,0 +1,377 @@
+"""``blockwise``: exact attention streamed over key blocks (FlashAttention-2 on CPU, in PyTorch).
+
+The score matrix is never materialised. Queries are processed ``block_q`` rows at a time; for
+each query block the keys are visited in chunks with a running row maximum ``m``, running sum
+``l`` and output accumulator (the *online softmax*). Only the output and the per-row
+log-sum-exp ``lse = m + log l`` are saved; the backward pass recomputes every score tile from
+``q``, ``k`` and ``lse`` (FlashAttention-2: ``dV += P^T dO``, ``dS = P * (dO V^T - rowsum(dO * O))``,
+``dQ += dS K``, ``dK += dS^T Q``), so memory is ``O((B * H) * (T + S) * D + block_q * chunk_k)``.
+
+Masks are honoured through their tile classification (``mask.blocks``): empty tiles are
+skipped, runs of full tiles are computed without a mask, partial tiles get the dense sub-mask
+of just that tile range. Score modifiers are applied tile by tile with the tile's indices;
+non-additive ones (soft-capping) are differentiated through with autograd on the tile.
+
+Weights: ``softmax`` (online) and ``sigmoid`` (elementwise, no running statistics).
+Scores: ``scaled_dot``, ``dot`` and ``cosine`` (``q`` and ``k`` are normalised first).
+
+Shape legend: B batch, H query heads, Hkv key/value heads, T queries, S keys, D head dim,
+Dv value dim; ``bq`` rows of a query block, ``ck`` keys of a chunk.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..masks import EMPTY, FULL, And, DenseMask, FromMod, Mask, Not, Or, Random
+from ..registry import AttentionCall, ImplSpec, register_impl
+from ..scores import ScoreMod, apply_mods
+from ..shapes import repeat_kv
+
+__all__ = ["blockwise", "BlockPlan", "plan_blocks", "DEFAULT_BLOCK_Q", "DEFAULT_BLOCK_K", "DEFAULT_CHUNK_K"]
+
+DEFAULT_BLOCK_Q = 256
+DEFAULT_BLOCK_K = 256
+DEFAULT_CHUNK_K = 4096
+
+Chunk = tuple[int, int, bool]  # key range [j0, j1) and whether it needs the mask
+
+
+# ----------------------------------------------------------------------------------------------
+# the plan: which key chunks every query block visits
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class BlockPlan:
+    """The work of one call: block sizes and, per query block, its key chunks.
+
+    ``rows[qi]`` lists ``(j0, j1, masked)`` chunks of query block ``qi`` (rows
+    ``qi * block_q`` to ``(qi + 1) * block_q``); empty tiles appear in no chunk.
+    """
+
+    lq: int
+    lk: int
+    block_q: int
+    block_k: int
+    rows: tuple[tuple[Chunk, ...], ...]
+    mask: Mask | None
+    mods: tuple[ScoreMod, ...]
+    weight: str  # "softmax" | "sigmoid"
+
+    @property
+    def grad_mods(self) -> bool:
+        """Whether a modifier is not a pure bias (its derivative is needed in the backward)."""
+        return any(not m.additive for m in self.mods)
+
+    def tiles_visited(self) -> int:
+        """Number of ``(block_q, block_k)`` tiles computed (empty tiles are not)."""
+        return sum((j1 - j0 + self.block_k - 1) // self.block_k for row in self.rows for j0, j1, _ in row)
+
+
+def _needs_refine(mask: Mask) -> bool:
+    """Exact refinement of partial tiles pays off for combinations of cheap structured masks."""
+    if not isinstance(mask, (And, Or, Not)):
+        return False
+    return not any(isinstance(leaf, (Random, DenseMask, FromMod)) for leaf in mask.leaves())
+
+
+def _row_chunks(kinds_row: list[int], lk: int, block_k: int, chunk_k: int) -> tuple[Chunk, ...]:
+    """Merge consecutive non-empty tiles of the same kind into chunks of at most ``chunk_k`` keys."""
+    per_chunk = max(1, chunk_k // block_k)
+    chunks: list[Chunk] = []
+    start, run_kind, n = None, None, 0
+    for ki, kind in enumerate([*kinds_row, EMPTY]):
+        if start is not None and (kind != run_kind or n == per_chunk):
+            chunks.append((start * block_k, min(lk, ki * block_k), run_kind != FULL))
+            start = None
+        if kind != EMPTY and start is None:
+            start, run_kind, n = ki, kind, 0
+        n += 1
+    return tuple(chunks)
+
+
+def plan_blocks(lq: int, lk: int, mask: Mask | None, *, block_q: int = DEFAULT_BLOCK_Q,
+                block_k: int = DEFAULT_BLOCK_K, chunk_k: int = DEFAULT_CHUNK_K,
+                mods: tuple[ScoreMod, ...] = (), weight: str = "softmax") -> BlockPlan:
+    """Classify ``(block_q, block_k)`` tiles of ``mask`` and group each query block's tiles into
+    chunks. A tile counts as empty only if it is empty for every batch element and head, as full
+    only if full for all of them."""
+    nq, nk = math.ceil(lq / block_q), math.ceil(lk / block_k)
+    if mask is None:
+        kinds = torch.full((nq, nk), FULL, dtype=torch.int8)
+    else:
+        k4 = mask.blocks(lq, lk, block_q, block_k, refine=_needs_refine(mask)).kinds  # (Bm, Hm, nQ, nK)
+        any_kind = (k4 != EMPTY).flatten(0, 1).any(0)  # (nQ, nK)
+        all_full = (k4 == FULL).flatten(0, 1).all(0)  # (nQ, nK)
+        kinds = torch.where(all_full, FULL, torch.where(any_kind, 1, EMPTY))
+    rows = tuple(_row_chunks(r, lk, block_k, chunk_k) for r in kinds.tolist())
+    return BlockPlan(lq, lk, block_q, block_k, rows, mask, mods, weight)
+
+
+# ----------------------------------------------------------------------------------------------
+# one score tile
+# ----------------------------------------------------------------------------------------------
+
+
+def _chunk_mask(mask: Mask, i0: int, i1: int, j0: int, j1: int, lq: int, lk: int, device) -> Tensor:
+    """Dense sub-mask ``(Bm, Hm, bq, ck)`` of rows ``[i0, i1)`` and keys ``[j0, j1)``."""
+    if isinstance(mask, DenseMask):  # slice the stored tensor instead of gathering it
+        t = mask.tensor
+        return t[..., i0:i1 if t.shape[2] > 1 else None, j0:j1 if t.shape[3] > 1 else None].to(device)
+    b = torch.arange(mask.num_batch, device=device).view(-1, 1, 1, 1)
+    h = torch.arange(mask.num_heads, device=device).view(1, -1, 1, 1)
+    i = torch.arange(i0, i1, device=device).view(1, 1, -1, 1)
+    j = torch.arange(j0, j1, device=device).view(1, 1, 1, -1)
+    return mask.mod(b, h, i, j, lq, lk)
+
+
+def _mod_indices(plan: BlockPlan, shape: tuple[int, ...], i0: int, i1: int, j0: int, j1: int, device):
+    b = torch.arange(shape[0], device=device).view(-1, 1, 1, 1)
+    h = torch.arange(shape[1], device=device).view(1, -1, 1, 1)
+    i = torch.arange(i0, i1, device=device).view(1, 1, -1, 1)
+    j = torch.arange(j0, j1, device=device).view(1, 1, 1, -1)
+    return b, h, i, j
+
+
+def _raw_scores(qb: Tensor, kc: Tensor, acc_dtype: torch.dtype) -> Tensor:
+    """``qb kc^T`` in the accumulation dtype: (B, H, bq, D) x (B, H, ck, D) -> (B, H, bq, ck)."""
+    return torch.matmul(qb, kc.transpose(-2, -1)).to(acc_dtype)
+
+
+def _modify_and_mask(s: Tensor, plan: BlockPlan, i0: int, i1: int, chunk: Chunk) -> Tensor:
+    """Apply the score modifiers and the mask (``-inf``) to a raw tile ``s`` (B, H, bq, ck)."""
+    j0, j1, masked = chunk
+    if plan.mods:
+        b, h, i, j = _mod_indices(plan, s.shape, i0, i1, j0, j1, s.device)
+        s = apply_mods(s, plan.mods, b, h, i, j, plan.lq, plan.lk)
+    if masked and plan.mask is not None:
+        allowed = _chunk_mask(plan.mask, i0, i1, j0, j1, plan.lq, plan.lk, s.device)  # (Bm, Hm, bq, ck)
+        s = s.masked_fill(~allowed, -math.inf)
+    return s
+
+
+def _sigmoid_weights(s: Tensor, lk: int) -> Tensor:
+    """Elementwise sigmoid attention weights of a tile (``-inf`` scores give exactly 0)."""
+    return torch.sigmoid(s - math.log(lk))
+
+
+# ----------------------------------------------------------------------------------------------
+# forward and backward over the plan
+# ----------------------------------------------------------------------------------------------
+
+
+def _forward_block(qb: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, i0: int, i1: int,
+                   acc_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Online softmax of one query block: output (B, H, bq, Dv) and lse (B, H, bq, 1)."""
+    bsz, heads, bq, _ = qb.shape
+    acc = qb.new_zeros(bsz, heads, bq, v.shape[-1], dtype=acc_dtype)  # (B, H, bq, Dv)
+    m = qb.new_full((bsz, heads, bq, 1), -math.inf, dtype=acc_dtype)  # (B, H, bq, 1) running max
+    l = qb.new_zeros(bsz, heads, bq, 1, dtype=acc_dtype)  # noqa: E741  (B, H, bq, 1) running sum
+    for chunk in plan.rows[i0 // plan.block_q]:
+        j0, j1, _ = chunk
+        s = _modify_and_mask(_raw_scores(qb, k[:, :, j0:j1], acc_dtype), plan, i0, i1, chunk)  # (B, H, bq, ck)
+        if plan.weight == "sigmoid":
+            acc += torch.matmul(_sigmoid_weights(s, plan.lk).to(v.dtype), v[:, :, j0:j1]).to(acc_dtype)
+            continue
+        m_new = torch.maximum(m, s.amax(-1, keepdim=True))  # (B, H, bq, 1)
+        m_use = m_new.masked_fill(m_new == -math.inf, 0.0)  # rows with nothing allowed yet
+        p = s.sub_(m_use).exp_()  # (B, H, bq, ck); in place: the forward records no graph
+        alpha = torch.exp(m - m_use)  # (B, H, bq, 1) rescales what was accumulated so far
+        l = l * alpha + p.sum(-1, keepdim=True)  # noqa: E741
+        acc = acc * alpha + torch.matmul(p.to(v.dtype), v[:, :, j0:j1]).to(acc_dtype)
+        m = m_new
+    if plan.weight == "sigmoid":
+        return acc, acc.new_zeros(bsz, heads, bq, 1)
+    alive = l > 0
+    out = torch.where(alive, acc / torch.where(alive, l, 1.0), 0.0)  # (B, H, bq, Dv)
+    lse = torch.where(alive, m + torch.log(torch.where(alive, l, 1.0)), -math.inf)  # (B, H, bq, 1)
+    return out, lse
+
+
+def _tile_probs(s: Tensor, lse_b: Tensor, plan: BlockPlan) -> Tensor:
+    """Recomputed weights of a tile from its scores (and the saved lse for softmax)."""
+    if plan.weight == "sigmoid":
+        return _sigmoid_weights(s, plan.lk)
+    return torch.exp(s - lse_b)  # (B, H, bq, ck); dead rows carry lse = +inf -> 0
+
+
+def _backward_block(qb: Tensor, k: Tensor, v: Tensor, dob: Tensor, lse_b: Tensor, delta_b: Tensor,
+                    dk: Tensor, dv: Tensor, plan: BlockPlan, i0: int, i1: int, acc_dtype: torch.dtype) -> Tensor:
+    """Gradients of one query block: returns dq (B, H, bq, D); adds into dk, dv (B, H, S, D|Dv)."""
+    dqb = torch.zeros(qb.shape, dtype=acc_dtype, device=qb.device)  # (B, H, bq, D)
+    dob_v = dob.to(v.dtype)
+    for chunk in plan.rows[i0 // plan.block_q]:
+        j0, j1, _ = chunk
+        kc, vc = k[:, :, j0:j1], v[:, :, j0:j1]  # (B, H, ck, D), (B, H, ck, Dv)
+        raw = _raw_scores(qb, kc, acc_dtype)  # (B, H, bq, ck)
+        if plan.grad_mods:
+            raw.requires_grad_()
+            with torch.enable_grad():
+                s = _modify_and_mask(raw, plan, i0, i1, chunk)
+        else:
+            s = _modify_and_mask(raw, plan, i0, i1, chunk)
+        p = _tile_probs(s.detach(), lse_b, plan)  # (B, H, bq, ck)
+        dv[:, :, j0:j1] += torch.matmul(p.transpose(-2, -1).to(v.dtype), dob_v).to(acc_dtype)
+        dp = torch.matmul(dob_v, vc.transpose(-2, -1)).to(acc_dtype)  # (B, H, bq, ck)
+        if plan.weight == "sigmoid":
+            ds = dp * p * (1 - p)
+        else:
+            ds = p * (dp - delta_b)  # (B, H, bq, ck)
+        if plan.grad_mods:
+            (ds,) = torch.autograd.grad(s, raw, ds)
+            ds = torch.nan_to_num(ds, nan=0.0)
+        dqb += torch.matmul(ds.to(kc.dtype), kc).to(acc_dtype)
+        dk[:, :, j0:j1] += torch.matmul(ds.transpose(-2, -1).to(qb.dtype), qb).to(acc_dtype)
+    return dqb
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class _BlockwiseAttention(torch.autograd.Function):
+    """``(q, k, v) -> (out, lse)`` with ``q`` already scaled; k, v have as many heads as q."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, plan: BlockPlan) -> tuple[Tensor, Tensor]:
+        acc_dtype = _acc_dtype(q.dtype)
+        outs, lses = [], []
+        for i0 in range(0, plan.lq, plan.block_q):
+            i1 = min(plan.lq, i0 + plan.block_q)
+            out_b, lse_b = _forward_block(q[:, :, i0:i1], k, v, plan, i0, i1, acc_dtype)
+            outs.append(out_b.to(q.dtype))
+            lses.append(lse_b)
+        out = torch.cat(outs, dim=2)  # (B, H, T, Dv)
+        lse = torch.cat(lses, dim=2)  # (B, H, T, 1)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.plan = plan
+        ctx.set_materialize_grads(False)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout: Tensor | None, dlse: Tensor | None):
+        q, k, v, out, lse = ctx.saved_tensors
+        plan: BlockPlan = ctx.plan
+        acc_dtype = _acc_dtype(q.dtype)
+        if dout is None:
+            dout = torch.zeros_like(out)
+        dk = torch.zeros(k.shape, dtype=acc_dtype, device=k.device)  # (B, H, S, D)
+        dv = torch.zeros(v.shape, dtype=acc_dtype, device=v.device)  # (B, H, S, Dv)
+        lse_safe = lse.masked_fill(lse == -math.inf, math.inf)  # dead rows: every weight 0
+        dqs = []
+        for i0 in range(0, plan.lq, plan.block_q):
+            i1 = min(plan.lq, i0 + plan.block_q)
+            dob = dout[:, :, i0:i1]  # (B, H, bq, Dv)
+            delta = (dob.to(acc_dtype) * out[:, :, i0:i1].to(acc_dtype)).sum(-1, keepdim=True)  # (B, H, bq, 1)
+            if dlse is not None:
+                delta = delta - dlse[:, :, i0:i1].to(acc_dtype)
+            dqs.append(_backward_block(q[:, :, i0:i1], k, v, dob, lse_safe[:, :, i0:i1], delta, dk, dv,
+                                       plan, i0, i1, acc_dtype))
+        dq = torch.cat(dqs, dim=2) if dqs else torch.zeros_like(q, dtype=acc_dtype)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None
+
+
+# ----------------------------------------------------------------------------------------------
+# the implementation behind attention()
+# ----------------------------------------------------------------------------------------------
+
+
+def _prepared_qk(call: AttentionCall) -> tuple[Tensor, Tensor]:
+    """``q`` multiplied by the scale (normalised first for cosine) and ``k`` (normalised for cosine)."""
+    q, k, scale = call.q, call.k, call.scale
+    if call.score.name == "cosine":
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        scale = scale / call.score.params["temperature"]
+    return (q if scale == 1.0 else q * scale), k
+
+
+def _option(call: AttentionCall, name: str, default: int) -> int:
+    value = call.options.get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        from ..errors import AttnKitError
+
+        raise AttnKitError(f"option {name} must be a positive int; got {value!r}")
+    return value
+
+
+def _weights(call: AttentionCall, qs: Tensor, k: Tensor, lse: Tensor) -> Tensor:
+    """The attention weights ``(B, H, T, S)`` recomputed from the scores and the saved lse
+    (differentiable: the lse carries its own gradient back through the blockwise backward)."""
+    acc_dtype = _acc_dtype(qs.dtype)
+    s = torch.matmul(qs, k.transpose(-2, -1)).to(acc_dtype)  # (B, H, T, S)
+    if call.score_mods:
+        b, h = torch.arange(call.batch).view(-1, 1, 1, 1), torch.arange(call.heads).view(1, -1, 1, 1)
+        i, j = torch.arange(call.lq).view(1, 1, -1, 1), torch.arange(call.lk).view(1, 1, 1, -1)
+        s = apply_mods(s, call.score_mods, b, h, i, j, call.lq, call.lk)
+    allowed = s != -math.inf
+    if call.mask is not None:
+        allowed = allowed & call.mask.dense4(call.lq, call.lk, device=s.device)
+    if call.weight.name == "sigmoid":
+        w = _sigmoid_weights(s, call.lk)
+    else:
+        w = torch.exp(s - lse.masked_fill(lse == -math.inf, math.inf))
+    return torch.where(allowed, w, 0.0).to(call.q.dtype)
+
+
+def blockwise(call: AttentionCall) -> Tensor | tuple[Tensor, Tensor]:
+    """Blockwise exact attention (see the module docstring). Options: ``block_q`` (query rows per
+    block), ``block_k`` (key tile size used to classify the mask), ``chunk_k`` (most keys one
+    matmul covers: consecutive tiles of one kind are merged up to this).
+
+    Equivalent PyTorch code::
+
+        out = reference(call)  # same result, without the (B, H, T, S) score matrix
+    """
+    n_rep = call.heads // call.kv_heads
+    qs, k = _prepared_qk(call)
+    k_rep, v_rep = repeat_kv(k, n_rep), repeat_kv(call.v, n_rep)
+    plan = plan_blocks(call.lq, call.lk, call.mask,
+                       block_q=_option(call, "block_q", DEFAULT_BLOCK_Q),
+                       block_k=_option(call, "block_k", DEFAULT_BLOCK_K),
+                       chunk_k=_option(call, "chunk_k", DEFAULT_CHUNK_K),
+                       mods=call.score_mods, weight=call.weight.name)
+    out, lse = _BlockwiseAttention.apply(qs, k_rep, v_rep, plan)
+    if not call.return_weights:
+        return out
+    return out, _weights(call, qs, k_rep, lse)
+
+
+def _tensors_needing_grad(mods: tuple[ScoreMod, ...]) -> bool:
+    """Whether a modifier closes over a tensor that requires grad (e.g. a learned bias)."""
+    for mod in mods:
+        for cell in getattr(mod.fn, "__closure__", None) or ():
+            try:
+                val = cell.cell_contents
+            except ValueError:
+                continue
+            if isinstance(val, Tensor) and val.requires_grad:
+                return True
+    return False
+
+
+def _check(call: AttentionCall) -> list[str]:
+    reasons = []
+    if call.score_mods and torch.is_grad_enabled() and _tensors_needing_grad(call.score_mods):
+        reasons.append("a score modifier holds a tensor that requires grad (no gradient for it here)")
+    return reasons
+
+
+register_impl(ImplSpec(
+    name="blockwise",
+    fn=blockwise,
+    description="FlashAttention-2 style tiles with online softmax; O(T) memory, recomputing backward",
+    scores=frozenset({"scaled_dot", "dot", "cosine"}),
+    weights=frozenset({"softmax", "sigmoid"}),
+    score_mods="any",
+    dropout=False,
+    devices=frozenset({"cpu"}),
+    options=frozenset({"block_q", "block_k", "chunk_k"}),
+    priority=5,
+    check=_check,
+))
