@@ -1,0 +1,405 @@
+"""``lsh``: Reformer attention (Kitaev et al. 2020), an approximation (never chosen by ``auto``).
+
+Queries and keys are hashed with angular LSH (random rotations ``R``; bucket = argmax of
+``[xR, -xR]``), sorted by ``(bucket, position)`` and cut into chunks of ``bucket_size``; each
+query attends the keys of its own chunk and of the previous one (look-one-back). ``n_hashes``
+rounds are combined by the log-sum-exp of their scores, and a key that several rounds attend is
+counted once (``dedup``), so the output is softmax attention restricted to the *union* of the
+keys the rounds found. Cost: O(n_hashes * T * bucket_size * D) time, no T x S buffer.
+
+Two modes:
+
+* ``shared_qk=True`` (the Reformer): keys are the L2-normalised queries (``k`` is ignored,
+  ``T == S``); one sort per round serves queries and keys. A query does not attend to itself
+  unless no other key is available (its self-score is replaced by -1e5).
+* ``shared_qk=False`` (default): queries and keys are hashed with the same rotations and sorted
+  *together*, so that a query lands next to the keys of its bucket; chunks then mix queries and
+  keys (about 4x the score work of the shared mode at ``T == S``).
+
+Masks: causal and key padding (``padding``, ``from_key_padding``) and their ``&``; positions are
+carried through the sort and the mask is evaluated on them. Randomness: rotations come from
+``generator`` when given, else from ``seed`` (default 0), so a call is deterministic.
+
+Options (``attention(..., impl="lsh", options={...})``):
+``bucket_size`` (chunk length, default 64), ``n_buckets`` (default: items / bucket_size,
+rounded to an even number; 1 = a single bucket), ``n_hashes`` (default 4), ``shared_qk``
+(default False), ``seed`` (default 0), ``dedup`` (default True).
+
+Shape legend: B batch, H heads, T queries, S keys, D head dim, Dv value dim, N sorted items,
+nC chunks, C chunk length, R hash rounds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import AttnKitError
+from ..masks import Causal, Full, KeyMask, Mask, Padding
+from ..registry import AttentionCall, ImplSpec, register_impl
+from ..shapes import repeat_kv
+
+__all__ = ["LSHSettings", "LSHResult", "settings_from_options", "random_rotations", "hash_vectors",
+           "lsh_attention", "lsh"]
+
+SELF_SCORE = -1e5  # replaces q_i . k_i in shared-QK mode: used only when nothing else is allowed
+_HASH_BUDGET = 1 << 24  # elements of the rotated buffer hashed at once
+
+OPTIONS = frozenset({"bucket_size", "n_buckets", "n_hashes", "shared_qk", "seed", "dedup"})
+
+
+@dataclass(frozen=True)
+class LSHSettings:
+    """Validated LSH settings (see the module docstring)."""
+
+    bucket_size: int = 64
+    n_buckets: int | None = None  # None: items // bucket_size, rounded to even
+    n_hashes: int = 4
+    shared_qk: bool = False
+    seed: int = 0
+    dedup: bool = True
+
+    def buckets_for(self, n_items: int) -> int:
+        """The number of buckets used for ``n_items`` sorted items."""
+        if self.n_buckets is not None:
+            return self.n_buckets
+        n = max(2, n_items // self.bucket_size)
+        return n + (n % 2)
+
+
+@dataclass(frozen=True)
+class LSHResult:
+    """Output ``(B, H, T, Dv)`` and, when asked, the keys each query attended.
+
+    ``indices`` ``(B, H, T, K)``: key positions (``-1`` = no key in that slot, ``K = R * 2C``);
+    ``values`` ``(B, H, T, K)``: the weight each slot contributed (a key attended in several
+    rounds appears several times; its weights sum to its softmax weight over the union).
+    """
+
+    out: Tensor
+    indices: Tensor | None = None
+    values: Tensor | None = None
+
+    def dense_weights(self, num_keys: int) -> Tensor:
+        """The weights as a dense ``(B, H, T, S)`` tensor (zeros on keys not attended)."""
+        if self.indices is None or self.values is None:
+            raise AttnKitError("dense_weights needs an LSHResult computed with return_weights=True")
+        idx = self.indices.clamp(min=0)  # (B, H, T, K)
+        vals = torch.where(self.indices >= 0, self.values, torch.zeros((), dtype=self.values.dtype))
+        dense = torch.zeros(*idx.shape[:3], num_keys, dtype=vals.dtype, device=vals.device)
+        return dense.scatter_add(-1, idx, vals)
+
+
+def _int_option(options: Mapping[str, Any], name: str, default: int | None, minimum: int) -> int | None:
+    val = options.get(name, default)
+    if val is None:
+        return None
+    if isinstance(val, bool) or not isinstance(val, int) or val < minimum:
+        raise AttnKitError(f"lsh option {name!r} must be an int >= {minimum}; got {val!r}")
+    return val
+
+
+def settings_from_options(options: Mapping[str, Any]) -> LSHSettings:
+    """Read and check the ``lsh`` options; raises :class:`AttnKitError` naming the bad one."""
+    n_buckets = _int_option(options, "n_buckets", None, 1)
+    if n_buckets is not None and n_buckets > 1 and n_buckets % 2:
+        raise AttnKitError(f"lsh option 'n_buckets' must be 1 or even (angular LSH uses [xR, -xR]); "
+                           f"got {n_buckets}")
+    for name in ("shared_qk", "dedup"):
+        if name in options and not isinstance(options[name], bool):
+            raise AttnKitError(f"lsh option {name!r} must be a bool; got {options[name]!r}")
+    return LSHSettings(
+        bucket_size=_int_option(options, "bucket_size", 64, 1),
+        n_buckets=n_buckets,
+        n_hashes=_int_option(options, "n_hashes", 4, 1),
+        shared_qk=bool(options.get("shared_qk", False)),
+        seed=_int_option(options, "seed", 0, 0),
+        dedup=bool(options.get("dedup", True)),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# hashing
+# ----------------------------------------------------------------------------------------------
+
+
+def random_rotations(head_dim: int, n_hashes: int, n_buckets: int, *, generator: torch.Generator | None = None,
+                     seed: int = 0) -> Tensor:
+    """Gaussian random projections ``(D, R, n_buckets // 2)`` (float32, CPU), from ``generator``
+    when given, else from ``seed``."""
+    g = generator if generator is not None else torch.Generator().manual_seed(seed)
+    return torch.randn(head_dim, n_hashes, max(1, n_buckets // 2), generator=g, device=g.device)
+
+
+def hash_vectors(x: Tensor, rotations: Tensor, n_buckets: int) -> Tensor:
+    """Angular LSH buckets of ``x (BH, N, D)``: ``argmax([xR, -xR])`` per round -> ``(BH, R, N)``
+    int64 in ``[0, n_buckets)``. With one bucket everything lands in bucket 0."""
+    bh, n, _ = x.shape
+    n_hashes = rotations.shape[1]
+    if n_buckets == 1:
+        return torch.zeros(bh, n_hashes, n, dtype=torch.int64, device=x.device)
+    rot = rotations.to(device=x.device, dtype=x.dtype)  # (D, R, nb/2)
+    out = torch.empty(bh, n_hashes, n, dtype=torch.int64, device=x.device)
+    step = max(1, _HASH_BUDGET // max(1, bh * n_buckets))
+    for r in range(n_hashes):
+        for start in range(0, n, step):
+            proj = x[:, start:start + step] @ rot[:, r]  # (BH, n, nb/2)
+            out[:, r, start:start + step] = torch.cat([proj, -proj], dim=-1).argmax(-1)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the items that get sorted
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Items:
+    """What is sorted: ``N`` items (+1 dummy at index N used for padding chunks).
+
+    Rows ``qv (BH, N+1, D)`` query vectors, ``kv (BH, N+1, D)`` key vectors, ``vv (BH, N+1, Dv)``;
+    ``qpos``/``kpos (N+1,)`` query/key position of each item (-1: not a query/key);
+    ``time (N,)`` position used to order items within a bucket; ``hashed (BH, N, D)``.
+    """
+
+    qv: Tensor
+    kv: Tensor
+    vv: Tensor
+    qpos: Tensor
+    kpos: Tensor
+    time: Tensor
+    hashed: Tensor
+    n: int
+
+
+def _pad_dummy(x: Tensor) -> Tensor:
+    """Append one zero row (the dummy item) along dim 1."""
+    return F.pad(x, (0, 0, 0, 1))
+
+
+def _items(q: Tensor, k: Tensor, v: Tensor, shared_qk: bool) -> _Items:
+    """Items for ``q (BH, T, D)``, ``k (BH, S, D)``, ``v (BH, S, Dv)``."""
+    t, s, dev = q.shape[1], k.shape[1], q.device
+    minus = torch.full((1,), -1, dtype=torch.int64, device=dev)
+    if shared_qk:
+        pos = torch.arange(t, device=dev)
+        keys = F.normalize(q, dim=-1)  # (BH, T, D)
+        return _Items(_pad_dummy(q), _pad_dummy(keys), _pad_dummy(v), torch.cat([pos, minus]),
+                      torch.cat([pos, minus]), pos, q, t)
+    off = s - t  # query i sits at key position i + off (bottom-right alignment)
+    qpos, kpos = torch.arange(t, device=dev), torch.arange(s, device=dev)
+    none_t, none_s = torch.full((t,), -1, device=dev), torch.full((s,), -1, device=dev)
+    qtime, ktime = qpos + off, kpos
+    shift = min(0, off)
+    return _Items(
+        qv=_pad_dummy(torch.cat([q, torch.zeros_like(k)], dim=1)),
+        kv=_pad_dummy(torch.cat([torch.zeros_like(q), k], dim=1)),
+        vv=_pad_dummy(torch.cat([v.new_zeros(v.shape[0], t, v.shape[2]), v], dim=1)),
+        qpos=torch.cat([qpos, none_s, minus]),
+        kpos=torch.cat([none_t, kpos, minus]),
+        time=torch.cat([2 * (qtime - shift), 2 * (ktime - shift) + 1]),  # queries before keys at a tie
+        hashed=torch.cat([q, k], dim=1),
+        n=t + s,
+    )
+
+
+def _gather_rows(x: Tensor, idx: Tensor) -> Tensor:
+    """``x (BH, M, E)`` gathered at ``idx (BH, ...)`` -> ``(BH, ..., E)``."""
+    flat = idx.reshape(idx.shape[0], -1)  # (BH, n)
+    out = x.gather(1, flat.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (BH, n, E)
+    return out.view(*idx.shape, x.shape[-1])
+
+
+def _look_one_back(rows: Tensor) -> Tensor:
+    """Key-side item ids of each chunk: the chunk and the one before it (cyclically).
+    ``rows (BH, nC, C)`` -> ``(BH, nC, 2C)``, or the chunk alone when there is one chunk."""
+    if rows.shape[1] == 1:
+        return rows
+    return torch.cat([rows, rows.roll(1, dims=1)], dim=-1)
+
+
+def _allowed(mask: Mask | None, heads: int, lq: int, lk: int, qpos: Tensor, kpos: Tensor) -> Tensor:
+    """Which (row, col) pairs may attend: both real, and allowed by ``mask``.
+
+    ``qpos (BH, nC, C)`` and ``kpos (BH, nC, K)`` positions (-1: not a query / not a key)
+    -> bool ``(BH, nC, C, K)``."""
+    ok = (qpos >= 0).unsqueeze(-1) & (kpos >= 0).unsqueeze(-2)  # (BH, nC, C, K)
+    if mask is None:
+        return ok
+    bh = torch.arange(qpos.shape[0], device=qpos.device).view(-1, 1, 1, 1)
+    i = qpos.clamp(min=0).unsqueeze(-1)  # (BH, nC, C, 1)
+    j = kpos.clamp(min=0).unsqueeze(-2)  # (BH, nC, 1, K)
+    return ok & mask.mod(bh // heads, bh % heads, i, j, lq, lk)
+
+
+def _duplicate_counts(chunk_of: Tensor, rows: Tensor, cols: Tensor, n_chunks: int) -> Tensor:
+    """In how many rounds each (row, col) pair is attended: ``chunk_of (BH, R, N+1)`` chunk of each
+    item per round; ``rows (BH, nC, C)``, ``cols (BH, nC, K)`` -> ``(BH, nC, C, K)`` counts >= 1
+    for pairs attended in this round."""
+    count = torch.zeros(*rows.shape, cols.shape[-1], dtype=torch.int16, device=rows.device)
+    for r in range(chunk_of.shape[1]):
+        cq = chunk_of[:, r].gather(1, rows.flatten(1)).view(rows.shape)  # (BH, nC, C)
+        ck = chunk_of[:, r].gather(1, cols.flatten(1)).view(cols.shape)  # (BH, nC, K)
+        diff = (cq.unsqueeze(-1) - ck.unsqueeze(-2)) % n_chunks  # (BH, nC, C, K)
+        count += (diff <= 1).to(torch.int16)
+    return count
+
+
+# ----------------------------------------------------------------------------------------------
+# the functional core
+# ----------------------------------------------------------------------------------------------
+
+
+def _sort_orders(items: _Items, buckets: Tensor, n_chunks: int, chunk: int) -> tuple[Tensor, Tensor]:
+    """Sort the items by ``(bucket, time)`` in every round.
+
+    Returns the sorted item ids padded with the dummy ``(BH, R, nC*C)`` and the sorted slot
+    (rank) of every item ``(BH, R, N)``."""
+    n = items.n
+    key = buckets * (2 * int(items.time.max()) + 2) + items.time  # (BH, R, N) unique per round
+    order = key.argsort(dim=-1)  # (BH, R, N)
+    rank = torch.empty_like(order)
+    rank.scatter_(-1, order, torch.arange(n, device=order.device).expand_as(order))
+    return F.pad(order, (0, n_chunks * chunk - n), value=n), rank
+
+
+def lsh_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, scale: float | None = None,
+                  settings: LSHSettings | None = None, generator: torch.Generator | None = None,
+                  return_weights: bool = False) -> LSHResult:
+    """LSH attention on ``q (B, H, T, D)``, ``k (B, Hkv, S, D)``, ``v (B, Hkv, S, Dv)``.
+
+    Returns an :class:`LSHResult` with ``out (B, H, T, Dv)`` (and the attended keys and their
+    weights when ``return_weights``). A query with no allowed key among those it attended gets a
+    zero output. Differentiable in ``q``, ``k``, ``v`` (the bucket assignment is piecewise
+    constant and carries no gradient).
+    """
+    st = settings or LSHSettings()
+    b, h, t, d = q.shape
+    s, dv = k.shape[2], v.shape[3]
+    scale = d ** -0.5 if scale is None else scale
+    if st.shared_qk and t != s:
+        raise AttnKitError(f"lsh shared_qk=True needs as many queries as keys; got T={t}, S={s}")
+    out_dtype = q.dtype
+    work = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    n_rep = h // k.shape[1]
+    qf = q.to(work).reshape(b * h, t, d)  # (BH, T, D)
+    kf = repeat_kv(k.to(work), n_rep).reshape(b * h, s, d)  # (BH, S, D)
+    vf = repeat_kv(v.to(work), n_rep).reshape(b * h, s, dv)  # (BH, S, Dv)
+
+    items = _items(qf, kf, vf, st.shared_qk)
+    n = items.n
+    chunk = min(st.bucket_size, n)
+    n_chunks = math.ceil(n / chunk)
+    n_buckets = st.buckets_for(n)
+    rot = random_rotations(d, st.n_hashes, n_buckets, generator=generator, seed=st.seed)
+    with torch.no_grad():
+        buckets = hash_vectors(items.hashed.detach(), rot, n_buckets)  # (BH, R, N)
+        orders, ranks = _sort_orders(items, buckets, n_chunks, chunk)
+        # chunk of every item per round (BH, R, N+1); the dummy matches no chunk
+        chunk_of = F.pad(torch.div(ranks, chunk, rounding_mode="floor"), (0, 1), value=-n_chunks)
+
+    nums, dens, maxes, tiles = [], [], [], []
+    for r in range(st.n_hashes):
+        rows = orders[:, r].view(b * h, n_chunks, chunk)  # (BH, nC, C) item ids
+        cols = _look_one_back(rows)  # (BH, nC, K)
+        qs = _gather_rows(items.qv, rows)  # (BH, nC, C, D)
+        ks = _gather_rows(items.kv, cols)  # (BH, nC, K, D)
+        vs = _gather_rows(items.vv, cols)  # (BH, nC, K, Dv)
+        qpos, kpos = items.qpos[rows], items.kpos[cols]  # (BH, nC, C), (BH, nC, K)
+        sc = (qs @ ks.transpose(-1, -2)) * scale  # (BH, nC, C, K)
+        if st.shared_qk:
+            sc = sc.masked_fill(rows.unsqueeze(-1) == cols.unsqueeze(-2), SELF_SCORE)
+        if st.dedup and st.n_hashes > 1 and n_chunks > 2:
+            counts = _duplicate_counts(chunk_of, rows, cols, n_chunks)  # (BH, nC, C, K)
+            sc = sc - counts.clamp(min=1).to(sc.dtype).log()
+        elif st.dedup and st.n_hashes > 1:  # <= 2 chunks: every round attends everything
+            sc = sc - math.log(st.n_hashes)
+        allowed = _allowed(_mask_or_none(mask), h, t, s, qpos, kpos)
+        sc = sc.masked_fill(~allowed, -math.inf)
+        m = sc.amax(-1, keepdim=True).detach()  # (BH, nC, C, 1)
+        m_safe = torch.where(torch.isfinite(m), m, torch.zeros((), dtype=m.dtype))
+        p = torch.exp(sc - m_safe)  # (BH, nC, C, K); 0 where not allowed
+        num = (p @ vs).view(b * h, n_chunks * chunk, dv)  # (BH, nC*C, Dv) in sorted order
+        den = p.sum(-1).view(b * h, n_chunks * chunk, 1)  # (BH, nC*C, 1)
+        mx = m.view(b * h, n_chunks * chunk, 1)  # (BH, nC*C, 1)
+        rank = ranks[:, r, :t]  # (BH, T) sorted slot of each query (items 0..T-1 are the queries)
+        nums.append(_gather_rows(num, rank))  # (BH, T, Dv)
+        dens.append(_gather_rows(den, rank))  # (BH, T, 1)
+        maxes.append(_gather_rows(mx, rank))  # (BH, T, 1)
+        if return_weights:
+            tiles.append((p.view(b * h, n_chunks * chunk, -1), kpos, rank))
+
+    mstack = torch.stack(maxes)  # (R, BH, T, 1)
+    top = mstack.amax(0)  # (BH, T, 1)
+    top = torch.where(torch.isfinite(top), top, torch.zeros((), dtype=top.dtype))
+    factors = torch.exp(mstack - top)  # (R, BH, T, 1); 0 for rounds with no allowed key
+    num = sum(f * x for f, x in zip(factors, nums))  # (BH, T, Dv)
+    den = sum(f * x for f, x in zip(factors, dens))  # (BH, T, 1)
+    alive = den > 0
+    out = torch.where(alive, num / torch.where(alive, den, torch.ones((), dtype=den.dtype)),
+                      torch.zeros((), dtype=num.dtype))  # (BH, T, Dv)
+    out = out.view(b, h, t, dv).to(out_dtype)
+    if not return_weights:
+        return LSHResult(out)
+    safe_den = torch.where(alive, den, torch.ones((), dtype=den.dtype))  # (BH, T, 1)
+    idx_parts, val_parts = [], []
+    for (p, kpos, rank), f in zip(tiles, factors):
+        n_chunks_, k_width = kpos.shape[1], kpos.shape[2]
+        kp = kpos.unsqueeze(2).expand(-1, -1, chunk, -1).reshape(b * h, n_chunks_ * chunk, k_width)
+        idx_parts.append(_gather_rows(kp, rank))  # (BH, T, K) key positions
+        val_parts.append(_gather_rows(p, rank) * f / safe_den)  # (BH, T, K)
+    idx = torch.cat(idx_parts, -1)
+    vals = torch.cat(val_parts, -1)
+    idx = torch.where(vals > 0, idx, torch.full((), -1, dtype=idx.dtype))
+    return LSHResult(out, idx.view(b, h, t, -1), vals.view(b, h, t, -1).to(out_dtype))
+
+
+def _mask_or_none(mask: Mask | None) -> Mask | None:
+    return None if mask is None or isinstance(mask, Full) else mask
+
+
+# ----------------------------------------------------------------------------------------------
+# registration
+# ----------------------------------------------------------------------------------------------
+
+
+def lsh(call: AttentionCall) -> Tensor | tuple[Tensor, Tensor]:
+    """The ``lsh`` implementation of :func:`attnkit.attention` (weights returned dense)."""
+    res = lsh_attention(call.q, call.k, call.v, call.mask, scale=call.scale,
+                        settings=settings_from_options(call.options), generator=call.generator,
+                        return_weights=call.return_weights)
+    if not call.return_weights:
+        return res.out
+    return res.out, res.dense_weights(call.lk)
+
+
+def _check(call: AttentionCall) -> list[str]:
+    try:
+        st = settings_from_options(call.options)
+    except AttnKitError as err:
+        return [str(err)]
+    if st.shared_qk and call.lq != call.lk:
+        return [f"shared_qk=True needs T == S; got T={call.lq}, S={call.lk}"]
+    return []
+
+
+register_impl(ImplSpec(
+    name="lsh",
+    fn=lsh,
+    description="Reformer LSH attention: hash, sort, chunked attention with look-one-back (approximate)",
+    scores=frozenset({"scaled_dot", "dot"}),
+    weights=frozenset({"softmax"}),
+    mask_types=(Causal, Padding, KeyMask, Full),
+    score_mods="none",
+    dropout=False,
+    exact=False,
+    options=OPTIONS,
+    priority=500,
+    check=_check,
+))
