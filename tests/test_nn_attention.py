@@ -1,0 +1,301 @@
+"""MultiHeadAttention: parity with torch.nn.MultiheadAttention over its arguments, checkpoint
+loading, GQA, ALiBi, q/k norm, implementation passthrough and errors."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import attnkit
+from attnkit import masks
+from attnkit.errors import AttnKitError, ShapeError
+from attnkit.nn import MultiHeadAttention
+
+E, H, B, T, S = 16, 4, 2, 5, 7
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def _pair(batch_first=True, kdim=None, vdim=None, bias=True, seed=0):
+    torch.manual_seed(seed)
+    ref = nn.MultiheadAttention(E, H, bias=bias, kdim=kdim, vdim=vdim, batch_first=batch_first).eval()
+    with torch.no_grad():  # non-zero biases so they are checked too
+        for name, p in ref.named_parameters():
+            if "bias" in name:
+                p.normal_()
+    return ref, MultiHeadAttention.from_torch(ref).eval()
+
+
+def _inputs(batch_first, kdim, vdim, cross, gen):
+    shape = (lambda L, d: (B, L, d)) if batch_first else (lambda L, d: (L, B, d))
+    q = torch.randn(*shape(T, E), generator=gen)
+    if not cross:
+        return q, q, q, T
+    return q, torch.randn(*shape(S, kdim or E), generator=gen), torch.randn(*shape(S, vdim or E), generator=gen), S
+
+
+def _masks(kind, lq, lk, gen):
+    """(attn_mask, key_padding_mask, is_causal) in PyTorch's conventions; no fully masked rows."""
+    keep_first = torch.zeros(lk, dtype=torch.bool)
+    keep_first[0] = True
+    if kind == "none":
+        return None, None, False
+    if kind == "bool2d":
+        return (torch.rand(lq, lk, generator=gen) < 0.4) & ~keep_first, None, False
+    if kind == "bool3d":
+        return (torch.rand(B * H, lq, lk, generator=gen) < 0.4) & ~keep_first, None, False
+    if kind == "float2d":
+        m = torch.randn(lq, lk, generator=gen)
+        m[:, 2] = float("-inf")
+        return m, None, False
+    if kind == "float3d":
+        return torch.randn(B * H, lq, lk, generator=gen), None, False
+    if kind == "kpm_bool":
+        kpm = torch.zeros(B, lk, dtype=torch.bool)
+        kpm[1, -2:] = True
+        return None, kpm, False
+    if kind == "kpm_float":
+        kpm = torch.zeros(B, lk)
+        kpm[0, -1] = float("-inf")
+        kpm[1, 1] = -2.0
+        return None, kpm, False
+    if kind == "causal":
+        return nn.Transformer.generate_square_subsequent_mask(lq), None, True
+    if kind == "bool2d+kpm":
+        kpm = torch.zeros(B, lk, dtype=torch.bool)
+        kpm[0, -1] = True
+        return (torch.rand(lq, lk, generator=gen) < 0.3) & ~keep_first, kpm, False
+    raise ValueError(kind)
+
+
+MASK_KINDS = ["none", "bool2d", "bool3d", "float2d", "float3d", "kpm_bool", "kpm_float", "causal", "bool2d+kpm"]
+
+
+@pytest.mark.parametrize("batch_first,dims", [(True, (None, None)), (False, (None, None)), (True, (6, 10)),
+                                              (False, (6, 10))])
+@pytest.mark.parametrize("kind", MASK_KINDS)
+def test_parity_with_torch(batch_first, dims, kind):
+    kdim, vdim = dims
+    ref, mine = _pair(batch_first, kdim, vdim)
+    gen = torch.Generator().manual_seed(1)
+    cross = kdim is not None
+    q, k, v, lk = _inputs(batch_first, kdim, vdim, cross, gen)
+    if kind == "causal" and cross:
+        kind = "bool2d"
+    am, kpm, causal = _masks(kind, T, lk, gen)
+    for need, avg in itertools.product((True, False), (True, False)):
+        want = ref(q, k, v, key_padding_mask=kpm, need_weights=need, attn_mask=am, average_attn_weights=avg,
+                   is_causal=causal)
+        got = mine(q, k, v, key_padding_mask=kpm, need_weights=need, attn_mask=am, average_attn_weights=avg,
+                   is_causal=causal)
+        torch.testing.assert_close(got[0], want[0], **TOL)
+        if need:
+            assert got[1].shape == want[1].shape
+            torch.testing.assert_close(got[1], want[1], **TOL)
+        else:
+            assert got[1] is None and want[1] is None
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_backward_parity(bias):
+    ref, mine = _pair(bias=bias)
+    gen = torch.Generator().manual_seed(2)
+    x1 = torch.randn(B, T, E, generator=gen, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    am = nn.Transformer.generate_square_subsequent_mask(T)
+    (ref(x1, x1, x1, attn_mask=am)[0] ** 2).sum().backward()
+    (mine(x2, x2, x2, attn_mask=am)[0] ** 2).sum().backward()
+    torch.testing.assert_close(x2.grad, x1.grad, **TOL)
+    gi = ref.in_proj_weight.grad.chunk(3)
+    for g, lin in zip(gi, (mine.q_proj, mine.k_proj, mine.v_proj)):
+        torch.testing.assert_close(lin.weight.grad, g, **TOL)
+    torch.testing.assert_close(mine.o_proj.weight.grad, ref.out_proj.weight.grad, **TOL)
+
+
+def test_unbatched_input():
+    ref, mine = _pair(batch_first=True)
+    x = torch.randn(T, E)
+    kpm = torch.tensor([False, False, True, False, False])
+    want = ref(x, x, x, key_padding_mask=kpm)
+    got = mine(x, x, x, key_padding_mask=kpm)
+    assert got[0].shape == (T, E) and got[1].shape == (T, T)
+    torch.testing.assert_close(got[0], want[0], **TOL)
+    torch.testing.assert_close(got[1], want[1], **TOL)
+
+
+def test_load_state_dict_of_torch_module_with_separate_qkv_weights():
+    torch.manual_seed(3)
+    ref = nn.MultiheadAttention(E, H, kdim=6, vdim=10, batch_first=True).eval()
+    assert "q_proj_weight" in ref.state_dict()
+    mine = MultiHeadAttention(E, H, kdim=6, vdim=10).eval()
+    mine.load_state_dict(ref.state_dict())
+    q, k, v = torch.randn(B, T, E), torch.randn(B, S, 6), torch.randn(B, S, 10)
+    torch.testing.assert_close(mine(q, k, v)[0], ref(q, k, v)[0], **TOL)
+    assert set(mine.state_dict()) == {f"{n}_proj.{p}" for n in "qkvo" for p in ("weight", "bias")}
+
+
+def test_load_torch_state_dict_nested_under_a_prefix():
+    torch.manual_seed(4)
+    ref = nn.Sequential(nn.MultiheadAttention(E, H, batch_first=True))
+    mine = nn.Sequential(MultiHeadAttention(E, H))
+    mine.load_state_dict(ref.state_dict())
+    x = torch.randn(B, T, E)
+    torch.testing.assert_close(mine[0](x)[0], ref[0](x, x, x)[0], **TOL)
+
+
+def test_fully_masked_rows_give_zero_weights_not_nan():
+    _, mine = _pair()
+    x = torch.randn(B, T, E)
+    am = torch.zeros(T, T, dtype=torch.bool)
+    am[1] = True  # query 1 may attend nothing
+    out, w = mine(x, attn_mask=am, average_attn_weights=False)
+    assert torch.isfinite(out).all() and torch.isfinite(w).all()
+    assert (w[:, :, 1] == 0).all()
+    torch.testing.assert_close(out[:, 1], mine.o_proj.bias.expand(B, E))  # o_proj(0) = bias
+    torch.testing.assert_close(w[:, :, 0].sum(-1), torch.ones(B, H))
+
+
+def test_attnkit_mask_equals_torch_bool_mask():
+    _, mine = _pair()
+    x = torch.randn(B, T, E)
+    causal_bool = torch.ones(T, T, dtype=torch.bool).triu(1)
+    want = mine(x, attn_mask=causal_bool)
+    for got in (mine(x, mask=masks.causal()), mine(x, attn_mask=masks.causal()), mine(x, is_causal=True)):
+        torch.testing.assert_close(got[0], want[0])
+        torch.testing.assert_close(got[1], want[1])
+    win = mine(x, mask=masks.window(1), attn_mask=causal_bool)[1]
+    assert (win[0].triu(1) == 0).all() and (win[0].tril(-2) == 0).all()
+
+
+@pytest.mark.parametrize("impl", ["reference", "sdpa"])
+def test_impl_passthrough(impl):
+    _, base = _pair()
+    mine = MultiHeadAttention(E, H, impl=impl).eval()
+    mine.load_state_dict(base.state_dict())
+    x = torch.randn(B, T, E)
+    kpm = torch.zeros(B, T, dtype=torch.bool)
+    kpm[0, -1] = True
+    torch.testing.assert_close(mine(x, key_padding_mask=kpm, need_weights=False)[0],
+                               base(x, key_padding_mask=kpm, need_weights=False)[0], **TOL)
+    seen = []
+    with attnkit.observe(lambda call, name, out, w: seen.append(name)):
+        mine(x, need_weights=False)
+    assert seen == [impl]
+
+
+def test_unknown_impl_is_a_clear_error():
+    mine = MultiHeadAttention(E, H, impl="no-such-impl")
+    with pytest.raises(attnkit.UnknownNameError, match="no-such-impl"):
+        mine(torch.randn(B, T, E))
+
+
+def test_gqa_equals_mha_with_repeated_kv_weights():
+    torch.manual_seed(5)
+    gqa = MultiHeadAttention(E, H, num_kv_heads=2).eval()
+    full = MultiHeadAttention(E, H).eval()
+    d = E // H
+    with torch.no_grad():
+        full.q_proj.load_state_dict(gqa.q_proj.state_dict())
+        full.o_proj.load_state_dict(gqa.o_proj.state_dict())
+        for src, dst in ((gqa.k_proj, full.k_proj), (gqa.v_proj, full.v_proj)):
+            w = src.weight.view(2, d, E).repeat_interleave(H // 2, dim=0).reshape(E, E)
+            dst.weight.copy_(w)
+            dst.bias.copy_(src.bias.view(2, d).repeat_interleave(H // 2, dim=0).reshape(E))
+    assert gqa.k_proj.weight.shape == (2 * d, E)
+    x = torch.randn(B, T, E)
+    torch.testing.assert_close(gqa(x, is_causal=True)[0], full(x, is_causal=True)[0], **TOL)
+    mqa = MultiHeadAttention(E, H, num_kv_heads=1)
+    assert mqa(x)[0].shape == (B, T, E) and mqa.k_proj.weight.shape == (d, E)
+
+
+def test_alibi_equals_the_explicit_bias():
+    torch.manual_seed(6)
+    mine = MultiHeadAttention(E, H, alibi=True).eval()
+    plain = MultiHeadAttention(E, H).eval()
+    plain.load_state_dict(mine.state_dict())
+    slopes = torch.tensor([2.0 ** (-8 * (h + 1) / H) for h in range(H)])
+    dist = (torch.arange(T).view(1, T) - torch.arange(T).view(T, 1)).abs().float()  # |i - j|
+    bias = (-slopes.view(H, 1, 1) * dist).repeat(B, 1, 1)  # (B * H, T, T)
+    x = torch.randn(B, T, E)
+    want = plain(x, attn_mask=bias, average_attn_weights=False)
+    got = mine(x, average_attn_weights=False)
+    torch.testing.assert_close(got[0], want[0], **TOL)
+    torch.testing.assert_close(got[1], want[1], **TOL)
+
+
+def test_qk_norm_makes_scores_invariant_to_projection_scale():
+    torch.manual_seed(7)
+    mine = MultiHeadAttention(E, H, qk_norm=True, bias=False).eval()
+    x = torch.randn(B, T, E)
+    out1, w1 = mine(x)
+    with torch.no_grad():
+        mine.q_proj.weight.mul_(5.0)
+        mine.k_proj.weight.mul_(0.1)
+    out2, w2 = mine(x)
+    torch.testing.assert_close(w1, w2, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out1, out2, atol=1e-4, rtol=1e-4)
+    assert "q_norm.weight" in mine.state_dict()
+
+
+def test_score_and_weight_passthrough():
+    torch.manual_seed(8)
+    mine = MultiHeadAttention(E, H, weight="sparsemax").eval()
+    x = torch.randn(B, T, E) * 3
+    _, w = mine(x, average_attn_weights=False)
+    torch.testing.assert_close(w.sum(-1), torch.ones(B, H, T))
+    assert (w == 0).any()  # sparsemax gives exact zeros
+    cos = MultiHeadAttention(E, H, score="cosine").eval()
+    cos.load_state_dict(mine.state_dict())
+    assert cos(x)[0].shape == (B, T, E)
+
+
+def test_dropout_only_in_training():
+    torch.manual_seed(9)
+    mine = MultiHeadAttention(E, H, dropout=0.5)
+    x = torch.randn(B, T, E)
+    mine.eval()
+    torch.testing.assert_close(mine(x)[0], mine(x)[0])
+    mine.train()
+    assert not torch.allclose(mine(x, need_weights=False)[0], mine(x, need_weights=False)[0])
+
+
+def test_fp64_and_grad_through_module():
+    mine = MultiHeadAttention(E, H, dtype=torch.float64)
+    x = torch.randn(B, T, E, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: mine(t, is_causal=True, need_weights=False)[0], (x,))
+
+
+def test_errors():
+    with pytest.raises(ShapeError, match="embed_dim=10 must be divisible by num_heads=4"):
+        MultiHeadAttention(10, 4)
+    with pytest.raises(ShapeError, match="num_kv_heads=3"):
+        MultiHeadAttention(16, 4, num_kv_heads=3)
+    with pytest.raises(AttnKitError, match="dropout"):
+        MultiHeadAttention(16, 4, dropout=1.5)
+    mine = MultiHeadAttention(E, H)
+    x = torch.randn(B, T, E)
+    with pytest.raises(ShapeError, match=r"attn_mask must have shape .*got \(3, 3\)"):
+        mine(x, attn_mask=torch.zeros(3, 3, dtype=torch.bool))
+    with pytest.raises(ShapeError, match=r"key_padding_mask must have shape \(B, S\) = \(2, 5\)"):
+        mine(x, key_padding_mask=torch.zeros(2, 4, dtype=torch.bool))
+    with pytest.raises(ShapeError, match="query last dim must be 16"):
+        mine(torch.randn(B, T, 8))
+    with pytest.raises(ShapeError, match="query must be 3-D"):
+        mine(torch.randn(T))
+    with pytest.raises(ShapeError, match="num_kv_heads"):
+        MultiHeadAttention(E, H, num_kv_heads=2).load_state_dict(nn.MultiheadAttention(E, H).state_dict())
+    with pytest.raises(AttnKitError, match="add_bias_kv"):
+        MultiHeadAttention.from_torch(nn.MultiheadAttention(E, H, add_bias_kv=True))
+    with pytest.raises(attnkit.DTypeError, match="attn_mask must be bool"):
+        mine(x, attn_mask=torch.zeros(T, T, dtype=torch.int64))
+
+
+def test_default_scale_is_one_over_sqrt_head_dim():
+    mine = MultiHeadAttention(E, H, bias=False).eval()
+    x = torch.randn(1, 3, E)
+    _, w = mine(x, average_attn_weights=False)
+    q = mine.q_proj(x).view(1, 3, H, E // H).transpose(1, 2)
+    k = mine.k_proj(x).view(1, 3, H, E // H).transpose(1, 2)
+    want = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(E // H), -1)
+    torch.testing.assert_close(w, want, **TOL)
