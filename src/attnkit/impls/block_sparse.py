@@ -1,0 +1,543 @@
+"""``block_sparse``: attention computed only on the ``(block_q, block_k)`` tiles the mask keeps.
+
+The mask is classified into tiles (``mask.blocks``, analytic for structured masks, so no
+``T x S`` buffer). The kept tiles of each query-block row are packed into *segments* of at most
+``C`` tiles; a chunk of segments is one batched gather of key/value blocks and two batched
+matmuls. Full tiles run unmasked, partial tiles apply their dense sub-mask, and a row split
+over several segments is merged with the log-sum-exp (online softmax) rule. The backward pass
+recomputes the scores per chunk from the saved log-sum-exp (as FlashAttention does) and
+scatters the key/value gradients back with ``index_add_``. Cost: proportional to the number of
+kept tiles; memory: O(kept tiles) for the plan plus O(chunk) for the work space.
+
+Grouped-query attention folds the query heads that share a kv head into the rows of one matmul.
+Half-precision inputs are computed in float32. Rows whose keys are all masked give zeros.
+
+Options: ``block_q`` / ``block_k`` / ``block`` (tile sizes, default 64), ``chunk`` (score elements
+per chunk), ``weights_format`` (``"dense"`` or ``"blocks"`` for ``return_weights``) and ``force``
+(skip the cost model, which otherwise declines dense masks where sdpa is faster).
+
+Shape legend: B batch, H query heads, Hkv kv heads, T queries, S keys, D head dim, Dv value dim,
+nQ / nK query / key blocks, nS segments, C tiles per segment, R = (H / Hkv) * block_q rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..masks import EMPTY, FULL, PARTIAL, Mask
+from ..registry import AttentionCall, ImplSpec, register_impl
+from ..scores import ScoreMod, apply_mods
+
+__all__ = ["block_sparse", "BlockWeights", "plan_for", "SlicePlan", "MAX_BLOCK_DENSITY", "MIN_LENGTH"]
+
+DEFAULT_BLOCK = 64
+DEFAULT_CHUNK = 1 << 22  # score elements per chunk (16 MiB in float32)
+MAX_SEG_TILES = 64  # at most this many tiles per segment
+MAX_BLOCK_DENSITY = 0.35  # above this auto prefers dense sdpa (benchmarks/bench_block_sparse.py)
+MIN_LENGTH = 1024  # below this many keys auto prefers dense sdpa (overheads dominate)
+
+
+# ----------------------------------------------------------------------------------------------
+# the plan: which tiles, packed into segments
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class SlicePlan:
+    """The kept tiles of one mask slice (one batch/head of a batch/head-dependent mask, or all).
+
+    ``seg_q (nS,)`` query block of each segment; ``seg_k (nS, C)`` its key blocks (``n_k`` = the
+    zero padding block); ``seg_lib (nS, C)`` index into ``blocked (L, block_q, block_k)``, where
+    True = masked out (entry 0: all masked, 1: none masked); ``masked (nS,)`` whether a segment
+    needs any masking; ``single`` whether query block ``i`` is exactly segment ``i``.
+    """
+
+    seg_q: Tensor
+    seg_k: Tensor
+    seg_lib: Tensor
+    blocked: Tensor
+    masked: Tensor
+    single: bool
+    n_q: int
+    n_k: int
+    tiles: int  # kept tiles
+    full_tiles: int
+
+    @property
+    def slots(self) -> int:
+        """Tiles per segment ``C``."""
+        return self.seg_k.shape[1]
+
+
+def _tile_sizes_valid(lq: int, lk: int, bq: int, bk: int) -> Tensor:
+    """``(bq, bk)`` bool: positions of the last-column tile that lie before ``lk``."""
+    j = torch.arange(bk).view(1, bk)
+    rem = lk - (math.ceil(lk / bk) - 1) * bk
+    return (j < rem).expand(bq, bk)
+
+
+def _segments(qi: Tensor, n_q: int, cap: int) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Pack tiles sorted by query block ``qi (n,)`` into segments of at most ``C`` tiles.
+
+    Returns the segment and slot of each tile, ``seg_q (nS,)`` and ``C``."""
+    counts = torch.bincount(qi, minlength=n_q)  # (nQ,)
+    live = counts[counts > 0].float()
+    if len(live) == 0:
+        return qi.new_zeros(0), qi.new_zeros(0), qi.new_zeros(0), 1
+    c = int(min(int(counts.max()), max(1, math.ceil(float(torch.quantile(live, 0.9)))), cap))
+    starts = torch.cumsum(counts, 0) - counts  # (nQ,) first tile of each row
+    pos = torch.arange(len(qi)) - starts[qi]  # (n,) position within the row
+    nseg = (counts + c - 1) // c  # (nQ,)
+    seg_start = torch.cumsum(nseg, 0) - nseg
+    seg = seg_start[qi] + pos // c
+    seg_q = torch.repeat_interleave(torch.arange(n_q), nseg)
+    return seg, pos % c, seg_q, c
+
+
+def build_plan(mask: Mask, kinds: Tensor, bm: int, hm: int, lq: int, lk: int, bq: int, bk: int) -> SlicePlan:
+    """The plan for slice ``(bm, hm)`` of ``kinds (Bm, Hm, nQ, nK)``: partial tiles are evaluated
+    once (their sub-masks become the ``blocked`` library), empty ones dropped."""
+    n_q, n_k = kinds.shape[-2:]
+    k2 = kinds[bm, hm]
+    tiles = (k2 != EMPTY).nonzero()  # (n, 2) rows (qi, ki), sorted by qi then ki
+    kind = k2[tiles[:, 0], tiles[:, 1]]
+    lib_id = torch.ones(len(tiles), dtype=torch.int64)  # 1: nothing masked
+    edge = _tile_sizes_valid(lq, lk, bq, bk)
+    library = [torch.ones(1, bq, bk, dtype=torch.bool), torch.zeros(1, bq, bk, dtype=torch.bool)]
+    if lk % bk:  # the last key block of a full tile row still stops at lk
+        library.append((~edge).unsqueeze(0))
+        lib_id[(tiles[:, 1] == n_k - 1) & (kind == FULL)] = 2
+    part = (kind == PARTIAL).nonzero().flatten()
+    keep = torch.ones(len(tiles), dtype=torch.bool)
+    if len(part):
+        rows = torch.stack([torch.full_like(part, bm), torch.full_like(part, hm),
+                            tiles[part, 0], tiles[part, 1]], 1)  # (nP, 4)
+        sub = _eval(mask, rows, lq, lk, bq, bk)  # (nP, bq, bk) True = attend
+        keep[part[~sub.flatten(1).any(-1)]] = False  # partial by bounds, empty in fact
+        lib_id[part] = sum(len(x) for x in library) + torch.arange(len(part))
+        library.append(~sub)
+    tiles, lib_id = tiles[keep], lib_id[keep]
+    seg, slot, seg_q, c = _segments(tiles[:, 0], n_q, MAX_SEG_TILES)
+    n_s = len(seg_q)
+    seg_k = torch.full((n_s, c), n_k, dtype=torch.int64)
+    seg_lib = torch.zeros((n_s, c), dtype=torch.int64)
+    seg_k[seg, slot] = tiles[:, 1]
+    seg_lib[seg, slot] = lib_id
+    blocked = torch.cat(library)
+    single = n_s == n_q and bool((seg_q == torch.arange(n_q)).all())
+    return SlicePlan(seg_q, seg_k, seg_lib, blocked, (seg_lib != 1).any(-1), single, n_q, n_k,
+                     len(tiles), int((lib_id == 1).sum()))
+
+
+def _eval(mask: Mask, rows: Tensor, lq: int, lk: int, bq: int, bk: int) -> Tensor:
+    """Dense sub-masks ``(n, bq, bk)`` of the tiles ``rows (n, 4)``; False past ``lq`` / ``lk``."""
+    from ..masks import _eval_tiles
+
+    return _eval_tiles(mask, lq, lk, bq, bk, rows)
+
+
+_CACHE: OrderedDict[tuple, object] = OrderedDict()
+_CACHE_SIZE = 16
+
+
+def _cached(key: tuple, make):
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    val = make()
+    _CACHE[key] = val
+    if len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return val
+
+
+def tile_kinds(mask: Mask, lq: int, lk: int, bq: int, bk: int) -> Tensor:
+    """``(Bm, Hm, nQ, nK)`` int8 tile kinds of ``mask`` (cached per mask object and size)."""
+    return _cached(("kinds", mask, lq, lk, bq, bk), lambda: mask.blocks(lq, lk, bq, bk, refine=False).kinds)
+
+
+def plan_for(mask: Mask, lq: int, lk: int, bq: int = DEFAULT_BLOCK, bk: int = DEFAULT_BLOCK) -> list[list[SlicePlan]]:
+    """Plans ``[bm][hm]`` for every slice of ``mask`` (cached per mask object and size)."""
+
+    def make():
+        kinds = tile_kinds(mask, lq, lk, bq, bk)
+        return [[build_plan(mask, kinds, b, h, lq, lk, bq, bk) for h in range(kinds.shape[1])]
+                for b in range(kinds.shape[0])]
+
+    return _cached(("plan", mask, lq, lk, bq, bk), make)
+
+
+# ----------------------------------------------------------------------------------------------
+# the kernel: chunks of segments, forward and backward
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class _Problem:
+    """What the kernel needs besides the tensors (one mask slice)."""
+
+    plan: SlicePlan
+    scale: float
+    mods: tuple[ScoreMod, ...]
+    b_ids: Tensor  # (Bs,) batch index of each batch row (for score mods)
+    h_ids: Tensor  # (Hkv, rep) query head index of each (kv head, replica)
+    lq: int
+    lk: int
+    bq: int
+    bk: int
+    chunk: int
+
+    @property
+    def rep(self) -> int:
+        return self.h_ids.shape[1]
+
+
+def _chunks(pb: _Problem, rows_per_seg: int) -> list[tuple[int, int]]:
+    """Segment ranges ``[start, stop)`` of at most ``chunk`` score elements each."""
+    n_s = len(pb.plan.seg_q)
+    per = max(1, pb.chunk // max(1, rows_per_seg * pb.plan.slots * pb.bk))
+    return [(s, min(n_s, s + per)) for s in range(0, n_s, per)]
+
+
+def _mod_indices(pb: _Problem, sq: Tensor, sk: Tensor, device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Index tensors ``b, h, i, j`` broadcasting to scores viewed ``(Bs, Hkv, nSc, rep, bq, C*bk)``."""
+    n_sc = len(sq)
+    b = pb.b_ids.to(device).view(-1, 1, 1, 1, 1, 1)
+    h = pb.h_ids.to(device).view(1, pb.h_ids.shape[0], 1, pb.rep, 1, 1)
+    i = (sq.view(-1, 1) * pb.bq + torch.arange(pb.bq, device=device)).clamp(max=pb.lq - 1)  # (nSc, bq)
+    j = (sk.unsqueeze(-1) * pb.bk + torch.arange(pb.bk, device=device)).clamp(max=pb.lk - 1)  # (nSc, C, bk)
+    return b, h, i.view(1, 1, n_sc, 1, pb.bq, 1), j.view(1, 1, n_sc, 1, 1, -1)
+
+
+def _scores(pb: _Problem, qg: Tensor, kg: Tensor, sq: Tensor, sk: Tensor, slib: Tensor, masked: bool,
+            raw_grad: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Modified, masked scores ``(Bs, Hkv, nSc, R, C*bk)`` of one chunk.
+
+    With ``raw_grad`` also returns the unmodified scores as a leaf requiring grad (the modified
+    scores are then a function of it, for the backward of non-additive score modifiers)."""
+    with torch.no_grad():
+        s = torch.matmul(qg, kg.transpose(-1, -2))  # (Bs, Hkv, nSc, R, C*bk)
+        s.mul_(pb.scale)
+    raw = None
+    if pb.mods:
+        if raw_grad:
+            raw = s.requires_grad_()
+        shape6 = (*s.shape[:3], pb.rep, pb.bq, s.shape[-1])
+        s = apply_mods(s.view(shape6), pb.mods, *_mod_indices(pb, sq, sk, s.device), pb.lq, pb.lk)
+        s = s.reshape(shape6[:3] + (pb.rep * pb.bq, shape6[-1]))
+    if masked:
+        blocked = pb.plan.blocked.to(s.device)[slib]  # (nSc, C, bq, bk)
+        blocked = blocked.permute(0, 2, 1, 3).reshape(len(sq), 1, pb.bq, -1)  # (nSc, 1, bq, C*bk)
+        shape6 = (*s.shape[:3], pb.rep, pb.bq, s.shape[-1])
+        s = s.view(shape6).masked_fill(blocked, -math.inf).view(s.shape)
+    return s, raw
+
+
+def _gather(pb: _Problem, qp: Tensor, kp: Tensor, vp: Tensor, lo: int, hi: int):
+    """Query rows, key and value blocks of segments ``[lo, hi)``."""
+    plan = pb.plan
+    sq, sk = plan.seg_q[lo:hi].to(qp.device), plan.seg_k[lo:hi].to(qp.device)
+    qg = qp[:, :, sq]  # (Bs, Hkv, nSc, R, D)
+    kg = kp[:, :, sk].flatten(3, 4)  # (Bs, Hkv, nSc, C*bk, D)
+    vg = vp[:, :, sk].flatten(3, 4)  # (Bs, Hkv, nSc, C*bk, Dv)
+    return sq, sk, qg, kg, vg
+
+
+def _forward(pb: _Problem, qp: Tensor, kp: Tensor, vp: Tensor) -> tuple[Tensor, Tensor]:
+    """Output ``(Bs, Hkv, nQ, R, Dv)`` and per-row log-sum-exp ``(Bs, Hkv, nQ, R)`` (+inf: dead row)."""
+    plan = pb.plan
+    bs, hkv, n_q, r, _ = qp.shape
+    dv = vp.shape[-1]
+    n_s = len(plan.seg_q)
+    o_seg = qp.new_zeros(bs, hkv, n_s, r, dv)
+    m_seg = qp.new_zeros(bs, hkv, n_s, r)
+    l_seg = qp.new_zeros(bs, hkv, n_s, r)
+    for lo, hi in _chunks(pb, bs * hkv * r):
+        sq, sk, qg, kg, vg = _gather(pb, qp, kp, vp, lo, hi)
+        s, _ = _scores(pb, qg, kg, sq, sk, plan.seg_lib[lo:hi], bool(plan.masked[lo:hi].any()))
+        m = s.amax(-1, keepdim=True)  # (Bs, Hkv, nSc, R, 1)
+        m.masked_fill_(m == -math.inf, 0.0)
+        p = s.sub_(m).exp_()  # (Bs, Hkv, nSc, R, C*bk)
+        l_seg[:, :, lo:hi] = p.sum(-1)
+        m_seg[:, :, lo:hi] = m.squeeze(-1)
+        o_seg[:, :, lo:hi] = torch.matmul(p, vg)  # (Bs, Hkv, nSc, R, Dv)
+    tiny = torch.finfo(qp.dtype).tiny
+    if plan.single:  # one segment per query block: nothing to merge
+        out = o_seg / l_seg.clamp(min=tiny).unsqueeze(-1)
+        lse = torch.where(l_seg > 0, m_seg + torch.log(l_seg.clamp(min=tiny)), math.inf)
+        return out, lse
+    # online softmax across the segments of a row: rescale each to the row maximum and add up
+    sq = plan.seg_q.to(qp.device)
+    idx = sq.view(1, 1, -1, 1).expand_as(m_seg)
+    m_row = qp.new_full((bs, hkv, n_q, r), -math.inf).scatter_reduce_(2, idx, m_seg, "amax")
+    factor = torch.exp(m_seg - m_row[:, :, sq])  # (Bs, Hkv, nS, R)
+    l_row = qp.new_zeros(bs, hkv, n_q, r).index_add_(2, sq, l_seg * factor)
+    out = qp.new_zeros(bs, hkv, n_q, r, dv).index_add_(2, sq, o_seg * factor.unsqueeze(-1))
+    out /= l_row.clamp(min=tiny).unsqueeze(-1)
+    lse = torch.where(l_row > 0, m_row + torch.log(l_row.clamp(min=tiny)), math.inf)
+    return out, lse
+
+
+def _backward(pb: _Problem, qp, kp, vp, out, lse, d_out) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients for ``qp``, ``kp``, ``vp`` by recomputing each chunk's probabilities from ``lse``."""
+    plan = pb.plan
+    bs, hkv, _, r, _ = qp.shape
+    delta = (d_out * out).sum(-1)  # (Bs, Hkv, nQ, R)
+    dq, dk, dv = torch.zeros_like(qp), torch.zeros_like(kp), torch.zeros_like(vp)
+    nonadditive = any(not m.additive for m in pb.mods)
+    for lo, hi in _chunks(pb, bs * hkv * r):
+        sq, sk, qg, kg, vg = _gather(pb, qp, kp, vp, lo, hi)
+        masked = bool(plan.masked[lo:hi].any())
+        with torch.enable_grad() if nonadditive else torch.no_grad():
+            s, raw = _scores(pb, qg, kg, sq, sk, plan.seg_lib[lo:hi], masked, raw_grad=nonadditive)
+        p = torch.exp(s.detach() - lse[:, :, sq].unsqueeze(-1))  # (Bs, Hkv, nSc, R, C*bk)
+        do_g = d_out[:, :, sq]  # (Bs, Hkv, nSc, R, Dv)
+        flat_k = sk.flatten()
+        dv_g = torch.matmul(p.transpose(-1, -2), do_g)  # (Bs, Hkv, nSc, C*bk, Dv)
+        dv.index_add_(2, flat_k, dv_g.reshape(bs, hkv, len(flat_k), pb.bk, -1))
+        dp = torch.matmul(do_g, vg.transpose(-1, -2))  # (Bs, Hkv, nSc, R, C*bk)
+        ds = p.mul_(dp.sub_(delta[:, :, sq].unsqueeze(-1)))  # (Bs, Hkv, nSc, R, C*bk)
+        if nonadditive:
+            ds = torch.autograd.grad(s, raw, ds)[0]
+        ds.mul_(pb.scale)
+        dq.index_add_(2, sq, torch.matmul(ds, kg))
+        dk_g = torch.matmul(ds.transpose(-1, -2), qg)  # (Bs, Hkv, nSc, C*bk, D)
+        dk.index_add_(2, flat_k, dk_g.reshape(bs, hkv, len(flat_k), pb.bk, -1))
+    return dq, dk, dv
+
+
+class _BlockSparseFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qp, kp, vp, pb):
+        out, lse = _forward(pb, qp, kp, vp)
+        ctx.save_for_backward(qp, kp, vp, out, lse)
+        ctx.pb = pb
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, d_out, _d_lse):
+        qp, kp, vp, out, lse = ctx.saved_tensors
+        dq, dk, dv = _backward(ctx.pb, qp, kp, vp, out, lse, d_out.contiguous())
+        return dq, dk, dv, None
+
+
+# ----------------------------------------------------------------------------------------------
+# layouts, weights, the implementation entry point
+# ----------------------------------------------------------------------------------------------
+
+
+def _layout_q(q: Tensor, hkv: int, bq: int, n_q: int) -> Tensor:
+    """``(Bs, H, T, D)`` -> ``(Bs, Hkv, nQ, rep * bq, D)``: the query heads of one kv head share rows."""
+    bs, h, t, d = q.shape
+    rep = h // hkv
+    x = F.pad(q, (0, 0, 0, n_q * bq - t)).view(bs, hkv, rep, n_q, bq, d)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(bs, hkv, n_q, rep * bq, d)
+
+
+def _layout_kv(k: Tensor, bk: int, n_k: int) -> Tensor:
+    """``(Bs, Hkv, S, D)`` -> ``(Bs, Hkv, nK + 1, bk, D)`` with a zero block ``nK`` for padding slots."""
+    bs, hkv, s, d = k.shape
+    return F.pad(k, (0, 0, 0, (n_k + 1) * bk - s)).view(bs, hkv, n_k + 1, bk, d)
+
+
+def _unlayout(x: Tensor, heads: int, t: int) -> Tensor:
+    """``(Bs, Hkv, nQ, rep * bq, E)`` -> ``(Bs, H, T, E)``."""
+    bs, hkv, n_q, r, e = x.shape
+    rep = heads // hkv
+    bq = r // rep
+    return x.view(bs, hkv, n_q, rep, bq, e).permute(0, 1, 3, 2, 4, 5).reshape(bs, heads, n_q * bq, e)[:, :, :t]
+
+
+@dataclass(frozen=True, eq=False)
+class BlockWeights:
+    """Attention weights in tile form: ``values[n]`` is the ``(block_q, block_k)`` tile of batch
+    ``tiles[n, 0]``, head ``tiles[n, 1]``, query block ``tiles[n, 2]``, key block ``tiles[n, 3]``;
+    every tile not listed is zero. Positions past ``lq`` / ``lk`` are zero."""
+
+    tiles: Tensor  # (n, 4) int64
+    values: Tensor  # (n, block_q, block_k)
+    batch: int
+    heads: int
+    lq: int
+    lk: int
+    block_q: int
+    block_k: int
+
+    def to_dense(self) -> Tensor:
+        """The dense weights ``(B, H, lq, lk)``."""
+        n_q, n_k = math.ceil(self.lq / self.block_q), math.ceil(self.lk / self.block_k)
+        w = self.values.new_zeros(self.batch, self.heads, n_q, n_k, self.block_q, self.block_k)
+        b, h, qi, ki = self.tiles.unbind(1)
+        w[b, h, qi, ki] = self.values
+        w = w.permute(0, 1, 2, 4, 3, 5).reshape(self.batch, self.heads, n_q * self.block_q, n_k * self.block_k)
+        return w[:, :, : self.lq, : self.lk]
+
+
+def _weight_tiles(pb: _Problem, qp: Tensor, kp: Tensor, lse: Tensor):
+    """Per chunk: ``sq (nSc,)``, ``sk (nSc, C)`` and the normalised weights
+    ``(Bs, Hkv, nSc, C, rep, bq, bk)`` of its tiles (zero on padding slots)."""
+    plan = pb.plan
+    bs, hkv = qp.shape[:2]
+    for lo, hi in _chunks(pb, bs * hkv * qp.shape[3]):
+        sq, sk, qg, kg, _ = _gather(pb, qp, kp, kp, lo, hi)
+        s, _ = _scores(pb, qg, kg, sq, sk, plan.seg_lib[lo:hi], bool(plan.masked[lo:hi].any()))
+        p = torch.exp(s - lse[:, :, sq].unsqueeze(-1))  # (Bs, Hkv, nSc, R, C*bk)
+        p = p.view(bs, hkv, len(sq), pb.rep, pb.bq, plan.slots, pb.bk).permute(0, 1, 2, 5, 3, 4, 6)
+        yield sq, sk, p
+
+
+def _dense_weights(pb: _Problem, qp: Tensor, kp: Tensor, lse: Tensor) -> Tensor:
+    """Dense weights ``(Bs, H, T, S)`` of one slice."""
+    bs, hkv = qp.shape[:2]
+    plan = pb.plan
+    w7 = qp.new_zeros(bs, hkv, plan.n_q, plan.n_k + 1, pb.rep, pb.bq, pb.bk)
+    for sq, sk, p in _weight_tiles(pb, qp, kp, lse):
+        w7[:, :, sq.view(-1, 1), sk] = p
+    w = w7.permute(0, 1, 4, 2, 5, 3, 6).reshape(bs, hkv * pb.rep, plan.n_q * pb.bq, (plan.n_k + 1) * pb.bk)
+    return w[:, :, : pb.lq, : pb.lk]
+
+
+def _block_weights(pb: _Problem, qp: Tensor, kp: Tensor, lse: Tensor) -> tuple[Tensor, Tensor]:
+    """Tile list ``(n, 4)`` and values ``(n, bq, bk)`` of one slice (padding slots dropped)."""
+    bs, hkv = qp.shape[:2]
+    tiles, values = [], []
+    bh = torch.stack(torch.broadcast_tensors(pb.b_ids.view(-1, 1, 1), pb.h_ids.unsqueeze(0)), -1)  # (Bs, Hkv, rep, 2)
+    bh = bh.reshape(-1, 2)  # (Bs * H, 2) in (b, kv head, replica) order
+    for sq, sk, p in _weight_tiles(pb, qp, kp, lse):
+        valid = sk < pb.plan.n_k  # (nSc, C)
+        p = p.permute(0, 1, 4, 2, 3, 5, 6).reshape(bs * hkv * pb.rep, len(sq), pb.plan.slots, pb.bq, pb.bk)
+        values.append(p[:, valid].flatten(0, 1))  # (Bs * H * nv, bq, bk)
+        qk = torch.stack([sq.view(-1, 1).expand_as(sk)[valid], sk[valid]], -1)  # (nv, 2)
+        tiles.append(torch.cat([bh.repeat_interleave(len(qk), 0), qk.repeat(len(bh), 1)], 1))
+    if not tiles:
+        return torch.zeros(0, 4, dtype=torch.int64), qp.new_zeros(0, pb.bq, pb.bk)
+    return torch.cat(tiles), torch.cat(values)
+
+
+def _options(call: AttentionCall) -> tuple[int, int, int]:
+    opts = call.options
+    bq = int(opts.get("block_q", opts.get("block", DEFAULT_BLOCK)))
+    bk = int(opts.get("block_k", opts.get("block", DEFAULT_BLOCK)))
+    chunk = int(opts.get("chunk", DEFAULT_CHUNK))
+    if bq < 1 or bk < 1 or chunk < 1:
+        from ..errors import AttnKitError
+
+        raise AttnKitError(f"block_sparse options block_q, block_k, chunk must be >= 1; got "
+                           f"block_q={bq}, block_k={bk}, chunk={chunk}")
+    return bq, bk, chunk
+
+
+def block_sparse(call: AttentionCall) -> Tensor | tuple[Tensor, Tensor | BlockWeights]:
+    """Attention over the kept tiles of ``call.mask`` only.
+
+    Equivalent PyTorch code (what it computes, not how)::
+
+        s = (q @ repeat_kv(k).transpose(-2, -1)) * scale        # only on kept tiles
+        out = softmax(s.masked_fill(~mask.dense(T, S), -inf)) @ repeat_kv(v)
+    """
+    from ..errors import AttnKitError
+    from ..masks import full
+
+    bq, bk, chunk = _options(call)
+    fmt = call.options.get("weights_format", "dense")
+    if fmt not in ("dense", "blocks"):
+        raise AttnKitError(f"block_sparse option weights_format must be 'dense' or 'blocks'; got {fmt!r}")
+    q, k, v, scale = call.q, call.k, call.v, call.scale
+    if call.score.name == "cosine":
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        scale = scale / call.score.params["temperature"]
+    if q.dtype in (torch.float16, torch.bfloat16):
+        q, k, v = q.float(), k.float(), v.float()
+    mask = call.mask if call.mask is not None else full()
+    plans = plan_for(mask, call.lq, call.lk, bq, bk)
+    n_q, n_k = plans[0][0].n_q, plans[0][0].n_k
+    rep = call.heads // call.kv_heads
+    all_b, all_h = torch.arange(call.batch), torch.arange(call.heads).view(call.kv_heads, rep)
+    out_rows, w_rows, tiles, values = [], [], [], []
+    for bm, row in enumerate(plans):
+        bsel = slice(bm, bm + 1) if len(plans) > 1 else slice(None)
+        outs, ws = [], []
+        for hm, plan in enumerate(row):
+            if len(row) > 1:  # head-dependent mask: one query head with its kv head
+                qs, ks, vs = q[bsel, hm:hm + 1], k[bsel, hm // rep:hm // rep + 1], v[bsel, hm // rep:hm // rep + 1]
+                h_ids = torch.tensor([[hm]])
+            else:
+                qs, ks, vs, h_ids = q[bsel], k[bsel], v[bsel], all_h
+            pb = _Problem(plan, scale, call.score_mods, all_b[bsel], h_ids, call.lq, call.lk, bq, bk, chunk)
+            qp, kp, vp = _layout_q(qs, ks.shape[1], bq, n_q), _layout_kv(ks, bk, n_k), _layout_kv(vs, bk, n_k)
+            out_p, lse = _BlockSparseFn.apply(qp, kp, vp, pb)
+            outs.append(_unlayout(out_p, qs.shape[1], call.lq))
+            if call.return_weights:
+                with torch.no_grad():
+                    if fmt == "dense":
+                        ws.append(_dense_weights(pb, qp.detach(), kp.detach(), lse))
+                    else:
+                        t, val = _block_weights(pb, qp.detach(), kp.detach(), lse)
+                        tiles.append(t)
+                        values.append(val)
+        out_rows.append(torch.cat(outs, 1) if len(outs) > 1 else outs[0])
+        if ws:
+            w_rows.append(torch.cat(ws, 1) if len(ws) > 1 else ws[0])
+    out = (torch.cat(out_rows, 0) if len(out_rows) > 1 else out_rows[0]).to(call.q.dtype)
+    if not call.return_weights:
+        return out
+    if fmt == "blocks":
+        return out, BlockWeights(torch.cat(tiles), torch.cat(values).to(call.q.dtype), call.batch, call.heads,
+                                 call.lq, call.lk, bq, bk)
+    return out, (torch.cat(w_rows, 0) if len(w_rows) > 1 else w_rows[0]).to(call.q.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# cost model and registration
+# ----------------------------------------------------------------------------------------------
+
+
+def _captures_grad_tensor(mod: ScoreMod) -> bool:
+    """Whether a score modifier's function closes over a tensor that requires grad (e.g. a
+    learnable bias): block_sparse returns gradients for q, k, v only."""
+    cells = getattr(mod.fn, "__closure__", None) or ()
+    return any(isinstance(c.cell_contents, Tensor) and c.cell_contents.requires_grad for c in cells)
+
+
+def _check(call: AttentionCall) -> list[str]:
+    reasons = []
+    if torch.is_grad_enabled() and any(_captures_grad_tensor(m) for m in call.score_mods):
+        reasons.append("a score modifier holds a tensor that requires grad; block_sparse differentiates "
+                       "q, k, v only")
+    if call.options.get("force", False):
+        return reasons
+    if call.mask is None:
+        reasons.append("no mask: every tile is kept, dense sdpa is faster (cost model; options={'force': True})")
+        return reasons
+    if call.lk < MIN_LENGTH:
+        reasons.append(f"S = {call.lk} < {MIN_LENGTH}: dense sdpa is faster at this size "
+                       "(cost model, benchmarks/bench_block_sparse.py; options={'force': True})")
+        return reasons
+    bq, bk, _ = _options(call)
+    kinds = tile_kinds(call.mask, call.lq, call.lk, bq, bk)
+    dens = float((kinds != EMPTY).float().mean())
+    if dens > MAX_BLOCK_DENSITY:
+        reasons.append(f"block density {dens:.2f} > {MAX_BLOCK_DENSITY}: dense sdpa is faster here "
+                       "(cost model, benchmarks/bench_block_sparse.py; options={'force': True})")
+    return reasons
+
+
+register_impl(ImplSpec(
+    name="block_sparse",
+    fn=block_sparse,
+    description="computes only the mask's kept (block_q, block_k) tiles; online softmax across a row's tiles",
+    scores=frozenset({"scaled_dot", "dot", "cosine"}),
+    weights=frozenset({"softmax"}),
+    score_mods="any",
+    dropout=False,
+    options=frozenset({"block", "block_q", "block_k", "chunk", "weights_format", "force"}),
+    priority=5,
+    check=_check,
+))
