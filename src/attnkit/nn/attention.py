@@ -277,9 +277,9 @@ class MultiHeadAttention(nn.Module):
         static cache (cross-attention) is filled on the first call and reused after.
         """
         x_q, unbatched = self._to_bte(query, "query", self.embed_dim)
-        static_hit = cache is not None and cache.static and not cache.is_empty
         if cache is not None and not isinstance(cache, KVCache):
             raise AttnKitError(f"cache must be an attnkit.nn.KVCache; got {type(cache).__name__}")
+        static_hit = cache is not None and cache.static and not cache.is_empty
         if cache is not None and cache.static and self.rope is not None:
             raise AttnKitError("a static (cross-attention) KVCache cannot be used with rope: rotary positions "
                                "apply to self-attention")
