@@ -59,6 +59,7 @@ class BlockPlan:
     lk: int
     block_q: int
     block_k: int
+    chunk_k: int
     rows: tuple[tuple[Chunk, ...], ...]
     mask: Mask | None
     mods: tuple[ScoreMod, ...]
@@ -68,6 +69,11 @@ class BlockPlan:
     def grad_mods(self) -> bool:
         """Whether a modifier is not a pure bias (its derivative is needed in the backward)."""
         return any(not m.additive for m in self.mods)
+
+    @property
+    def widest_chunk(self) -> int:
+        """The most keys any chunk covers (the size of the tile buffers)."""
+        return max((j1 - j0 for row in self.rows for j0, j1, _ in row), default=1)
 
     def tiles_visited(self) -> int:
         """Number of ``(block_q, block_k)`` tiles computed (empty tiles are not)."""
@@ -111,7 +117,7 @@ def plan_blocks(lq: int, lk: int, mask: Mask | None, *, block_q: int = DEFAULT_B
         all_full = (k4 == FULL).flatten(0, 1).all(0)  # (nQ, nK)
         kinds = torch.where(all_full, FULL, torch.where(any_kind, 1, EMPTY))
     rows = tuple(_row_chunks(r, lk, block_k, chunk_k) for r in kinds.tolist())
-    return BlockPlan(lq, lk, block_q, block_k, rows, mask, mods, weight)
+    return BlockPlan(lq, lk, block_q, block_k, chunk_k, rows, mask, mods, weight)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,21 +145,36 @@ def _mod_indices(plan: BlockPlan, shape: tuple[int, ...], i0: int, i1: int, j0: 
     return b, h, i, j
 
 
-def _raw_scores(qb: Tensor, kc: Tensor, acc_dtype: torch.dtype) -> Tensor:
-    """``qb kc^T`` in the accumulation dtype: (B, H, bq, D) x (B, H, ck, D) -> (B, H, bq, ck)."""
-    return torch.matmul(qb, kc.transpose(-2, -1)).to(acc_dtype)
+class _TileBuffer:
+    """One reusable ``(BH, bq, ck)`` buffer (flat storage viewed at each tile's size), so the
+    loops do not allocate, and fault in, a fresh tile of memory per step."""
+
+    def __init__(self, bh: int, bq: int, ck: int, dtype: torch.dtype, device) -> None:
+        self.flat = torch.empty(bh * bq * ck, dtype=dtype, device=device)
+
+    def view(self, *shape: int) -> Tensor:
+        return self.flat[: math.prod(shape)].view(shape)
 
 
-def _modify_and_mask(s: Tensor, plan: BlockPlan, i0: int, i1: int, chunk: Chunk) -> Tensor:
-    """Apply the score modifiers and the mask (``-inf``) to a raw tile ``s`` (B, H, bq, ck)."""
+def _raw_scores(qb: Tensor, kc: Tensor, buf: _TileBuffer) -> Tensor:
+    """``qb kc^T`` in the buffer's dtype: (BH, bq, D) x (BH, ck, D) -> (BH, bq, ck)."""
+    out = buf.view(qb.shape[0], qb.shape[1], kc.shape[1])  # (BH, bq, ck)
+    if qb.dtype == out.dtype:
+        return torch.matmul(qb, kc.transpose(-2, -1), out=out)
+    return out.copy_(torch.matmul(qb, kc.transpose(-2, -1)))  # half inputs: scores kept in float32
+
+
+def _modify_and_mask(s: Tensor, plan: BlockPlan, heads: int, i0: int, i1: int, chunk: Chunk) -> Tensor:
+    """Apply the score modifiers and the mask (``-inf``) to a raw tile ``s`` (BH, bq, ck)."""
     j0, j1, masked = chunk
+    s4 = s.view(-1, heads, i1 - i0, j1 - j0)  # (B, H, bq, ck)
     if plan.mods:
-        b, h, i, j = _mod_indices(plan, s.shape, i0, i1, j0, j1, s.device)
-        s = apply_mods(s, plan.mods, b, h, i, j, plan.lq, plan.lk)
+        b, h, i, j = _mod_indices(plan, s4.shape, i0, i1, j0, j1, s.device)
+        s4 = apply_mods(s4, plan.mods, b, h, i, j, plan.lq, plan.lk)
     if masked and plan.mask is not None:
         allowed = _chunk_mask(plan.mask, i0, i1, j0, j1, plan.lq, plan.lk, s.device)  # (Bm, Hm, bq, ck)
-        s = s.masked_fill(~allowed, -math.inf)
-    return s
+        s4 = s4.masked_fill_(~allowed, -math.inf) if s4.requires_grad is False else s4.masked_fill(~allowed, -math.inf)
+    return s4.reshape(s.shape)
 
 
 def _sigmoid_weights(s: Tensor, lk: int) -> Tensor:
@@ -161,74 +182,87 @@ def _sigmoid_weights(s: Tensor, lk: int) -> Tensor:
     return torch.sigmoid(s - math.log(lk))
 
 
+def _add_matmul(acc: Tensor, a: Tensor, b: Tensor) -> None:
+    """``acc += a @ b`` in place, with ``a`` cast to ``b``'s dtype (float32 / bf16 products)."""
+    a = a.to(b.dtype)
+    if acc.dtype == b.dtype:
+        acc.baddbmm_(a, b)
+    else:
+        acc += torch.bmm(a, b)
+
+
 # ----------------------------------------------------------------------------------------------
-# forward and backward over the plan
+# forward and backward over the plan (3-D tensors: batch and heads flattened to BH)
 # ----------------------------------------------------------------------------------------------
 
 
-def _forward_block(qb: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, i0: int, i1: int,
-                   acc_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Online softmax of one query block: output (B, H, bq, Dv) and lse (B, H, bq, 1)."""
-    bsz, heads, bq, _ = qb.shape
-    acc = qb.new_zeros(bsz, heads, bq, v.shape[-1], dtype=acc_dtype)  # (B, H, bq, Dv)
-    m = qb.new_full((bsz, heads, bq, 1), -math.inf, dtype=acc_dtype)  # (B, H, bq, 1) running max
-    l = qb.new_zeros(bsz, heads, bq, 1, dtype=acc_dtype)  # noqa: E741  (B, H, bq, 1) running sum
+def _forward_block(qb: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, heads: int, i0: int, i1: int,
+                   buf: _TileBuffer) -> tuple[Tensor, Tensor]:
+    """Online softmax of one query block: output (BH, bq, Dv) and lse (BH, bq, 1)."""
+    bh, bq, _ = qb.shape
+    acc_dtype = buf.flat.dtype
+    acc = qb.new_zeros(bh, bq, v.shape[-1], dtype=acc_dtype)  # (BH, bq, Dv)
+    m = qb.new_full((bh, bq, 1), -math.inf, dtype=acc_dtype)  # (BH, bq, 1) running max
+    l = qb.new_zeros(bh, bq, 1, dtype=acc_dtype)  # noqa: E741  (BH, bq, 1) running sum
     for chunk in plan.rows[i0 // plan.block_q]:
         j0, j1, _ = chunk
-        s = _modify_and_mask(_raw_scores(qb, k[:, :, j0:j1], acc_dtype), plan, i0, i1, chunk)  # (B, H, bq, ck)
+        s = _modify_and_mask(_raw_scores(qb, k[:, j0:j1], buf), plan, heads, i0, i1, chunk)  # (BH, bq, ck)
         if plan.weight == "sigmoid":
-            acc += torch.matmul(_sigmoid_weights(s, plan.lk).to(v.dtype), v[:, :, j0:j1]).to(acc_dtype)
+            _add_matmul(acc, _sigmoid_weights(s, plan.lk), v[:, j0:j1])
             continue
-        m_new = torch.maximum(m, s.amax(-1, keepdim=True))  # (B, H, bq, 1)
+        m_new = torch.maximum(m, s.amax(-1, keepdim=True))  # (BH, bq, 1)
         m_use = m_new.masked_fill(m_new == -math.inf, 0.0)  # rows with nothing allowed yet
-        p = s.sub_(m_use).exp_()  # (B, H, bq, ck); in place: the forward records no graph
-        alpha = torch.exp(m - m_use)  # (B, H, bq, 1) rescales what was accumulated so far
-        l = l * alpha + p.sum(-1, keepdim=True)  # noqa: E741
-        acc = acc * alpha + torch.matmul(p.to(v.dtype), v[:, :, j0:j1]).to(acc_dtype)
+        p = s.sub_(m_use).exp_()  # (BH, bq, ck); in place: the forward records no graph
+        alpha = torch.exp(m - m_use)  # (BH, bq, 1) rescales what was accumulated so far
+        l = torch.addcmul(p.sum(-1, keepdim=True), l, alpha)  # noqa: E741
+        acc.mul_(alpha)
+        _add_matmul(acc, p, v[:, j0:j1])
         m = m_new
     if plan.weight == "sigmoid":
-        return acc, acc.new_zeros(bsz, heads, bq, 1)
+        return acc, acc.new_zeros(bh, bq, 1)
     alive = l > 0
-    out = torch.where(alive, acc / torch.where(alive, l, 1.0), 0.0)  # (B, H, bq, Dv)
-    lse = torch.where(alive, m + torch.log(torch.where(alive, l, 1.0)), -math.inf)  # (B, H, bq, 1)
+    out = torch.where(alive, acc / torch.where(alive, l, 1.0), 0.0)  # (BH, bq, Dv)
+    lse = torch.where(alive, m + torch.log(torch.where(alive, l, 1.0)), -math.inf)  # (BH, bq, 1)
     return out, lse
 
 
-def _tile_probs(s: Tensor, lse_b: Tensor, plan: BlockPlan) -> Tensor:
-    """Recomputed weights of a tile from its scores (and the saved lse for softmax)."""
-    if plan.weight == "sigmoid":
-        return _sigmoid_weights(s, plan.lk)
-    return torch.exp(s - lse_b)  # (B, H, bq, ck); dead rows carry lse = +inf -> 0
-
-
 def _backward_block(qb: Tensor, k: Tensor, v: Tensor, dob: Tensor, lse_b: Tensor, delta_b: Tensor,
-                    dk: Tensor, dv: Tensor, plan: BlockPlan, i0: int, i1: int, acc_dtype: torch.dtype) -> Tensor:
-    """Gradients of one query block: returns dq (B, H, bq, D); adds into dk, dv (B, H, S, D|Dv)."""
-    dqb = torch.zeros(qb.shape, dtype=acc_dtype, device=qb.device)  # (B, H, bq, D)
-    dob_v = dob.to(v.dtype)
+                    dk: Tensor, dv: Tensor, plan: BlockPlan, heads: int, i0: int, i1: int,
+                    bufs: tuple[_TileBuffer, _TileBuffer]) -> Tensor:
+    """Gradients of one query block: returns dq (BH, bq, D); adds into dk, dv (BH, S, D|Dv)."""
+    acc_dtype = bufs[0].flat.dtype
+    dqb = torch.zeros(qb.shape, dtype=acc_dtype, device=qb.device)  # (BH, bq, D)
     for chunk in plan.rows[i0 // plan.block_q]:
         j0, j1, _ = chunk
-        kc, vc = k[:, :, j0:j1], v[:, :, j0:j1]  # (B, H, ck, D), (B, H, ck, Dv)
-        raw = _raw_scores(qb, kc, acc_dtype)  # (B, H, bq, ck)
-        if plan.grad_mods:
-            raw.requires_grad_()
+        kc, vc = k[:, j0:j1], v[:, j0:j1]  # (BH, ck, D), (BH, ck, Dv)
+        raw = _raw_scores(qb, kc, bufs[0])  # (BH, bq, ck)
+        if plan.grad_mods:  # differentiate through the modifiers on this tile
+            raw = raw.clone().requires_grad_()
             with torch.enable_grad():
-                s = _modify_and_mask(raw, plan, i0, i1, chunk)
+                s = _modify_and_mask(raw, plan, heads, i0, i1, chunk)
+            p = _tile_probs(s.detach().clone(), lse_b, plan)
         else:
-            s = _modify_and_mask(raw, plan, i0, i1, chunk)
-        p = _tile_probs(s.detach(), lse_b, plan)  # (B, H, bq, ck)
-        dv[:, :, j0:j1] += torch.matmul(p.transpose(-2, -1).to(v.dtype), dob_v).to(acc_dtype)
-        dp = torch.matmul(dob_v, vc.transpose(-2, -1)).to(acc_dtype)  # (B, H, bq, ck)
+            s = _modify_and_mask(raw, plan, heads, i0, i1, chunk)
+            p = _tile_probs(s, lse_b, plan)  # (BH, bq, ck), computed in place over s
+        _add_matmul(dv[:, j0:j1], p.transpose(-2, -1), dob)
+        dp = _raw_scores(dob, vc, bufs[1])  # (BH, bq, ck) = dO V^T
         if plan.weight == "sigmoid":
-            ds = dp * p * (1 - p)
+            ds = dp.mul_(p).mul_(1 - p)
         else:
-            ds = p * (dp - delta_b)  # (B, H, bq, ck)
+            ds = dp.sub_(delta_b).mul_(p)  # (BH, bq, ck) = P * (dP - delta)
         if plan.grad_mods:
             (ds,) = torch.autograd.grad(s, raw, ds)
             ds = torch.nan_to_num(ds, nan=0.0)
-        dqb += torch.matmul(ds.to(kc.dtype), kc).to(acc_dtype)
-        dk[:, :, j0:j1] += torch.matmul(ds.transpose(-2, -1).to(qb.dtype), qb).to(acc_dtype)
+        _add_matmul(dqb, ds, kc)
+        _add_matmul(dk[:, j0:j1], ds.transpose(-2, -1), qb)
     return dqb
+
+
+def _tile_probs(s: Tensor, lse_b: Tensor, plan: BlockPlan) -> Tensor:
+    """Recomputed weights of a tile from its scores (and the saved lse for softmax), in place."""
+    if plan.weight == "sigmoid":
+        return s.sub_(math.log(plan.lk)).sigmoid_()
+    return s.sub_(lse_b).exp_()  # (BH, bq, ck); dead rows carry lse = +inf -> 0
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -236,45 +270,50 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class _BlockwiseAttention(torch.autograd.Function):
-    """``(q, k, v) -> (out, lse)`` with ``q`` already scaled; k, v have as many heads as q."""
+    """``(q, k, v) -> (out, lse)`` with ``q`` already scaled; k, v have as many heads as q.
+    Tensors are (B, H, L, D) outside and flattened to (BH, L, D) inside."""
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, plan: BlockPlan) -> tuple[Tensor, Tensor]:
+        bsz, heads = q.shape[:2]
+        q3, k3, v3 = (x.reshape(bsz * heads, x.shape[2], x.shape[3]) for x in (q, k, v))  # (BH, L, D)
         acc_dtype = _acc_dtype(q.dtype)
-        outs, lses = [], []
+        buf = _TileBuffer(bsz * heads, plan.block_q, plan.widest_chunk, acc_dtype, q.device)
+        out = q.new_empty(bsz * heads, plan.lq, v.shape[-1])  # (BH, T, Dv)
+        lse = q.new_empty(bsz * heads, plan.lq, 1, dtype=acc_dtype)  # (BH, T, 1)
         for i0 in range(0, plan.lq, plan.block_q):
             i1 = min(plan.lq, i0 + plan.block_q)
-            out_b, lse_b = _forward_block(q[:, :, i0:i1], k, v, plan, i0, i1, acc_dtype)
-            outs.append(out_b.to(q.dtype))
-            lses.append(lse_b)
-        out = torch.cat(outs, dim=2)  # (B, H, T, Dv)
-        lse = torch.cat(lses, dim=2)  # (B, H, T, 1)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.plan = plan
+            out_b, lse_b = _forward_block(q3[:, i0:i1], k3, v3, plan, heads, i0, i1, buf)
+            out[:, i0:i1] = out_b
+            lse[:, i0:i1] = lse_b
+        ctx.save_for_backward(q3, k3, v3, out, lse)
+        ctx.plan, ctx.shape = plan, (bsz, heads)
         ctx.set_materialize_grads(False)
-        return out, lse
+        return out.view(bsz, heads, plan.lq, -1), lse.view(bsz, heads, plan.lq, 1)
 
     @staticmethod
     def backward(ctx, dout: Tensor | None, dlse: Tensor | None):
-        q, k, v, out, lse = ctx.saved_tensors
+        q, k, v, out, lse = ctx.saved_tensors  # (BH, T|S, D|Dv), lse (BH, T, 1)
         plan: BlockPlan = ctx.plan
+        bsz, heads = ctx.shape
         acc_dtype = _acc_dtype(q.dtype)
-        if dout is None:
-            dout = torch.zeros_like(out)
-        dk = torch.zeros(k.shape, dtype=acc_dtype, device=k.device)  # (B, H, S, D)
-        dv = torch.zeros(v.shape, dtype=acc_dtype, device=v.device)  # (B, H, S, Dv)
+        dout = torch.zeros_like(out) if dout is None else dout.reshape(out.shape)  # (BH, T, Dv)
+        dk = torch.zeros(k.shape, dtype=acc_dtype, device=k.device)  # (BH, S, D)
+        dv = torch.zeros(v.shape, dtype=acc_dtype, device=v.device)  # (BH, S, Dv)
+        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # (BH, T, D)
         lse_safe = lse.masked_fill(lse == -math.inf, math.inf)  # dead rows: every weight 0
-        dqs = []
+        delta = (dout.to(acc_dtype) * out.to(acc_dtype)).sum(-1, keepdim=True)  # (BH, T, 1)
+        if dlse is not None:
+            delta -= dlse.reshape(delta.shape).to(acc_dtype)
+        ck = plan.widest_chunk
+        bufs = (_TileBuffer(bsz * heads, plan.block_q, ck, acc_dtype, q.device),
+                _TileBuffer(bsz * heads, plan.block_q, ck, acc_dtype, q.device))
         for i0 in range(0, plan.lq, plan.block_q):
             i1 = min(plan.lq, i0 + plan.block_q)
-            dob = dout[:, :, i0:i1]  # (B, H, bq, Dv)
-            delta = (dob.to(acc_dtype) * out[:, :, i0:i1].to(acc_dtype)).sum(-1, keepdim=True)  # (B, H, bq, 1)
-            if dlse is not None:
-                delta = delta - dlse[:, :, i0:i1].to(acc_dtype)
-            dqs.append(_backward_block(q[:, :, i0:i1], k, v, dob, lse_safe[:, :, i0:i1], delta, dk, dv,
-                                       plan, i0, i1, acc_dtype))
-        dq = torch.cat(dqs, dim=2) if dqs else torch.zeros_like(q, dtype=acc_dtype)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None
+            dq[:, i0:i1] = _backward_block(q[:, i0:i1], k, v, dout[:, i0:i1], lse_safe[:, i0:i1],
+                                           delta[:, i0:i1], dk, dv, plan, heads, i0, i1, bufs)
+        shape = lambda x: x.view(bsz, heads, *x.shape[1:])  # noqa: E731
+        return shape(dq), shape(dk.to(k.dtype)), shape(dv.to(v.dtype)), None
 
 
 # ----------------------------------------------------------------------------------------------
