@@ -1,8 +1,10 @@
 """Choosing an implementation: a priority list plus ``not_supported_reasons``.
 
 ``impl="auto"`` walks the registered *exact* implementations in priority order (or the order
-given to :func:`use_impls`) and takes the first with no reasons against it. A pinned
-implementation is checked the same way and refuses with every reason, never falling back.
+given to :func:`use_impls`) and takes the first with no reasons against it: neither a missing
+capability (:func:`not_supported_reasons`) nor a cost-model objection (``ImplSpec.auto_check``,
+e.g. "dense sdpa is faster at this size"). A pinned implementation runs whenever it is capable,
+whatever its cost model says, and otherwise refuses with every reason, never falling back.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from .errors import UnsupportedError
 from .registry import AttentionCall, ImplSpec, get_impl, list_impls
 
-__all__ = ["not_supported_reasons", "select", "use_impls", "DispatchReport", "explain"]
+__all__ = ["not_supported_reasons", "auto_reasons", "select", "use_impls", "DispatchReport", "explain"]
 
 _ALLOWED: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar("attnkit_impls", default=None)
 
@@ -55,6 +57,14 @@ def not_supported_reasons(spec: ImplSpec, call: AttentionCall) -> list[str]:
         reasons.append(f"unknown options {sorted(unknown)} (accepts {sorted(spec.options) or 'none'})")
     if spec.check is not None:
         reasons += spec.check(call)
+    return reasons
+
+
+def auto_reasons(spec: ImplSpec, call: AttentionCall) -> list[str]:
+    """Why ``impl="auto"`` passes over ``spec`` for ``call``: missing capabilities, then its cost model."""
+    reasons = not_supported_reasons(spec, call)
+    if not reasons and spec.auto_check is not None:
+        reasons = spec.auto_check(call)
     return reasons
 
 
@@ -105,7 +115,8 @@ def explain(call: AttentionCall, impl: str = "auto") -> DispatchReport:
     reasons: dict[str, list[str]] = {}
     chosen = None
     for name in names:
-        why = not_supported_reasons(get_impl(name), call)
+        spec = get_impl(name)
+        why = auto_reasons(spec, call) if impl == "auto" else not_supported_reasons(spec, call)
         reasons[name] = why
         if not why and chosen is None:
             chosen = name

@@ -87,7 +87,9 @@ class ImplSpec:
     max_head_dim: int | None = None
     options: frozenset[str] = frozenset()  # names accepted in attention(options=...)
     priority: int = 100  # impl="auto" tries lower numbers first
-    check: Callable[[AttentionCall], list[str]] | None = None  # extra refusals (cost model ...)
+    check: Callable[[AttentionCall], list[str]] | None = None  # extra capability refusals
+    auto_check: Callable[[AttentionCall], list[str]] | None = None  # cost model: why impl="auto" should
+    # not pick it for this call (e.g. "dense sdpa is faster below S=1024"); a pinned impl ignores these
     available: Callable[[], str | None] | None = None  # returns why it cannot run here, or None
 
     def capabilities(self) -> dict[str, str]:
