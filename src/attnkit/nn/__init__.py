@@ -12,6 +12,7 @@ from .positional import (
     rotate_half,
     sinusoidal_encoding,
 )
+from .recurrent import AdditiveAttention, LuongAttention, Seq2SeqRNN
 
 __all__ = [
     "MultiHeadAttention",
@@ -24,4 +25,7 @@ __all__ = [
     "apply_rotary",
     "rotate_half",
     "sinusoidal_encoding",
+    "AdditiveAttention",
+    "LuongAttention",
+    "Seq2SeqRNN",
 ]
