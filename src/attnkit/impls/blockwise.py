@@ -22,22 +22,25 @@ Dv value dim; ``bq`` rows of a query block, ``ck`` keys of a chunk.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..masks import EMPTY, FULL, And, DenseMask, FromMod, Mask, Not, Or, Random
+from .. import dispatch
+from ..masks import EMPTY, FULL, And, Causal, DenseMask, FromMod, Mask, Not, Or, Random
 from ..registry import AttentionCall, ImplSpec, register_impl
 from ..scores import ScoreMod, apply_mods
 from ..shapes import repeat_kv
 
-__all__ = ["blockwise", "BlockPlan", "plan_blocks", "DEFAULT_BLOCK_Q", "DEFAULT_BLOCK_K", "DEFAULT_CHUNK_K"]
+__all__ = ["blockwise", "BlockPlan", "plan_blocks", "default_blocks", "DEFAULT_BLOCKS"]
 
-DEFAULT_BLOCK_Q = 256
-DEFAULT_BLOCK_K = 256
-DEFAULT_CHUNK_K = 4096
+# (block_q, block_k, chunk_k) by input dtype, chosen by measurement (docs/blockwise.md):
+# float32 / float64 prefer 128-row blocks that stay in cache; half inputs prefer larger tiles.
+DEFAULT_BLOCKS = {"float": (128, 128, 1024), "half": (256, 256, 1024)}
+DEFAULT_BLOCK_Q, DEFAULT_BLOCK_K, DEFAULT_CHUNK_K = DEFAULT_BLOCKS["float"]
 
 Chunk = tuple[int, int, bool]  # key range [j0, j1) and whether it needs the mask
 
@@ -182,8 +185,17 @@ def _sigmoid_weights(s: Tensor, lk: int) -> Tensor:
     return torch.sigmoid(s - math.log(lk))
 
 
+def _low(x: Tensor, dtype: torch.dtype, buf: _TileBuffer | None) -> Tensor:
+    """``x`` in the inputs' (half) dtype, written into a reused buffer when one is given."""
+    if x.dtype == dtype:
+        return x
+    if buf is None:
+        return x.to(dtype)
+    return buf.view(*x.shape).copy_(x)
+
+
 def _add_matmul(acc: Tensor, a: Tensor, b: Tensor) -> None:
-    """``acc += a @ b`` in place, with ``a`` cast to ``b``'s dtype (float32 / bf16 products)."""
+    """``acc += a @ b`` in place; ``a`` is cast to ``b``'s dtype (half inputs: half products)."""
     a = a.to(b.dtype)
     if acc.dtype == b.dtype:
         acc.baddbmm_(a, b)
@@ -197,7 +209,7 @@ def _add_matmul(acc: Tensor, a: Tensor, b: Tensor) -> None:
 
 
 def _forward_block(qb: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, heads: int, i0: int, i1: int,
-                   buf: _TileBuffer) -> tuple[Tensor, Tensor]:
+                   buf: _TileBuffer, low: _TileBuffer | None = None) -> tuple[Tensor, Tensor]:
     """Online softmax of one query block: output (BH, bq, Dv) and lse (BH, bq, 1)."""
     bh, bq, _ = qb.shape
     acc_dtype = buf.flat.dtype
@@ -216,7 +228,7 @@ def _forward_block(qb: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, heads: int
         alpha = torch.exp(m - m_use)  # (BH, bq, 1) rescales what was accumulated so far
         l = torch.addcmul(p.sum(-1, keepdim=True), l, alpha)  # noqa: E741
         acc.mul_(alpha)
-        _add_matmul(acc, p, v[:, j0:j1])
+        _add_matmul(acc, _low(p, v.dtype, low), v[:, j0:j1])
         m = m_new
     if plan.weight == "sigmoid":
         return acc, acc.new_zeros(bh, bq, 1)
@@ -228,7 +240,7 @@ def _forward_block(qb: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, heads: int
 
 def _backward_block(qb: Tensor, k: Tensor, v: Tensor, dob: Tensor, lse_b: Tensor, delta_b: Tensor,
                     dk: Tensor, dv: Tensor, plan: BlockPlan, heads: int, i0: int, i1: int,
-                    bufs: tuple[_TileBuffer, _TileBuffer]) -> Tensor:
+                    bufs: tuple[_TileBuffer, _TileBuffer, _TileBuffer | None]) -> Tensor:
     """Gradients of one query block: returns dq (BH, bq, D); adds into dk, dv (BH, S, D|Dv)."""
     acc_dtype = bufs[0].flat.dtype
     dqb = torch.zeros(qb.shape, dtype=acc_dtype, device=qb.device)  # (BH, bq, D)
@@ -244,7 +256,7 @@ def _backward_block(qb: Tensor, k: Tensor, v: Tensor, dob: Tensor, lse_b: Tensor
         else:
             s = _modify_and_mask(raw, plan, heads, i0, i1, chunk)
             p = _tile_probs(s, lse_b, plan)  # (BH, bq, ck), computed in place over s
-        _add_matmul(dv[:, j0:j1], p.transpose(-2, -1), dob)
+        _add_matmul(dv[:, j0:j1], _low(p, v.dtype, bufs[2]).transpose(-2, -1), dob)
         dp = _raw_scores(dob, vc, bufs[1])  # (BH, bq, ck) = dO V^T
         if plan.weight == "sigmoid":
             ds = dp.mul_(p).mul_(1 - p)
@@ -253,6 +265,7 @@ def _backward_block(qb: Tensor, k: Tensor, v: Tensor, dob: Tensor, lse_b: Tensor
         if plan.grad_mods:
             (ds,) = torch.autograd.grad(s, raw, ds)
             ds = torch.nan_to_num(ds, nan=0.0)
+        ds = _low(ds, kc.dtype, bufs[2])  # (BH, bq, ck)
         _add_matmul(dqb, ds, kc)
         _add_matmul(dk[:, j0:j1], ds.transpose(-2, -1), qb)
     return dqb
@@ -279,11 +292,13 @@ class _BlockwiseAttention(torch.autograd.Function):
         q3, k3, v3 = (x.reshape(bsz * heads, x.shape[2], x.shape[3]) for x in (q, k, v))  # (BH, L, D)
         acc_dtype = _acc_dtype(q.dtype)
         buf = _TileBuffer(bsz * heads, plan.block_q, plan.widest_chunk, acc_dtype, q.device)
+        low = _TileBuffer(bsz * heads, plan.block_q, plan.widest_chunk, q.dtype, q.device) \
+            if q.dtype != acc_dtype else None
         out = q.new_empty(bsz * heads, plan.lq, v.shape[-1])  # (BH, T, Dv)
         lse = q.new_empty(bsz * heads, plan.lq, 1, dtype=acc_dtype)  # (BH, T, 1)
         for i0 in range(0, plan.lq, plan.block_q):
             i1 = min(plan.lq, i0 + plan.block_q)
-            out_b, lse_b = _forward_block(q3[:, i0:i1], k3, v3, plan, heads, i0, i1, buf)
+            out_b, lse_b = _forward_block(q3[:, i0:i1], k3, v3, plan, heads, i0, i1, buf, low)
             out[:, i0:i1] = out_b
             lse[:, i0:i1] = lse_b
         ctx.save_for_backward(q3, k3, v3, out, lse)
@@ -307,7 +322,8 @@ class _BlockwiseAttention(torch.autograd.Function):
             delta -= dlse.reshape(delta.shape).to(acc_dtype)
         ck = plan.widest_chunk
         bufs = (_TileBuffer(bsz * heads, plan.block_q, ck, acc_dtype, q.device),
-                _TileBuffer(bsz * heads, plan.block_q, ck, acc_dtype, q.device))
+                _TileBuffer(bsz * heads, plan.block_q, ck, acc_dtype, q.device),
+                _TileBuffer(bsz * heads, plan.block_q, ck, q.dtype, q.device) if q.dtype != acc_dtype else None)
         for i0 in range(0, plan.lq, plan.block_q):
             i1 = min(plan.lq, i0 + plan.block_q)
             dq[:, i0:i1] = _backward_block(q[:, i0:i1], k, v, dout[:, i0:i1], lse_safe[:, i0:i1],
@@ -328,6 +344,11 @@ def _prepared_qk(call: AttentionCall) -> tuple[Tensor, Tensor]:
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         scale = scale / call.score.params["temperature"]
     return (q if scale == 1.0 else q * scale), k
+
+
+def default_blocks(dtype: torch.dtype) -> tuple[int, int, int]:
+    """Default ``(block_q, block_k, chunk_k)`` for inputs of ``dtype``."""
+    return DEFAULT_BLOCKS["half" if dtype in (torch.float16, torch.bfloat16) else "float"]
 
 
 def _option(call: AttentionCall, name: str, default: int) -> int:
@@ -370,10 +391,10 @@ def blockwise(call: AttentionCall) -> Tensor | tuple[Tensor, Tensor]:
     n_rep = call.heads // call.kv_heads
     qs, k = _prepared_qk(call)
     k_rep, v_rep = repeat_kv(k, n_rep), repeat_kv(call.v, n_rep)
+    bq, bk, ck = default_blocks(call.q.dtype)
     plan = plan_blocks(call.lq, call.lk, call.mask,
-                       block_q=_option(call, "block_q", DEFAULT_BLOCK_Q),
-                       block_k=_option(call, "block_k", DEFAULT_BLOCK_K),
-                       chunk_k=_option(call, "chunk_k", DEFAULT_CHUNK_K),
+                       block_q=_option(call, "block_q", bq), block_k=_option(call, "block_k", bk),
+                       chunk_k=_option(call, "chunk_k", ck),
                        mods=call.score_mods, weight=call.weight.name)
     out, lse = _BlockwiseAttention.apply(qs, k_rep, v_rep, plan)
     if not call.return_weights:
@@ -394,10 +415,48 @@ def _tensors_needing_grad(mods: tuple[ScoreMod, ...]) -> bool:
     return False
 
 
+# The cost model behind impl="auto" (measured: benchmarks/bench_blockwise.py, docs/blockwise.md).
+SMALL_PROBLEM = 256 * 256  # below this many (query, key) pairs the per-tile overhead loses to sdpa
+RESULTS = "benchmarks/results/blockwise_*.json"
+
+
+def _sdpa_runs_fused(call: AttentionCall) -> bool:
+    """Whether sdpa runs the call with its fused kernel and no dense mask or bias buffer."""
+    if call.score_mods or call.weight.name != "softmax" or call.return_weights:
+        return False
+    m = call.mask
+    return m is None or (isinstance(m, Causal) and (call.lq == call.lk or m.align == "top_left"))
+
+
+def _auto_dispatch() -> bool:
+    """Whether the dispatcher is choosing for ``impl="auto"`` (cost-model refusals apply only
+    then; a call that names ``impl="blockwise"`` always runs it). Read from the calling
+    ``attnkit.dispatch.explain`` frame, which is the one place that knows."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is dispatch.explain.__code__:
+            return frame.f_locals.get("impl") == "auto"
+        frame = frame.f_back
+    return False
+
+
+def cost_reasons(call: AttentionCall) -> list[str]:
+    """Why ``impl="auto"`` should prefer another implementation (measured thresholds)."""
+    if _sdpa_runs_fused(call) and call.q.dtype in (torch.float32, torch.float64):
+        return ["sdpa runs this mask fused without a dense buffer and is faster in float32 "
+                f"(about 1.25x less time at T=4k, {RESULTS})"]
+    if call.lq * call.lk < SMALL_PROBLEM:
+        return [f"small problem (T*S = {call.lq * call.lk} < {SMALL_PROBLEM}): per-tile overhead "
+                f"outweighs the dense score matrix ({RESULTS})"]
+    return []
+
+
 def _check(call: AttentionCall) -> list[str]:
     reasons = []
     if call.score_mods and torch.is_grad_enabled() and _tensors_needing_grad(call.score_mods):
         reasons.append("a score modifier holds a tensor that requires grad (no gradient for it here)")
+    if not reasons and _auto_dispatch():
+        reasons += cost_reasons(call)
     return reasons
 
 
