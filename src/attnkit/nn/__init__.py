@@ -3,6 +3,13 @@ sinusoidal), recurrent encoder-decoder attention and Transformer layers, all ove
 :func:`attnkit.attention`."""
 
 from .attention import MultiHeadAttention, torch_masks_to_attnkit
+from .block import (
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+    TransformerLM,
+)
 from .cache import KVCache, LayerCaches
 from .positional import (
     RotaryEmbedding,
@@ -28,4 +35,9 @@ __all__ = [
     "AdditiveAttention",
     "LuongAttention",
     "Seq2SeqRNN",
+    "TransformerEncoderLayer",
+    "TransformerDecoderLayer",
+    "TransformerEncoder",
+    "TransformerDecoder",
+    "TransformerLM",
 ]
