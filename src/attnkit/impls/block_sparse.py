@@ -37,7 +37,7 @@ from ..scores import ScoreMod, apply_mods
 __all__ = ["block_sparse", "BlockWeights", "plan_for", "SlicePlan", "MAX_BLOCK_DENSITY", "MIN_LENGTH"]
 
 DEFAULT_BLOCK = 64
-DEFAULT_CHUNK = 1 << 22  # score elements per chunk (16 MiB in float32)
+DEFAULT_CHUNK = 1 << 22  # score elements per chunk (16 MiB in float32; measured best at T = 16k)
 MAX_SEG_TILES = 64  # at most this many tiles per segment
 MAX_BLOCK_DENSITY = 0.35  # above this auto prefers dense sdpa (benchmarks/bench_block_sparse.py)
 MIN_LENGTH = 1024  # below this many keys auto prefers dense sdpa (overheads dominate)
@@ -52,10 +52,11 @@ MIN_LENGTH = 1024  # below this many keys auto prefers dense sdpa (overheads dom
 class SlicePlan:
     """The kept tiles of one mask slice (one batch/head of a batch/head-dependent mask, or all).
 
-    ``seg_q (nS,)`` query block of each segment; ``seg_k (nS, C)`` its key blocks (``n_k`` = the
-    zero padding block); ``seg_lib (nS, C)`` index into ``blocked (L, block_q, block_k)``, where
+    ``seg_q (nS,)`` query block of each segment; ``seg_k (nS, C)`` its key blocks (padding slots read
+    block 0, fully masked); ``seg_lib (nS, C)`` index into ``blocked (L, block_q, block_k)``, where
     True = masked out (entry 0: all masked, 1: none masked); ``masked (nS,)`` whether a segment
-    needs any masking; ``single`` whether query block ``i`` is exactly segment ``i``.
+    needs any masking; ``band (nS,)`` whether a segment reads ``C`` consecutive key blocks
+    (then a strided view replaces the gather); ``single`` whether every query block has exactly one segment.
     """
 
     seg_q: Tensor
@@ -63,6 +64,7 @@ class SlicePlan:
     seg_lib: Tensor
     blocked: Tensor
     masked: Tensor
+    band: Tensor
     single: bool
     n_q: int
     n_k: int
@@ -125,13 +127,18 @@ def build_plan(mask: Mask, kinds: Tensor, bm: int, hm: int, lq: int, lk: int, bq
     tiles, lib_id = tiles[keep], lib_id[keep]
     seg, slot, seg_q, c = _segments(tiles[:, 0], n_q, MAX_SEG_TILES)
     n_s = len(seg_q)
-    seg_k = torch.full((n_s, c), n_k, dtype=torch.int64)
+    seg_k = torch.zeros((n_s, c), dtype=torch.int64)  # padding slots read block 0, fully masked
     seg_lib = torch.zeros((n_s, c), dtype=torch.int64)
     seg_k[seg, slot] = tiles[:, 1]
     seg_lib[seg, slot] = lib_id
+    # a "band" segment reads C consecutive key blocks: no gather needed, a strided view will do
+    band = (seg_lib != 0).all(-1) & (seg_k == seg_k[:, :1] + torch.arange(c)).all(-1)
+    # segments with padding slots (short rows) go last, so they share chunks
+    seg_order = torch.argsort((~band).to(torch.int64) * n_s + torch.arange(n_s))
+    seg_q, seg_k, seg_lib, band = seg_q[seg_order], seg_k[seg_order], seg_lib[seg_order], band[seg_order]
     blocked = torch.cat(library)
-    single = n_s == n_q and bool((seg_q == torch.arange(n_q)).all())
-    return SlicePlan(seg_q, seg_k, seg_lib, blocked, (seg_lib != 1).any(-1), single, n_q, n_k,
+    single = n_s == n_q and bool((torch.bincount(seg_q, minlength=n_q) == 1).all())
+    return SlicePlan(seg_q, seg_k, seg_lib, blocked, (seg_lib != 1).any(-1), band, single, n_q, n_k,
                      len(tiles), int((lib_id == 1).sum()))
 
 
@@ -222,8 +229,9 @@ def _scores(pb: _Problem, qg: Tensor, kg: Tensor, sq: Tensor, sk: Tensor, slib: 
     With ``raw_grad`` also returns the unmodified scores as a leaf requiring grad (the modified
     scores are then a function of it, for the backward of non-additive score modifiers)."""
     with torch.no_grad():
-        s = torch.matmul(qg, kg.transpose(-1, -2))  # (Bs, Hkv, nSc, R, C*bk)
-        s.mul_(pb.scale)
+        s = _mm(qg, kg.transpose(-1, -2))  # (Bs, Hkv, nSc, R, C*bk)
+        if pb.scale != 1.0:
+            s.mul_(pb.scale)
     raw = None
     if pb.mods:
         if raw_grad:
@@ -232,21 +240,76 @@ def _scores(pb: _Problem, qg: Tensor, kg: Tensor, sq: Tensor, sk: Tensor, slib: 
         s = apply_mods(s.view(shape6), pb.mods, *_mod_indices(pb, sq, sk, s.device), pb.lq, pb.lk)
         s = s.reshape(shape6[:3] + (pb.rep * pb.bq, shape6[-1]))
     if masked:
-        blocked = pb.plan.blocked.to(s.device)[slib]  # (nSc, C, bq, bk)
-        blocked = blocked.permute(0, 2, 1, 3).reshape(len(sq), 1, pb.bq, -1)  # (nSc, 1, bq, C*bk)
-        shape6 = (*s.shape[:3], pb.rep, pb.bq, s.shape[-1])
-        s = s.view(shape6).masked_fill(blocked, -math.inf).view(s.shape)
+        s = _apply_mask(pb, s, slib, inplace=raw is None)
     return s, raw
+
+
+def _apply_mask(pb: _Problem, s: Tensor, slib: Tensor, inplace: bool) -> Tensor:
+    """Fill masked positions of scores ``(Bs, Hkv, nSc, R, C*bk)`` with -inf; only the slot
+    ranges holding tiles that need masking are touched."""
+    need = (slib != 1).any(0).tolist()  # slots that need masking in this chunk
+    shape7 = (*s.shape[:3], pb.rep, pb.bq, pb.plan.slots, pb.bk)
+    if not inplace:
+        s = s.clone()
+    for a, b in _runs(need):
+        blocked = pb.plan.blocked.to(s.device)[slib[:, a:b]]  # (nSc, b - a, bq, bk)
+        blocked = blocked.permute(0, 2, 1, 3).unsqueeze(1)  # (nSc, 1, bq, b - a, bk)
+        s.view(shape7)[..., a:b, :].masked_fill_(blocked, -math.inf)
+    return s
+
+
+def _runs(flags: list[bool]) -> list[tuple[int, int]]:
+    """Maximal ranges ``[a, b)`` where ``flags`` is True."""
+    out, start = [], None
+    for n, f in enumerate([*flags, False]):
+        if f and start is None:
+            start = n
+        elif not f and start is not None:
+            out.append((start, n))
+            start = None
+    return out
 
 
 def _gather(pb: _Problem, qp: Tensor, kp: Tensor, vp: Tensor, lo: int, hi: int):
     """Query rows, key and value blocks of segments ``[lo, hi)``."""
     plan = pb.plan
     sq, sk = plan.seg_q[lo:hi].to(qp.device), plan.seg_k[lo:hi].to(qp.device)
-    qg = qp[:, :, sq]  # (Bs, Hkv, nSc, R, D)
+    in_order = len(sq) == 1 or (int(sq[-1] - sq[0]) == len(sq) - 1 and bool((sq.diff() == 1).all()))
+    qg = qp[:, :, int(sq[0]):int(sq[0]) + len(sq)] if in_order else qp[:, :, sq]  # (Bs, Hkv, nSc, R, D)
+    starts = sk[:, 0]
+    if bool(plan.band[lo:hi].all()) and (len(sq) == 1 or bool((starts.diff() == 1).all())):
+        first = int(starts[0])
+        return sq, sk, qg, _band_view(kp, first, len(sq), plan.slots), _band_view(vp, first, len(sq), plan.slots)
     kg = kp[:, :, sk].flatten(3, 4)  # (Bs, Hkv, nSc, C*bk, D)
     vg = vp[:, :, sk].flatten(3, 4)  # (Bs, Hkv, nSc, C*bk, Dv)
     return sq, sk, qg, kg, vg
+
+
+def _band_view(kp: Tensor, start: int, n_seg: int, c: int) -> Tensor:
+    """Overlapping view ``(Bs, Hkv, nSeg, C*bk, D)`` of key blocks ``start + s .. start + s + C - 1``
+    for segment ``s`` of ``kp (Bs, Hkv, nK, bk, D)``: no copy."""
+    bs, hkv, _, bk, d = kp.shape
+    st = kp.stride()
+    return kp.as_strided((bs, hkv, n_seg, c * bk, d), (st[0], st[1], st[2], st[3], st[4]),
+                         kp.storage_offset() + start * st[2])
+
+
+def _mm(a: Tensor, b: Tensor) -> Tensor:
+    """Batched ``a @ b`` over leading dims ``(Bs, Hkv)``. A band view (overlapping strides) is fed
+    to ``bmm`` one head at a time, since folding its batch dims would copy it."""
+    if a.is_contiguous() or a.dim() < 5:
+        if b.is_contiguous() or _plain_transpose(b):
+            return torch.matmul(a, b)
+    bs, hkv = a.shape[:2]
+    out = a.new_empty(bs, hkv, a.shape[2], a.shape[3], b.shape[4])
+    for i in range(bs):
+        for j in range(hkv):
+            torch.bmm(a[i, j], b[i, j], out=out[i, j])
+    return out
+
+
+def _plain_transpose(b: Tensor) -> bool:
+    return b.transpose(-1, -2).is_contiguous()
 
 
 def _forward(pb: _Problem, qp: Tensor, kp: Tensor, vp: Tensor) -> tuple[Tensor, Tensor]:
@@ -255,9 +318,9 @@ def _forward(pb: _Problem, qp: Tensor, kp: Tensor, vp: Tensor) -> tuple[Tensor, 
     bs, hkv, n_q, r, _ = qp.shape
     dv = vp.shape[-1]
     n_s = len(plan.seg_q)
-    o_seg = qp.new_zeros(bs, hkv, n_s, r, dv)
-    m_seg = qp.new_zeros(bs, hkv, n_s, r)
-    l_seg = qp.new_zeros(bs, hkv, n_s, r)
+    o_seg = qp.new_empty(bs, hkv, n_s, r, dv)
+    m_seg = qp.new_empty(bs, hkv, n_s, r)
+    l_seg = qp.new_empty(bs, hkv, n_s, r)
     for lo, hi in _chunks(pb, bs * hkv * r):
         sq, sk, qg, kg, vg = _gather(pb, qp, kp, vp, lo, hi)
         s, _ = _scores(pb, qg, kg, sq, sk, plan.seg_lib[lo:hi], bool(plan.masked[lo:hi].any()))
@@ -266,12 +329,13 @@ def _forward(pb: _Problem, qp: Tensor, kp: Tensor, vp: Tensor) -> tuple[Tensor, 
         p = s.sub_(m).exp_()  # (Bs, Hkv, nSc, R, C*bk)
         l_seg[:, :, lo:hi] = p.sum(-1)
         m_seg[:, :, lo:hi] = m.squeeze(-1)
-        o_seg[:, :, lo:hi] = torch.matmul(p, vg)  # (Bs, Hkv, nSc, R, Dv)
+        o_seg[:, :, lo:hi] = _mm(p, vg)  # (Bs, Hkv, nSc, R, Dv)
     tiny = torch.finfo(qp.dtype).tiny
-    if plan.single:  # one segment per query block: nothing to merge
-        out = o_seg / l_seg.clamp(min=tiny).unsqueeze(-1)
+    if plan.single:  # one segment per query block: nothing to merge, only to put in place
+        sq = plan.seg_q.to(qp.device)
+        out = torch.empty_like(o_seg).index_copy_(2, sq, o_seg.div_(l_seg.clamp(min=tiny).unsqueeze(-1)))
         lse = torch.where(l_seg > 0, m_seg + torch.log(l_seg.clamp(min=tiny)), math.inf)
-        return out, lse
+        return out, torch.empty_like(lse).index_copy_(2, sq, lse)
     # online softmax across the segments of a row: rescale each to the row maximum and add up
     sq = plan.seg_q.to(qp.device)
     idx = sq.view(1, 1, -1, 1).expand_as(m_seg)
@@ -301,12 +365,12 @@ def _backward(pb: _Problem, qp, kp, vp, out, lse, d_out) -> tuple[Tensor, Tensor
         flat_k = sk.flatten()
         dv_g = torch.matmul(p.transpose(-1, -2), do_g)  # (Bs, Hkv, nSc, C*bk, Dv)
         dv.index_add_(2, flat_k, dv_g.reshape(bs, hkv, len(flat_k), pb.bk, -1))
-        dp = torch.matmul(do_g, vg.transpose(-1, -2))  # (Bs, Hkv, nSc, R, C*bk)
+        dp = _mm(do_g, vg.transpose(-1, -2))  # (Bs, Hkv, nSc, R, C*bk)
         ds = p.mul_(dp.sub_(delta[:, :, sq].unsqueeze(-1)))  # (Bs, Hkv, nSc, R, C*bk)
         if nonadditive:
             ds = torch.autograd.grad(s, raw, ds)[0]
         ds.mul_(pb.scale)
-        dq.index_add_(2, sq, torch.matmul(ds, kg))
+        dq.index_add_(2, sq, _mm(ds, kg))
         dk_g = torch.matmul(ds.transpose(-1, -2), qg)  # (Bs, Hkv, nSc, C*bk, D)
         dk.index_add_(2, flat_k, dk_g.reshape(bs, hkv, len(flat_k), pb.bk, -1))
     return dq, dk, dv
@@ -337,14 +401,16 @@ def _layout_q(q: Tensor, hkv: int, bq: int, n_q: int) -> Tensor:
     """``(Bs, H, T, D)`` -> ``(Bs, Hkv, nQ, rep * bq, D)``: the query heads of one kv head share rows."""
     bs, h, t, d = q.shape
     rep = h // hkv
-    x = F.pad(q, (0, 0, 0, n_q * bq - t)).view(bs, hkv, rep, n_q, bq, d)
+    x = (F.pad(q, (0, 0, 0, n_q * bq - t)) if n_q * bq != t else q.contiguous()).view(bs, hkv, rep, n_q, bq, d)
     return x.permute(0, 1, 3, 2, 4, 5).reshape(bs, hkv, n_q, rep * bq, d)
 
 
 def _layout_kv(k: Tensor, bk: int, n_k: int) -> Tensor:
-    """``(Bs, Hkv, S, D)`` -> ``(Bs, Hkv, nK + 1, bk, D)`` with a zero block ``nK`` for padding slots."""
+    """``(Bs, Hkv, S, D)`` -> ``(Bs, Hkv, nK, bk, D)`` (zero-padded to whole blocks)."""
     bs, hkv, s, d = k.shape
-    return F.pad(k, (0, 0, 0, (n_k + 1) * bk - s)).view(bs, hkv, n_k + 1, bk, d)
+    if n_k * bk != s:
+        k = F.pad(k, (0, 0, 0, n_k * bk - s))
+    return k.contiguous().view(bs, hkv, n_k, bk, d)
 
 
 def _unlayout(x: Tensor, heads: int, t: int) -> Tensor:
@@ -397,10 +463,10 @@ def _dense_weights(pb: _Problem, qp: Tensor, kp: Tensor, lse: Tensor) -> Tensor:
     """Dense weights ``(Bs, H, T, S)`` of one slice."""
     bs, hkv = qp.shape[:2]
     plan = pb.plan
-    w7 = qp.new_zeros(bs, hkv, plan.n_q, plan.n_k + 1, pb.rep, pb.bq, pb.bk)
-    for sq, sk, p in _weight_tiles(pb, qp, kp, lse):
-        w7[:, :, sq.view(-1, 1), sk] = p
-    w = w7.permute(0, 1, 4, 2, 5, 3, 6).reshape(bs, hkv * pb.rep, plan.n_q * pb.bq, (plan.n_k + 1) * pb.bk)
+    w7 = qp.new_zeros(plan.n_q, plan.n_k, bs, hkv, pb.rep, pb.bq, pb.bk)
+    for sq, sk, p in _weight_tiles(pb, qp, kp, lse):  # padding slots add zeros to block 0
+        w7.index_put_((sq.view(-1, 1).expand_as(sk), sk), p.permute(2, 3, 0, 1, 4, 5, 6), accumulate=True)
+    w = w7.permute(2, 3, 4, 0, 5, 1, 6).reshape(bs, hkv * pb.rep, plan.n_q * pb.bq, plan.n_k * pb.bk)
     return w[:, :, : pb.lq, : pb.lk]
 
 
@@ -410,8 +476,8 @@ def _block_weights(pb: _Problem, qp: Tensor, kp: Tensor, lse: Tensor) -> tuple[T
     tiles, values = [], []
     bh = torch.stack(torch.broadcast_tensors(pb.b_ids.view(-1, 1, 1), pb.h_ids.unsqueeze(0)), -1)  # (Bs, Hkv, rep, 2)
     bh = bh.reshape(-1, 2)  # (Bs * H, 2) in (b, kv head, replica) order
-    for sq, sk, p in _weight_tiles(pb, qp, kp, lse):
-        valid = sk < pb.plan.n_k  # (nSc, C)
+    for (sq, sk, p), (lo, hi) in zip(_weight_tiles(pb, qp, kp, lse), _chunks(pb, bs * hkv * qp.shape[3])):
+        valid = pb.plan.seg_lib[lo:hi] != 0  # (nSc, C) padding slots have library entry 0
         p = p.permute(0, 1, 4, 2, 3, 5, 6).reshape(bs * hkv * pb.rep, len(sq), pb.plan.slots, pb.bq, pb.bk)
         values.append(p[:, valid].flatten(0, 1))  # (Bs * H * nv, bq, bk)
         qk = torch.stack([sq.view(-1, 1).expand_as(sk)[valid], sk[valid]], -1)  # (nv, 2)
@@ -455,6 +521,8 @@ def block_sparse(call: AttentionCall) -> Tensor | tuple[Tensor, Tensor | BlockWe
         scale = scale / call.score.params["temperature"]
     if q.dtype in (torch.float16, torch.bfloat16):
         q, k, v = q.float(), k.float(), v.float()
+    if not any(not m.additive for m in call.score_mods):  # fold the scale into q (one pass fewer)
+        q, scale = q * scale, 1.0
     mask = call.mask if call.mask is not None else full()
     plans = plan_for(mask, call.lq, call.lk, bq, bk)
     n_q, n_k = plans[0][0].n_q, plans[0][0].n_k
