@@ -202,3 +202,57 @@ def test_rename_hf_key():
     assert rename_hf_key("bert.encoder.layer.0.output.LayerNorm.bias") == "layers.0.ffn_norm.bias"
     assert rename_hf_key("encoder.layer.0.attention.output.dense.weight") == "layers.0.attn.out.weight"
     assert rename_hf_key("embeddings.position_ids") is None
+
+
+# --------------------------------------------------------------------------- approximation cost
+
+
+def test_pair_metrics_and_spearman():
+    from attnkit.models.approx import pair_metrics, spearman
+
+    a = torch.eye(4)
+    m = pair_metrics(a, a)
+    assert m["top1"] == 1.0 and m["auc"] == 1.0 and m["para"] == 1.0 and m["other"] == 0.0
+    swapped = pair_metrics(a, a[[1, 0, 3, 2]])
+    assert swapped["top1"] == 0.0 and swapped["auc"] < 0.5
+    x = torch.tensor([0.1, 0.5, 0.3, 0.9])
+    assert spearman(x, x * 10 + 1) == pytest.approx(1.0)
+    assert spearman(x, -x) == pytest.approx(-1.0)
+
+
+def test_compare_variants_small(minilm):
+    from attnkit.models._pairs import PARAPHRASE_PAIRS
+    from attnkit.models.approx import Variant, compare_variants, format_table
+
+    model, _ = minilm
+    variants = [Variant("exact (sdpa)", "exact", "sdpa"),
+                Variant("window ±1", "sparse", "reference", lambda: masks.window(1, 1)),
+                Variant("missing", "x", "no-such-impl")]
+    rows = compare_variants(model, PARAPHRASE_PAIRS[:6], variants, progress=False)
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "skipped: impl 'no-such-impl' not registered"]
+    assert rows[1]["cos_min"] > 1 - 1e-5 and rows[1]["rank_corr"] == pytest.approx(1.0)
+    assert rows[2]["cos_mean"] < 0.95  # a ±1 window really changes the embeddings
+    assert rows[0]["top1"] == 1.0 and rows[0]["para"] > 0.5
+    table = format_table(rows)
+    assert "| missing | no-such-impl | skipped: impl 'no-such-impl' not registered |" in table
+    assert table.count("\n") == len(rows) + 1
+
+
+def test_run_model_comparison_unknown_model():
+    from attnkit.models.approx import run_model_comparison
+
+    with pytest.raises(attnkit.UnknownNameError, match="unknown model 'gpt'"):
+        run_model_comparison("gpt")
+
+
+@pytest.mark.slow
+def test_run_model_comparison_full(tmp_path):
+    import json
+
+    from attnkit.models.approx import VARIANTS, run_model_comparison
+
+    text = run_model_comparison("minilm", json_path=str(tmp_path / "cmp.json"))
+    rows = json.loads((tmp_path / "cmp.json").read_text())["rows"]
+    assert len(rows) == len(VARIANTS) + 1 and text.count("\n|") == len(rows) + 2
+    exact = [r for r in rows if r["family"] == "exact" and r["status"] == "ok"]
+    assert all(r["cos_min"] > 1 - 1e-5 for r in exact)

@@ -56,8 +56,8 @@ def attention_rollout(attentions: Tensor | Sequence[Tensor], *, head_fusion: str
     """Rollout ``(T, T)``: row ``i`` says how much last-layer token ``i`` draws from each input token.
 
     >>> a = torch.full((2, 1, 3, 3), 1 / 3)
-    >>> attention_rollout(a).sum(-1)
-    tensor([1., 1., 1.], dtype=torch.float64)
+    >>> [round(x, 6) for x in attention_rollout(a).sum(-1).tolist()]
+    [1.0, 1.0, 1.0]
     """
     layers = residual_attention(attentions, head_fusion=head_fusion, residual=residual)  # (L, T, T)
     out = torch.eye(layers.shape[-1], dtype=layers.dtype)
