@@ -150,7 +150,9 @@ def hash_vectors(x: Tensor, rotations: Tensor, n_buckets: int) -> Tensor:
     for r in range(n_hashes):
         for start in range(0, n, step):
             proj = x[:, start:start + step] @ rot[:, r]  # (BH, n, nb/2)
-            out[:, r, start:start + step] = torch.cat([proj, -proj], dim=-1).argmax(-1)
+            top, arg_top = proj.max(-1)  # (BH, n): argmax of [xR, -xR] without building it
+            low, arg_low = proj.min(-1)
+            out[:, r, start:start + step] = torch.where(top >= -low, arg_top, arg_low + proj.shape[-1])
     return out
 
 
@@ -238,16 +240,21 @@ def _allowed(mask: Mask | None, heads: int, lq: int, lk: int, qpos: Tensor, kpos
     return ok & mask.mod(bh // heads, bh % heads, i, j, lq, lk)
 
 
-def _duplicate_counts(chunk_of: Tensor, rows: Tensor, cols: Tensor, n_chunks: int) -> Tensor:
-    """In how many rounds each (row, col) pair is attended: ``chunk_of (BH, R, N+1)`` chunk of each
-    item per round; ``rows (BH, nC, C)``, ``cols (BH, nC, K)`` -> ``(BH, nC, C, K)`` counts >= 1
-    for pairs attended in this round."""
-    count = torch.zeros(*rows.shape, cols.shape[-1], dtype=torch.int16, device=rows.device)
+def _duplicate_counts(chunk_of: Tensor, rows: Tensor, cols: Tensor, n_chunks: int, this_round: int,
+                      dtype: torch.dtype) -> Tensor:
+    """In how many rounds each (row, col) pair of round ``this_round`` is attended.
+
+    ``chunk_of (BH, R, N+1)`` chunk of each item per round; ``rows (BH, nC, C)``, ``cols (BH, nC, K)``
+    item ids -> ``(BH, nC, C, K)`` counts >= 1. A pair is attended in a round when the key's chunk
+    is the query's chunk or the one before it."""
+    count = torch.ones(*rows.shape, cols.shape[-1], dtype=dtype, device=rows.device)
     for r in range(chunk_of.shape[1]):
-        cq = chunk_of[:, r].gather(1, rows.flatten(1)).view(rows.shape)  # (BH, nC, C)
+        if r == this_round:
+            continue
+        cq = chunk_of[:, r].gather(1, rows.flatten(1)).view(rows.shape).unsqueeze(-1)  # (BH, nC, C, 1)
         ck = chunk_of[:, r].gather(1, cols.flatten(1)).view(cols.shape)  # (BH, nC, K)
-        diff = (cq.unsqueeze(-1) - ck.unsqueeze(-2)) % n_chunks  # (BH, nC, C, K)
-        count += (diff <= 1).to(torch.int16)
+        ck_next = torch.remainder(ck + 1, n_chunks).unsqueeze(-2)  # (BH, nC, 1, K)
+        count += (cq == ck.unsqueeze(-2)) | (cq == ck_next)
     return count
 
 
@@ -316,8 +323,9 @@ def lsh_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, 
         if st.shared_qk:
             sc = sc.masked_fill(rows.unsqueeze(-1) == cols.unsqueeze(-2), SELF_SCORE)
         if st.dedup and st.n_hashes > 1 and n_chunks > 2:
-            counts = _duplicate_counts(chunk_of, rows, cols, n_chunks)  # (BH, nC, C, K)
-            sc = sc - counts.clamp(min=1).to(sc.dtype).log()
+            with torch.no_grad():
+                counts = _duplicate_counts(chunk_of, rows, cols, n_chunks, r, sc.dtype)  # (BH, nC, C, K)
+            sc = sc - counts.log_()
         elif st.dedup and st.n_hashes > 1:  # <= 2 chunks: every round attends everything
             sc = sc - math.log(st.n_hashes)
         allowed = _allowed(_mask_or_none(mask), h, t, s, qpos, kpos)

@@ -1,0 +1,98 @@
+"""``attnkit compare``: accuracy, recall, time and memory of approximate attention against exact.
+
+Synthetic inputs (default)::
+
+    attnkit compare --length 2048 --dist clustered --impls sdpa lsh linear favor
+
+On a real model (queries/keys captured from all-MiniLM-L6-v2)::
+
+    attnkit compare --model minilm --json results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from typing import Any
+
+IMPL_CHOICES = ("sdpa", "reference", "lsh", "linear", "favor")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="approximate attention (lsh, linear) against exact: error, recall, time, memory",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="run on a real model instead (e.g. 'minilm')")
+    p.add_argument("--length", "-T", type=int, default=1024, help="sequence length T (synthetic)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--dim", type=int, default=64, help="head dim D")
+    p.add_argument("--dist", choices=["gaussian", "clustered"], default="gaussian", help="input distribution")
+    p.add_argument("--causal", action="store_true", help="causal mask")
+    p.add_argument("--impls", nargs="+", default=["sdpa", "lsh", "linear", "favor"],
+                   help=f"methods to compare; any registered impl name, 'favor' = linear with FAVOR+ "
+                        f"(default: sdpa lsh linear favor; choices include {', '.join(IMPL_CHOICES)})")
+    p.add_argument("--bucket-size", type=int, default=64, help="lsh: chunk length")
+    p.add_argument("--n-hashes", type=int, default=4, help="lsh: hash rounds")
+    p.add_argument("--shared-qk", action="store_true", help="lsh: keys = normalised queries")
+    p.add_argument("--n-features", type=int, default=256, help="favor: random features")
+    p.add_argument("--chunk-size", type=int, default=64, help="linear: causal chunk length")
+    p.add_argument("--seed", type=int, default=0, help="input and hashing / feature seed")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
+    p.add_argument("--memory", action="store_true", help="also measure peak memory (one process per method)")
+    p.add_argument("--json", default=None, help="write the results here as JSON")
+    p.set_defaults(func=run)
+
+
+def candidates(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
+    """The ``(label, impl, options)`` list the arguments ask for."""
+    out = []
+    for name in args.impls:
+        if name == "lsh":
+            opts = {"bucket_size": args.bucket_size, "n_hashes": args.n_hashes, "shared_qk": args.shared_qk,
+                    "seed": args.seed}
+            out.append((f"lsh (bucket {args.bucket_size}, {args.n_hashes} hashes)", "lsh", opts))
+        elif name == "linear":
+            out.append(("linear (elu+1)", "linear", {"chunk_size": args.chunk_size}))
+        elif name == "favor":
+            opts = {"feature_map": "favor", "n_features": args.n_features, "chunk_size": args.chunk_size,
+                    "seed": args.seed}
+            out.append((f"linear (FAVOR+, {args.n_features} features)", "linear", opts))
+        else:
+            out.append((name, name, {}))
+    return out
+
+
+def _run_model(args: argparse.Namespace) -> int:
+    try:
+        mod = importlib.import_module("attnkit.models.approx")
+    except ImportError as err:
+        print(f"error: --model needs attnkit.models.approx, which is not available ({err})")
+        return 2
+    print(mod.run_model_comparison(model=args.model, json_path=args.json))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.model is not None:
+        return _run_model(args)
+    import torch
+
+    from .. import masks
+    from ..compare import compare, compare_inputs
+
+    q, k, v = compare_inputs(batch=args.batch, heads=args.heads, t=args.length, head_dim=args.dim,
+                             dist=args.dist, seed=args.seed)
+    if args.shared_qk:
+        k = torch.nn.functional.normalize(q, dim=-1)  # the problem shared-QK LSH approximates
+    mask = masks.causal() if args.causal else None
+    res = compare(q, k, v, candidates(args), mask, repeats=args.repeats, memory=args.memory)
+    print(f"B={args.batch} H={args.heads} T={args.length} D={args.dim} {args.dist} inputs, "
+          f"{'causal' if args.causal else 'no mask'}, threads={torch.get_num_threads()}; "
+          f"error vs exact attention, time ratio to the first method (same run)")
+    print(res.table())
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"args": vars(args) | {"func": None}, **res.to_dict()}, fh, indent=2, default=str)
+        print(f"wrote {args.json}")
+    return 0
