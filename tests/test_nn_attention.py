@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import attnkit
@@ -299,3 +301,39 @@ def test_default_scale_is_one_over_sqrt_head_dim():
     k = mine.k_proj(x).view(1, 3, H, E // H).transpose(1, 2)
     want = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(E // H), -1)
     torch.testing.assert_close(w, want, **TOL)
+
+
+@settings(max_examples=25, deadline=None)
+@given(heads=st.sampled_from([1, 2, 4]), head_dim=st.sampled_from([2, 4, 8]), batch=st.integers(1, 3),
+       lq=st.integers(1, 7), lk=st.integers(1, 7), batch_first=st.booleans(), need=st.booleans(),
+       kv_dims=st.booleans(), seed=st.integers(0, 2**16))
+def test_parity_property_random_shapes(heads, head_dim, batch, lq, lk, batch_first, need, kv_dims, seed):
+    torch.manual_seed(seed)
+    e = heads * head_dim
+    kdim, vdim = (3, 5) if kv_dims else (None, None)
+    ref = nn.MultiheadAttention(e, heads, kdim=kdim, vdim=vdim, batch_first=batch_first).eval()
+    mine = MultiHeadAttention.from_torch(ref).eval()
+    shape = (lambda L, d: (batch, L, d)) if batch_first else (lambda L, d: (L, batch, d))
+    q = torch.randn(*shape(lq, e))
+    k, v = torch.randn(*shape(lk, kdim or e)), torch.randn(*shape(lk, vdim or e))
+    kpm = torch.rand(batch, lk) < 0.3
+    kpm[:, 0] = False  # keep one key per row so PyTorch gives no NaN
+    want = ref(q, k, v, key_padding_mask=kpm, need_weights=need)
+    got = mine(q, k, v, key_padding_mask=kpm, need_weights=need)
+    torch.testing.assert_close(got[0], want[0], **TOL)
+    if need:
+        torch.testing.assert_close(got[1], want[1], **TOL)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.bfloat16, 3e-2)])
+def test_parity_in_other_dtypes(dtype, tol):
+    torch.manual_seed(10)
+    ref = nn.MultiheadAttention(E, H, batch_first=True, dtype=dtype).eval()
+    mine = MultiHeadAttention.from_torch(ref).eval()
+    assert mine.q_proj.weight.dtype == dtype
+    x = torch.randn(B, T, E, dtype=dtype)
+    am = nn.Transformer.generate_square_subsequent_mask(T, dtype=dtype)
+    want, got = ref(x, x, x, attn_mask=am), mine(x, attn_mask=am)
+    assert got[0].dtype == dtype and got[1].dtype == dtype
+    torch.testing.assert_close(got[0], want[0], atol=tol, rtol=tol)
+    torch.testing.assert_close(got[1], want[1], atol=tol, rtol=tol)
