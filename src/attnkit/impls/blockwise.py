@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import dispatch
-from ..masks import EMPTY, FULL, And, Causal, DenseMask, FromMod, Mask, Not, Or, Random
+from ..masks import EMPTY, FULL, PARTIAL, And, Causal, DenseMask, FromMod, Mask, Not, Or, Random
 from ..registry import AttentionCall, ImplSpec, register_impl
 from ..scores import ScoreMod, apply_mods
 from ..shapes import repeat_kv
@@ -105,6 +105,19 @@ def _row_chunks(kinds_row: list[int], lk: int, block_k: int, chunk_k: int) -> tu
     return tuple(chunks)
 
 
+def _dense_tile_kinds(mask: DenseMask, lq: int, lk: int, block_q: int, block_k: int) -> Tensor:
+    """Exact tile kinds ``(Bm, Hm, nQ, nK)`` of an explicit bool tensor, by reshaping it into
+    tiles (the generic path gathers it element by element)."""
+    t = mask.tensor.expand(mask.num_batch, mask.num_heads, lq, lk)  # (Bm, Hm, lq, lk)
+    nq, nk = math.ceil(lq / block_q), math.ceil(lk / block_k)
+    pad = (0, nk * block_k - lk, 0, nq * block_q - lq)
+    padded = (lambda x, v: F.pad(x, pad, value=v)) if any(pad) else (lambda x, v: x)
+    tiles = lambda x: x.reshape(*x.shape[:2], nq, block_q, nk, block_k)  # noqa: E731
+    anyv = tiles(padded(t, False)).any(-1).any(-2)  # (Bm, Hm, nQ, nK)
+    allv = tiles(padded(t, True)).all(-1).all(-2)  # (Bm, Hm, nQ, nK)
+    return torch.where(allv, FULL, torch.where(anyv, PARTIAL, EMPTY)).to(torch.int8)
+
+
 def plan_blocks(lq: int, lk: int, mask: Mask | None, *, block_q: int = DEFAULT_BLOCK_Q,
                 block_k: int = DEFAULT_BLOCK_K, chunk_k: int = DEFAULT_CHUNK_K,
                 mods: tuple[ScoreMod, ...] = (), weight: str = "softmax") -> BlockPlan:
@@ -115,10 +128,13 @@ def plan_blocks(lq: int, lk: int, mask: Mask | None, *, block_q: int = DEFAULT_B
     if mask is None:
         kinds = torch.full((nq, nk), FULL, dtype=torch.int8)
     else:
-        k4 = mask.blocks(lq, lk, block_q, block_k, refine=_needs_refine(mask)).kinds  # (Bm, Hm, nQ, nK)
+        if isinstance(mask, DenseMask):
+            k4 = _dense_tile_kinds(mask, lq, lk, block_q, block_k)  # (Bm, Hm, nQ, nK)
+        else:
+            k4 = mask.blocks(lq, lk, block_q, block_k, refine=_needs_refine(mask)).kinds
         any_kind = (k4 != EMPTY).flatten(0, 1).any(0)  # (nQ, nK)
         all_full = (k4 == FULL).flatten(0, 1).all(0)  # (nQ, nK)
-        kinds = torch.where(all_full, FULL, torch.where(any_kind, 1, EMPTY))
+        kinds = torch.where(all_full, FULL, torch.where(any_kind, PARTIAL, EMPTY))
     rows = tuple(_row_chunks(r, lk, block_k, chunk_k) for r in kinds.tolist())
     return BlockPlan(lq, lk, block_q, block_k, chunk_k, rows, mask, mods, weight)
 
@@ -176,8 +192,25 @@ def _modify_and_mask(s: Tensor, plan: BlockPlan, heads: int, i0: int, i1: int, c
         s4 = apply_mods(s4, plan.mods, b, h, i, j, plan.lq, plan.lk)
     if masked and plan.mask is not None:
         allowed = _chunk_mask(plan.mask, i0, i1, j0, j1, plan.lq, plan.lk, s.device)  # (Bm, Hm, bq, ck)
-        s4 = s4.masked_fill_(~allowed, -math.inf) if s4.requires_grad is False else s4.masked_fill(~allowed, -math.inf)
+        if s4.requires_grad:
+            s4 = s4.masked_fill(~allowed, -math.inf)
+        else:  # a (Bm, Hm, bq, ck) bias of 0 / -inf: a broadcast add is far cheaper than masked_fill_
+            s4 = s4.add_(torch.zeros((), dtype=s.dtype).masked_fill(~allowed, -math.inf))
     return s4.reshape(s.shape)
+
+
+# exp() of very negative or -inf arguments takes a slow path in the vectorised CPU kernel
+# (about 4x slower than finite arguments), and masked scores are -inf. So exponents are clamped
+# at EXP_FLOOR and results at or below EXP_ZERO are set to exactly 0: masked keys still get weight
+# 0, and an allowed weight below 3e-35 (relative to the row's largest) is dropped, which is
+# below the resolution of float32 and of float64 sums of weights near 1.
+EXP_FLOOR = -80.0
+EXP_ZERO = 2.0 * math.exp(EXP_FLOOR)
+
+
+def _exp_(x: Tensor) -> Tensor:
+    """``exp(x)`` in place, fast on masked (-inf) entries, which come out as exactly 0."""
+    return F.threshold_(x.clamp_(min=EXP_FLOOR).exp_(), EXP_ZERO, 0.0)
 
 
 def _sigmoid_weights(s: Tensor, lk: int) -> Tensor:
@@ -224,7 +257,7 @@ def _forward_block(qb: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, heads: int
             continue
         m_new = torch.maximum(m, s.amax(-1, keepdim=True))  # (BH, bq, 1)
         m_use = m_new.masked_fill(m_new == -math.inf, 0.0)  # rows with nothing allowed yet
-        p = s.sub_(m_use).exp_()  # (BH, bq, ck); in place: the forward records no graph
+        p = _exp_(s.sub_(m_use))  # (BH, bq, ck); in place: the forward records no graph
         alpha = torch.exp(m - m_use)  # (BH, bq, 1) rescales what was accumulated so far
         l = torch.addcmul(p.sum(-1, keepdim=True), l, alpha)  # noqa: E741
         acc.mul_(alpha)
@@ -275,7 +308,7 @@ def _tile_probs(s: Tensor, lse_b: Tensor, plan: BlockPlan) -> Tensor:
     """Recomputed weights of a tile from its scores (and the saved lse for softmax), in place."""
     if plan.weight == "sigmoid":
         return s.sub_(math.log(plan.lk)).sigmoid_()
-    return s.sub_(lse_b).exp_()  # (BH, bq, ck); dead rows carry lse = +inf -> 0
+    return _exp_(s.sub_(lse_b))  # (BH, bq, ck); dead rows carry lse = +inf -> 0
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
