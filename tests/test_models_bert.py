@@ -201,6 +201,11 @@ def test_rename_hf_key():
     assert rename_hf_key("encoder.layer.3.attention.self.query.weight") == "layers.3.attn.q.weight"
     assert rename_hf_key("bert.encoder.layer.0.output.LayerNorm.bias") == "layers.0.ffn_norm.bias"
     assert rename_hf_key("encoder.layer.0.attention.output.dense.weight") == "layers.0.attn.out.weight"
+    from attnkit.models.bert import fuse_qkv
+
+    fused = fuse_qkv({f"layers.0.attn.{p}.weight": torch.full((2, 2), float(i)) for i, p in enumerate("qkv")})
+    assert list(fused) == ["layers.0.attn.qkv.weight"]
+    assert fused["layers.0.attn.qkv.weight"][:, 0].tolist() == [0, 0, 1, 1, 2, 2]
     assert rename_hf_key("embeddings.position_ids") is None
 
 

@@ -159,14 +159,15 @@ class BertSelfAttention(nn.Module):
         super().__init__()
         c = cfg.hidden_size
         self.heads = cfg.num_attention_heads
-        self.q, self.k, self.v, self.out = (nn.Linear(c, c) for _ in range(4))
+        self.qkv = nn.Linear(c, 3 * c)  # query, key and value projections in one matmul
+        self.out = nn.Linear(c, c)
         self.norm = nn.LayerNorm(c, eps=cfg.layer_norm_eps)
 
     def forward(self, x: Tensor, mask: Mask | None, settings: AttentionSettings) -> Tensor:
         """``x (B, T, C) -> (B, T, C)``."""
-        q = split_heads(self.q(x), self.heads)  # (B, H, T, D)
-        k = split_heads(self.k(x), self.heads)  # (B, H, T, D)
-        v = split_heads(self.v(x), self.heads)  # (B, H, T, D)
+        b, t, c = x.shape
+        qkv = self.qkv(x).view(b, t, 3, self.heads, c // self.heads)  # (B, T, 3, H, D)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D)
         o = attention(q, k, v, mask, impl=settings.impl, options=settings.options)  # (B, H, T, D)
         return self.norm(x + self.out(merge_heads(o)))  # (B, T, C)
 
@@ -258,7 +259,8 @@ _HF_RENAMES = (
 
 def rename_hf_key(key: str) -> str | None:
     """The :class:`BertModel` parameter name for a Hugging Face BERT checkpoint key (None: not a
-    parameter, e.g. ``embeddings.position_ids``)."""
+    parameter, e.g. ``embeddings.position_ids``). Query/key/value map to ``attn.q/k/v``, which
+    :func:`fuse_qkv` then joins into the fused ``attn.qkv`` projection."""
     key = key.removeprefix("bert.")
     if key.endswith("position_ids"):
         return None
@@ -267,9 +269,18 @@ def rename_hf_key(key: str) -> str | None:
     return key
 
 
+def fuse_qkv(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Concatenate each layer's ``attn.q/k/v`` weights and biases into ``attn.qkv`` (rows: q, k, v)."""
+    out = dict(state)
+    for key in [k for k in state if ".attn.q." in k]:
+        parts = [out.pop(key.replace(".attn.q.", f".attn.{p}.")) for p in "qkv"]
+        out[key.replace(".attn.q.", ".attn.qkv.")] = torch.cat(parts, 0)  # (3C, C) or (3C,)
+    return out
+
+
 def load_bert_state(model: BertModel, weights: Mapping[str, Tensor]) -> None:
     """Copy a Hugging Face BERT state dict into ``model`` (every parameter must be present)."""
-    state = {new: t for k, t in weights.items() if (new := rename_hf_key(k)) is not None}
+    state = fuse_qkv({new: t for k, t in weights.items() if (new := rename_hf_key(k)) is not None})
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise AttnKitError(f"checkpoint does not fit the BERT architecture: missing {missing}, "
