@@ -264,3 +264,22 @@ def test_backward_memory_stays_far_below_a_score_matrix():
     assert res["peak_extra_mib"] < MEM_BOUND_MIB, (
         f"blockwise fwd+bwd at T=S={MEM_T} used {res['peak_extra_mib']:.0f} MiB extra; bound {MEM_BOUND_MIB} MiB "
         f"(one score matrix is {SCORE_MATRIX_MIB:.0f} MiB)")
+
+
+# ------------------------------------------------------------------------------------------
+# impl="auto": the measured cost model
+# ------------------------------------------------------------------------------------------
+
+
+def test_auto_prefers_blockwise_where_sdpa_needs_a_dense_mask_and_explains_otherwise():
+    q = torch.randn(1, 2, 512, 16)
+    with attnkit.use_impls(["blockwise", "sdpa", "reference"]):
+        assert attnkit.explain_dispatch(q, q, q, masks.window(64)).chosen == "blockwise"
+        assert attnkit.explain_dispatch(q, q, q, masks.causal(), score_mods=(scores.softcap(5.0),)).chosen \
+            == "blockwise"
+        fused = attnkit.explain_dispatch(q, q, q, masks.causal())
+        assert fused.chosen == "sdpa" and "faster" in " ".join(fused.reasons["blockwise"])
+        small = attnkit.explain_dispatch(q[:, :, :32], q[:, :, :32], q[:, :, :32], masks.window(4))
+        assert small.chosen == "sdpa" and "small problem" in " ".join(small.reasons["blockwise"])
+    # naming the implementation bypasses the cost model
+    assert attnkit.explain_dispatch(q, q, q, masks.causal(), impl="blockwise").chosen == "blockwise"
