@@ -37,7 +37,7 @@ from ..scores import ScoreMod, apply_mods
 __all__ = ["block_sparse", "BlockWeights", "plan_for", "SlicePlan", "MAX_BLOCK_DENSITY", "MIN_LENGTH"]
 
 DEFAULT_BLOCK = 64
-DEFAULT_CHUNK = 1 << 22  # score elements per chunk (16 MiB in float32; measured best at T = 16k)
+DEFAULT_CHUNK = 1 << 20  # score elements per chunk and head (4 MiB in float32; measured best at T = 16k)
 MAX_SEG_TILES = 64  # at most this many tiles per segment
 MAX_BLOCK_DENSITY = 0.35  # above this auto prefers dense sdpa (benchmarks/bench_block_sparse.py)
 MIN_LENGTH = 1024  # below this many keys auto prefers dense sdpa (overheads dominate)
@@ -181,7 +181,7 @@ def plan_for(mask: Mask, lq: int, lk: int, bq: int = DEFAULT_BLOCK, bk: int = DE
 
 
 # ----------------------------------------------------------------------------------------------
-# the kernel: chunks of segments, forward and backward
+# the kernel: per head, chunks of segments, forward and backward
 # ----------------------------------------------------------------------------------------------
 
 
@@ -205,57 +205,40 @@ class _Problem:
         return self.h_ids.shape[1]
 
 
-def _chunks(pb: _Problem, rows_per_seg: int) -> list[tuple[int, int]]:
-    """Segment ranges ``[start, stop)`` of at most ``chunk`` score elements each."""
-    n_s = len(pb.plan.seg_q)
-    per = max(1, pb.chunk // max(1, rows_per_seg * pb.plan.slots * pb.bk))
-    return [(s, min(n_s, s + per)) for s in range(0, n_s, per)]
+@dataclass(frozen=True, eq=False)
+class _Chunk:
+    """Segments ``[lo, hi)``: their query blocks ``sq (nSc,)``, key blocks ``sk (nSc, C)``,
+    library ids ``slib (nSc, C)``, the slot ranges to mask, the first query block when ``sq`` is
+    consecutive and the first key block when the segments form a band (else None)."""
+
+    lo: int
+    hi: int
+    sq: Tensor
+    sk: Tensor
+    slib: Tensor
+    mask_runs: list[tuple[int, int]]
+    q_start: int | None
+    band_start: int | None
 
 
-def _mod_indices(pb: _Problem, sq: Tensor, sk: Tensor, device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Index tensors ``b, h, i, j`` broadcasting to scores viewed ``(Bs, Hkv, nSc, rep, bq, C*bk)``."""
-    n_sc = len(sq)
-    b = pb.b_ids.to(device).view(-1, 1, 1, 1, 1, 1)
-    h = pb.h_ids.to(device).view(1, pb.h_ids.shape[0], 1, pb.rep, 1, 1)
-    i = (sq.view(-1, 1) * pb.bq + torch.arange(pb.bq, device=device)).clamp(max=pb.lq - 1)  # (nSc, bq)
-    j = (sk.unsqueeze(-1) * pb.bk + torch.arange(pb.bk, device=device)).clamp(max=pb.lk - 1)  # (nSc, C, bk)
-    return b, h, i.view(1, 1, n_sc, 1, pb.bq, 1), j.view(1, 1, n_sc, 1, 1, -1)
-
-
-def _scores(pb: _Problem, qg: Tensor, kg: Tensor, sq: Tensor, sk: Tensor, slib: Tensor, masked: bool,
-            raw_grad: bool = False) -> tuple[Tensor, Tensor | None]:
-    """Modified, masked scores ``(Bs, Hkv, nSc, R, C*bk)`` of one chunk.
-
-    With ``raw_grad`` also returns the unmodified scores as a leaf requiring grad (the modified
-    scores are then a function of it, for the backward of non-additive score modifiers)."""
-    with torch.no_grad():
-        s = _mm(qg, kg.transpose(-1, -2))  # (Bs, Hkv, nSc, R, C*bk)
-        if pb.scale != 1.0:
-            s.mul_(pb.scale)
-    raw = None
-    if pb.mods:
-        if raw_grad:
-            raw = s.requires_grad_()
-        shape6 = (*s.shape[:3], pb.rep, pb.bq, s.shape[-1])
-        s = apply_mods(s.view(shape6), pb.mods, *_mod_indices(pb, sq, sk, s.device), pb.lq, pb.lk)
-        s = s.reshape(shape6[:3] + (pb.rep * pb.bq, shape6[-1]))
-    if masked:
-        s = _apply_mask(pb, s, slib, inplace=raw is None)
-    return s, raw
-
-
-def _apply_mask(pb: _Problem, s: Tensor, slib: Tensor, inplace: bool) -> Tensor:
-    """Fill masked positions of scores ``(Bs, Hkv, nSc, R, C*bk)`` with -inf; only the slot
-    ranges holding tiles that need masking are touched."""
-    need = (slib != 1).any(0).tolist()  # slots that need masking in this chunk
-    shape7 = (*s.shape[:3], pb.rep, pb.bq, pb.plan.slots, pb.bk)
-    if not inplace:
-        s = s.clone()
-    for a, b in _runs(need):
-        blocked = pb.plan.blocked.to(s.device)[slib[:, a:b]]  # (nSc, b - a, bq, bk)
-        blocked = blocked.permute(0, 2, 1, 3).unsqueeze(1)  # (nSc, 1, bq, b - a, bk)
-        s.view(shape7)[..., a:b, :].masked_fill_(blocked, -math.inf)
-    return s
+def _chunks(pb: _Problem, rows_per_seg: int) -> list[_Chunk]:
+    """The chunks of at most ``pb.chunk`` score elements per head; band and gathered segments
+    (ordered apart by the plan) are never mixed in one chunk."""
+    plan = pb.plan
+    n_s = len(plan.seg_q)
+    per = max(1, pb.chunk // max(1, rows_per_seg * plan.slots * pb.bk))
+    n_band = int(plan.band.sum())
+    bounds = [(s, min(n_band, s + per)) for s in range(0, n_band, per)]
+    bounds += [(s, min(n_s, s + per)) for s in range(n_band, n_s, per)]
+    out = []
+    for lo, hi in bounds:
+        sq, sk, slib = plan.seg_q[lo:hi], plan.seg_k[lo:hi], plan.seg_lib[lo:hi]
+        consecutive = lambda x: len(x) == 1 or bool((x.diff() == 1).all())  # noqa: E731
+        q_start = int(sq[0]) if consecutive(sq) else None
+        band = lo < n_band and consecutive(sk[:, 0])
+        out.append(_Chunk(lo, hi, sq, sk, slib, _runs((slib != 1).any(0).tolist()), q_start,
+                          int(sk[0, 0]) if band else None))
+    return out
 
 
 def _runs(flags: list[bool]) -> list[tuple[int, int]]:
@@ -270,46 +253,64 @@ def _runs(flags: list[bool]) -> list[tuple[int, int]]:
     return out
 
 
-def _gather(pb: _Problem, qp: Tensor, kp: Tensor, vp: Tensor, lo: int, hi: int):
-    """Query rows, key and value blocks of segments ``[lo, hi)``."""
-    plan = pb.plan
-    sq, sk = plan.seg_q[lo:hi].to(qp.device), plan.seg_k[lo:hi].to(qp.device)
-    in_order = len(sq) == 1 or (int(sq[-1] - sq[0]) == len(sq) - 1 and bool((sq.diff() == 1).all()))
-    qg = qp[:, :, int(sq[0]):int(sq[0]) + len(sq)] if in_order else qp[:, :, sq]  # (Bs, Hkv, nSc, R, D)
-    starts = sk[:, 0]
-    if bool(plan.band[lo:hi].all()) and (len(sq) == 1 or bool((starts.diff() == 1).all())):
-        first = int(starts[0])
-        return sq, sk, qg, _band_view(kp, first, len(sq), plan.slots), _band_view(vp, first, len(sq), plan.slots)
-    kg = kp[:, :, sk].flatten(3, 4)  # (Bs, Hkv, nSc, C*bk, D)
-    vg = vp[:, :, sk].flatten(3, 4)  # (Bs, Hkv, nSc, C*bk, Dv)
-    return sq, sk, qg, kg, vg
+def _gather(pb: _Problem, ch: _Chunk, qh: Tensor, kh: Tensor, vh: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One head's query rows ``(nSc, R, D)``, keys ``(nSc, C*bk, D)`` and values ``(nSc, C*bk, Dv)``
+    of a chunk; band chunks read keys and values through an overlapping strided view (no copy)."""
+    n = ch.hi - ch.lo
+    qg = qh[ch.q_start:ch.q_start + n] if ch.q_start is not None else qh[ch.sq]
+    if ch.band_start is not None:
+        return qg, _band_view(kh, ch.band_start, n, pb.plan.slots), _band_view(vh, ch.band_start, n, pb.plan.slots)
+    return qg, kh[ch.sk].flatten(1, 2), vh[ch.sk].flatten(1, 2)
 
 
-def _band_view(kp: Tensor, start: int, n_seg: int, c: int) -> Tensor:
-    """Overlapping view ``(Bs, Hkv, nSeg, C*bk, D)`` of key blocks ``start + s .. start + s + C - 1``
-    for segment ``s`` of ``kp (Bs, Hkv, nK, bk, D)``: no copy."""
-    bs, hkv, _, bk, d = kp.shape
-    st = kp.stride()
-    return kp.as_strided((bs, hkv, n_seg, c * bk, d), (st[0], st[1], st[2], st[3], st[4]),
-                         kp.storage_offset() + start * st[2])
+def _band_view(kh: Tensor, start: int, n_seg: int, c: int) -> Tensor:
+    """``(nSeg, C*bk, D)``: key blocks ``start + s .. start + s + C - 1`` for segment ``s`` of
+    ``kh (nK, bk, D)``, as a view with overlapping rows."""
+    _, bk, d = kh.shape
+    st = kh.stride()
+    return kh.as_strided((n_seg, c * bk, d), (st[0], st[1], st[2]), kh.storage_offset() + start * st[0])
 
 
-def _mm(a: Tensor, b: Tensor) -> Tensor:
-    """Batched ``a @ b`` over leading dims ``(Bs, Hkv)``. A band view (overlapping strides) is fed
-    to ``bmm`` one head at a time, since folding its batch dims would copy it."""
-    if a.is_contiguous() or a.dim() < 5:
-        if b.is_contiguous() or _plain_transpose(b):
-            return torch.matmul(a, b)
-    bs, hkv = a.shape[:2]
-    out = a.new_empty(bs, hkv, a.shape[2], a.shape[3], b.shape[4])
-    for i in range(bs):
-        for j in range(hkv):
-            torch.bmm(a[i, j], b[i, j], out=out[i, j])
-    return out
+def _mod_indices(pb: _Problem, ch: _Chunk, bi: int, hi: int, device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Index tensors ``b, h, i, j`` broadcasting to one head's scores ``(nSc, rep, bq, C*bk)``."""
+    n_sc = ch.hi - ch.lo
+    b = pb.b_ids[bi].to(device).view(1, 1, 1, 1)
+    h = pb.h_ids[hi].to(device).view(1, pb.rep, 1, 1)
+    i = (ch.sq.view(-1, 1) * pb.bq + torch.arange(pb.bq)).clamp(max=pb.lq - 1)  # (nSc, bq)
+    j = (ch.sk.unsqueeze(-1) * pb.bk + torch.arange(pb.bk)).clamp(max=pb.lk - 1)  # (nSc, C, bk)
+    return b, h, i.to(device).view(n_sc, 1, pb.bq, 1), j.to(device).view(n_sc, 1, 1, -1)
 
 
-def _plain_transpose(b: Tensor) -> bool:
-    return b.transpose(-1, -2).is_contiguous()
+def _scores(pb: _Problem, ch: _Chunk, bi: int, hi: int, qg: Tensor, kg: Tensor,
+            raw_grad: bool = False) -> tuple[Tensor, Tensor | None]:
+    """One head's modified, masked scores ``(nSc, R, C*bk)`` of a chunk.
+
+    With ``raw_grad`` also returns the unmodified scores as a leaf requiring grad (the modified
+    scores are then a function of it, for the backward of non-additive score modifiers)."""
+    with torch.no_grad():
+        s = torch.matmul(qg, kg.transpose(-1, -2))  # (nSc, R, C*bk)
+        if pb.scale != 1.0:
+            s.mul_(pb.scale)
+    raw = None
+    if pb.mods:
+        if raw_grad:
+            raw = s.requires_grad_()
+        shape4 = (s.shape[0], pb.rep, pb.bq, s.shape[-1])
+        s = apply_mods(s.view(shape4), pb.mods, *_mod_indices(pb, ch, bi, hi, s.device), pb.lq, pb.lk)
+        s = s.reshape(shape4[0], pb.rep * pb.bq, shape4[-1])
+    if ch.mask_runs:
+        if raw is not None:
+            s = s.clone()
+        s5 = s.view(s.shape[0], pb.rep, pb.bq, pb.plan.slots, pb.bk)
+        for a, b in ch.mask_runs:
+            blocked = pb.plan.blocked.to(s.device)[ch.slib[:, a:b]]  # (nSc, b - a, bq, bk)
+            s5[..., a:b, :].masked_fill_(blocked.permute(0, 2, 1, 3).unsqueeze(1), -math.inf)
+    return s, raw
+
+
+def _heads(qp: Tensor):
+    """All ``(batch row, kv head)`` pairs of ``qp (Bs, Hkv, ...)``."""
+    return [(bi, hi) for bi in range(qp.shape[0]) for hi in range(qp.shape[1])]
 
 
 def _forward(pb: _Problem, qp: Tensor, kp: Tensor, vp: Tensor) -> tuple[Tensor, Tensor]:
@@ -321,23 +322,24 @@ def _forward(pb: _Problem, qp: Tensor, kp: Tensor, vp: Tensor) -> tuple[Tensor, 
     o_seg = qp.new_empty(bs, hkv, n_s, r, dv)
     m_seg = qp.new_empty(bs, hkv, n_s, r)
     l_seg = qp.new_empty(bs, hkv, n_s, r)
-    for lo, hi in _chunks(pb, bs * hkv * r):
-        sq, sk, qg, kg, vg = _gather(pb, qp, kp, vp, lo, hi)
-        s, _ = _scores(pb, qg, kg, sq, sk, plan.seg_lib[lo:hi], bool(plan.masked[lo:hi].any()))
-        m = s.amax(-1, keepdim=True)  # (Bs, Hkv, nSc, R, 1)
-        m.masked_fill_(m == -math.inf, 0.0)
-        p = s.sub_(m).exp_()  # (Bs, Hkv, nSc, R, C*bk)
-        l_seg[:, :, lo:hi] = p.sum(-1)
-        m_seg[:, :, lo:hi] = m.squeeze(-1)
-        o_seg[:, :, lo:hi] = _mm(p, vg)  # (Bs, Hkv, nSc, R, Dv)
+    chunks = _chunks(pb, r)
+    for bi, hi in _heads(qp):
+        for ch in chunks:
+            qg, kg, vg = _gather(pb, ch, qp[bi, hi], kp[bi, hi], vp[bi, hi])
+            s, _ = _scores(pb, ch, bi, hi, qg, kg)  # (nSc, R, C*bk)
+            m = s.amax(-1, keepdim=True)  # (nSc, R, 1)
+            m.masked_fill_(m == -math.inf, 0.0)
+            p = s.sub_(m).exp_()  # (nSc, R, C*bk)
+            torch.sum(p, -1, out=l_seg[bi, hi, ch.lo:ch.hi])
+            m_seg[bi, hi, ch.lo:ch.hi] = m.squeeze(-1)
+            torch.matmul(p, vg, out=o_seg[bi, hi, ch.lo:ch.hi])  # (nSc, R, Dv)
     tiny = torch.finfo(qp.dtype).tiny
+    sq = plan.seg_q.to(qp.device)
     if plan.single:  # one segment per query block: nothing to merge, only to put in place
-        sq = plan.seg_q.to(qp.device)
         out = torch.empty_like(o_seg).index_copy_(2, sq, o_seg.div_(l_seg.clamp(min=tiny).unsqueeze(-1)))
         lse = torch.where(l_seg > 0, m_seg + torch.log(l_seg.clamp(min=tiny)), math.inf)
         return out, torch.empty_like(lse).index_copy_(2, sq, lse)
     # online softmax across the segments of a row: rescale each to the row maximum and add up
-    sq = plan.seg_q.to(qp.device)
     idx = sq.view(1, 1, -1, 1).expand_as(m_seg)
     m_row = qp.new_full((bs, hkv, n_q, r), -math.inf).scatter_reduce_(2, idx, m_seg, "amax")
     factor = torch.exp(m_seg - m_row[:, :, sq])  # (Bs, Hkv, nS, R)
@@ -350,29 +352,35 @@ def _forward(pb: _Problem, qp: Tensor, kp: Tensor, vp: Tensor) -> tuple[Tensor, 
 
 def _backward(pb: _Problem, qp, kp, vp, out, lse, d_out) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients for ``qp``, ``kp``, ``vp`` by recomputing each chunk's probabilities from ``lse``."""
-    plan = pb.plan
-    bs, hkv, _, r, _ = qp.shape
     delta = (d_out * out).sum(-1)  # (Bs, Hkv, nQ, R)
     dq, dk, dv = torch.zeros_like(qp), torch.zeros_like(kp), torch.zeros_like(vp)
     nonadditive = any(not m.additive for m in pb.mods)
-    for lo, hi in _chunks(pb, bs * hkv * r):
-        sq, sk, qg, kg, vg = _gather(pb, qp, kp, vp, lo, hi)
-        masked = bool(plan.masked[lo:hi].any())
-        with torch.enable_grad() if nonadditive else torch.no_grad():
-            s, raw = _scores(pb, qg, kg, sq, sk, plan.seg_lib[lo:hi], masked, raw_grad=nonadditive)
-        p = torch.exp(s.detach() - lse[:, :, sq].unsqueeze(-1))  # (Bs, Hkv, nSc, R, C*bk)
-        do_g = d_out[:, :, sq]  # (Bs, Hkv, nSc, R, Dv)
-        flat_k = sk.flatten()
-        dv_g = torch.matmul(p.transpose(-1, -2), do_g)  # (Bs, Hkv, nSc, C*bk, Dv)
-        dv.index_add_(2, flat_k, dv_g.reshape(bs, hkv, len(flat_k), pb.bk, -1))
-        dp = _mm(do_g, vg.transpose(-1, -2))  # (Bs, Hkv, nSc, R, C*bk)
-        ds = p.mul_(dp.sub_(delta[:, :, sq].unsqueeze(-1)))  # (Bs, Hkv, nSc, R, C*bk)
-        if nonadditive:
-            ds = torch.autograd.grad(s, raw, ds)[0]
-        ds.mul_(pb.scale)
-        dq.index_add_(2, sq, _mm(ds, kg))
-        dk_g = torch.matmul(ds.transpose(-1, -2), qg)  # (Bs, Hkv, nSc, C*bk, D)
-        dk.index_add_(2, flat_k, dk_g.reshape(bs, hkv, len(flat_k), pb.bk, -1))
+    chunks = _chunks(pb, qp.shape[3])
+    for bi, hi in _heads(qp):
+        for ch in chunks:
+            qg, kg, vg = _gather(pb, ch, qp[bi, hi], kp[bi, hi], vp[bi, hi])
+            with torch.enable_grad() if nonadditive else torch.no_grad():
+                s, raw = _scores(pb, ch, bi, hi, qg, kg, raw_grad=nonadditive)
+            rows = ch.sq if ch.q_start is None else slice(ch.q_start, ch.q_start + ch.hi - ch.lo)
+            p = s.detach().sub_(lse[bi, hi, rows].unsqueeze(-1)).exp_() if raw is None else \
+                torch.exp(s.detach() - lse[bi, hi, rows].unsqueeze(-1))  # (nSc, R, C*bk)
+            do_g = d_out[bi, hi, rows]  # (nSc, R, Dv)
+            flat_k = ch.sk.flatten()
+            dv_g = torch.matmul(p.transpose(-1, -2), do_g)  # (nSc, C*bk, Dv)
+            dv[bi, hi].index_add_(0, flat_k, dv_g.view(len(flat_k), pb.bk, -1))
+            dp = torch.matmul(do_g, vg.transpose(-1, -2))  # (nSc, R, C*bk)
+            ds = p.mul_(dp.sub_(delta[bi, hi, rows].unsqueeze(-1)))  # (nSc, R, C*bk)
+            if nonadditive:
+                ds = torch.autograd.grad(s, raw, ds)[0]
+            if pb.scale != 1.0:
+                ds.mul_(pb.scale)
+            dq_g = torch.matmul(ds, kg)  # (nSc, R, D)
+            if ch.q_start is None:
+                dq[bi, hi].index_add_(0, ch.sq, dq_g)
+            else:
+                dq[bi, hi, rows] += dq_g
+            dk_g = torch.matmul(ds.transpose(-1, -2), qg)  # (nSc, C*bk, D)
+            dk[bi, hi].index_add_(0, flat_k, dk_g.view(len(flat_k), pb.bk, -1))
     return dq, dk, dv
 
 
@@ -390,7 +398,6 @@ class _BlockSparseFn(torch.autograd.Function):
         qp, kp, vp, out, lse = ctx.saved_tensors
         dq, dk, dv = _backward(ctx.pb, qp, kp, vp, out, lse, d_out.contiguous())
         return dq, dk, dv, None
-
 
 # ----------------------------------------------------------------------------------------------
 # layouts, weights, the implementation entry point
@@ -447,16 +454,18 @@ class BlockWeights:
 
 
 def _weight_tiles(pb: _Problem, qp: Tensor, kp: Tensor, lse: Tensor):
-    """Per chunk: ``sq (nSc,)``, ``sk (nSc, C)`` and the normalised weights
-    ``(Bs, Hkv, nSc, C, rep, bq, bk)`` of its tiles (zero on padding slots)."""
+    """Per chunk: the chunk and the normalised weights ``(Bs, Hkv, nSc, C, rep, bq, bk)`` of its
+    tiles (zero on padding slots)."""
     plan = pb.plan
     bs, hkv = qp.shape[:2]
-    for lo, hi in _chunks(pb, bs * hkv * qp.shape[3]):
-        sq, sk, qg, kg, _ = _gather(pb, qp, kp, kp, lo, hi)
-        s, _ = _scores(pb, qg, kg, sq, sk, plan.seg_lib[lo:hi], bool(plan.masked[lo:hi].any()))
-        p = torch.exp(s - lse[:, :, sq].unsqueeze(-1))  # (Bs, Hkv, nSc, R, C*bk)
-        p = p.view(bs, hkv, len(sq), pb.rep, pb.bq, plan.slots, pb.bk).permute(0, 1, 2, 5, 3, 4, 6)
-        yield sq, sk, p
+    for ch in _chunks(pb, qp.shape[3]):
+        per_head = []
+        for bi, hi in _heads(qp):
+            qg, kg, _ = _gather(pb, ch, qp[bi, hi], kp[bi, hi], kp[bi, hi])
+            s, _ = _scores(pb, ch, bi, hi, qg, kg)
+            per_head.append(torch.exp(s - lse[bi, hi, ch.sq].unsqueeze(-1)))  # (nSc, R, C*bk)
+        p = torch.stack(per_head).view(bs, hkv, ch.hi - ch.lo, pb.rep, pb.bq, plan.slots, pb.bk)
+        yield ch, p.permute(0, 1, 2, 5, 3, 4, 6)
 
 
 def _dense_weights(pb: _Problem, qp: Tensor, kp: Tensor, lse: Tensor) -> Tensor:
@@ -464,8 +473,8 @@ def _dense_weights(pb: _Problem, qp: Tensor, kp: Tensor, lse: Tensor) -> Tensor:
     bs, hkv = qp.shape[:2]
     plan = pb.plan
     w7 = qp.new_zeros(plan.n_q, plan.n_k, bs, hkv, pb.rep, pb.bq, pb.bk)
-    for sq, sk, p in _weight_tiles(pb, qp, kp, lse):  # padding slots add zeros to block 0
-        w7.index_put_((sq.view(-1, 1).expand_as(sk), sk), p.permute(2, 3, 0, 1, 4, 5, 6), accumulate=True)
+    for ch, p in _weight_tiles(pb, qp, kp, lse):  # padding slots add zeros to block 0
+        w7.index_put_((ch.sq.view(-1, 1).expand_as(ch.sk), ch.sk), p.permute(2, 3, 0, 1, 4, 5, 6), accumulate=True)
     w = w7.permute(2, 3, 4, 0, 5, 1, 6).reshape(bs, hkv * pb.rep, plan.n_q * pb.bq, plan.n_k * pb.bk)
     return w[:, :, : pb.lq, : pb.lk]
 
@@ -476,8 +485,9 @@ def _block_weights(pb: _Problem, qp: Tensor, kp: Tensor, lse: Tensor) -> tuple[T
     tiles, values = [], []
     bh = torch.stack(torch.broadcast_tensors(pb.b_ids.view(-1, 1, 1), pb.h_ids.unsqueeze(0)), -1)  # (Bs, Hkv, rep, 2)
     bh = bh.reshape(-1, 2)  # (Bs * H, 2) in (b, kv head, replica) order
-    for (sq, sk, p), (lo, hi) in zip(_weight_tiles(pb, qp, kp, lse), _chunks(pb, bs * hkv * qp.shape[3])):
-        valid = pb.plan.seg_lib[lo:hi] != 0  # (nSc, C) padding slots have library entry 0
+    for ch, p in _weight_tiles(pb, qp, kp, lse):
+        sq, sk = ch.sq, ch.sk
+        valid = ch.slib != 0  # (nSc, C) padding slots have library entry 0
         p = p.permute(0, 1, 4, 2, 3, 5, 6).reshape(bs * hkv * pb.rep, len(sq), pb.plan.slots, pb.bq, pb.bk)
         values.append(p[:, valid].flatten(0, 1))  # (Bs * H * nv, bq, bk)
         qk = torch.stack([sq.view(-1, 1).expand_as(sk)[valid], sk[valid]], -1)  # (nv, 2)
