@@ -208,8 +208,11 @@ EXP_FLOOR = -80.0
 EXP_ZERO = 2.0 * math.exp(EXP_FLOOR)
 
 
-def _exp_(x: Tensor) -> Tensor:
-    """``exp(x)`` in place, fast on masked (-inf) entries, which come out as exactly 0."""
+def _exp_(x: Tensor, masked: bool) -> Tensor:
+    """``exp(x)`` in place; for tiles that may hold -inf (``masked``) clamped so that it stays on
+    the fast path, and masked entries come out as exactly 0."""
+    if not masked:
+        return x.exp_()
     return F.threshold_(x.clamp_(min=EXP_FLOOR).exp_(), EXP_ZERO, 0.0)
 
 
@@ -257,7 +260,7 @@ def _forward_block(qb: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, heads: int
             continue
         m_new = torch.maximum(m, s.amax(-1, keepdim=True))  # (BH, bq, 1)
         m_use = m_new.masked_fill(m_new == -math.inf, 0.0)  # rows with nothing allowed yet
-        p = _exp_(s.sub_(m_use))  # (BH, bq, ck); in place: the forward records no graph
+        p = _exp_(s.sub_(m_use), chunk[2] or bool(plan.mods))  # (BH, bq, ck); in place (no graph here)
         alpha = torch.exp(m - m_use)  # (BH, bq, 1) rescales what was accumulated so far
         l = torch.addcmul(p.sum(-1, keepdim=True), l, alpha)  # noqa: E741
         acc.mul_(alpha)
@@ -285,10 +288,10 @@ def _backward_block(qb: Tensor, k: Tensor, v: Tensor, dob: Tensor, lse_b: Tensor
             raw = raw.clone().requires_grad_()
             with torch.enable_grad():
                 s = _modify_and_mask(raw, plan, heads, i0, i1, chunk)
-            p = _tile_probs(s.detach().clone(), lse_b, plan)
+            p = _tile_probs(s.detach().clone(), lse_b, plan, chunk[2])
         else:
             s = _modify_and_mask(raw, plan, heads, i0, i1, chunk)
-            p = _tile_probs(s, lse_b, plan)  # (BH, bq, ck), computed in place over s
+            p = _tile_probs(s, lse_b, plan, chunk[2])  # (BH, bq, ck), computed in place over s
         _add_matmul(dv[:, j0:j1], _low(p, v.dtype, bufs[2]).transpose(-2, -1), dob)
         dp = _raw_scores(dob, vc, bufs[1])  # (BH, bq, ck) = dO V^T
         if plan.weight == "sigmoid":
@@ -304,11 +307,11 @@ def _backward_block(qb: Tensor, k: Tensor, v: Tensor, dob: Tensor, lse_b: Tensor
     return dqb
 
 
-def _tile_probs(s: Tensor, lse_b: Tensor, plan: BlockPlan) -> Tensor:
+def _tile_probs(s: Tensor, lse_b: Tensor, plan: BlockPlan, masked: bool) -> Tensor:
     """Recomputed weights of a tile from its scores (and the saved lse for softmax), in place."""
     if plan.weight == "sigmoid":
         return s.sub_(math.log(plan.lk)).sigmoid_()
-    return _exp_(s.sub_(lse_b))  # (BH, bq, ck); dead rows carry lse = +inf -> 0
+    return _exp_(s.sub_(lse_b), masked or bool(plan.mods))  # (BH, bq, ck); dead rows: lse = +inf -> 0
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
