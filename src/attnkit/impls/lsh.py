@@ -218,26 +218,28 @@ def _gather_rows(x: Tensor, idx: Tensor) -> Tensor:
     return out.view(*idx.shape, x.shape[-1])
 
 
-def _look_one_back(rows: Tensor) -> Tensor:
-    """Key-side item ids of each chunk: the chunk and the one before it (cyclically).
-    ``rows (BH, nC, C)`` -> ``(BH, nC, 2C)``, or the chunk alone when there is one chunk."""
-    if rows.shape[1] == 1:
-        return rows
-    return torch.cat([rows, rows.roll(1, dims=1)], dim=-1)
+def _look_one_back(x: Tensor, dim: int = -1) -> Tensor:
+    """Key side of each chunk: the chunk and the one before it (cyclically), along ``dim``.
+    ``(BH, nC, C[, E])`` -> ``(BH, nC, 2C[, E])``, or the chunk alone when there is one chunk."""
+    if x.shape[1] == 1:
+        return x
+    return torch.cat([x, x.roll(1, dims=1)], dim=dim)
 
 
-def _allowed(mask: Mask | None, heads: int, lq: int, lk: int, qpos: Tensor, kpos: Tensor) -> Tensor:
-    """Which (row, col) pairs may attend: both real, and allowed by ``mask``.
+def _allowed(mask: Mask | None, heads: int, lq: int, lk: int, qpos: Tensor, kpos: Tensor,
+             check_real: bool = True) -> Tensor:
+    """Which (row, col) pairs may attend: both real (when ``check_real``), and allowed by ``mask``.
 
     ``qpos (BH, nC, C)`` and ``kpos (BH, nC, K)`` positions (-1: not a query / not a key)
     -> bool ``(BH, nC, C, K)``."""
-    ok = (qpos >= 0).unsqueeze(-1) & (kpos >= 0).unsqueeze(-2)  # (BH, nC, C, K)
+    ok = (qpos >= 0).unsqueeze(-1) & (kpos >= 0).unsqueeze(-2) if check_real else None  # (BH, nC, C, K)
     if mask is None:
         return ok
     bh = torch.arange(qpos.shape[0], device=qpos.device).view(-1, 1, 1, 1)
     i = qpos.clamp(min=0).unsqueeze(-1)  # (BH, nC, C, 1)
     j = kpos.clamp(min=0).unsqueeze(-2)  # (BH, nC, 1, K)
-    return ok & mask.mod(bh // heads, bh % heads, i, j, lq, lk)
+    allowed = mask.mod(bh // heads, bh % heads, i, j, lq, lk)
+    return allowed if ok is None else ok & allowed
 
 
 def _duplicate_counts(chunk_of: Tensor, rows: Tensor, cols: Tensor, n_chunks: int, this_round: int,
@@ -247,15 +249,16 @@ def _duplicate_counts(chunk_of: Tensor, rows: Tensor, cols: Tensor, n_chunks: in
     ``chunk_of (BH, R, N+1)`` chunk of each item per round; ``rows (BH, nC, C)``, ``cols (BH, nC, K)``
     item ids -> ``(BH, nC, C, K)`` counts >= 1. A pair is attended in a round when the key's chunk
     is the query's chunk or the one before it."""
-    count = torch.ones(*rows.shape, cols.shape[-1], dtype=dtype, device=rows.device)
+    count = torch.ones(*rows.shape, cols.shape[-1], dtype=torch.uint8, device=rows.device)
     for r in range(chunk_of.shape[1]):
         if r == this_round:
             continue
         cq = chunk_of[:, r].gather(1, rows.flatten(1)).view(rows.shape).unsqueeze(-1)  # (BH, nC, C, 1)
         ck = chunk_of[:, r].gather(1, cols.flatten(1)).view(cols.shape)  # (BH, nC, K)
         ck_next = torch.remainder(ck + 1, n_chunks).unsqueeze(-2)  # (BH, nC, 1, K)
-        count += (cq == ck.unsqueeze(-2)) | (cq == ck_next)
-    return count
+        hit = cq == ck.unsqueeze(-2)  # (BH, nC, C, K)
+        count += hit.logical_or_(cq == ck_next)
+    return count.to(dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,36 +313,48 @@ def lsh_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, 
         orders, ranks = _sort_orders(items, buckets, n_chunks, chunk)
         # chunk of every item per round (BH, R, N+1); the dummy matches no chunk
         chunk_of = F.pad(torch.div(ranks, chunk, rounding_mode="floor"), (0, 1), value=-n_chunks)
+        chunk_of = chunk_of.to(torch.int16 if n_chunks < 2**14 else torch.int32)
 
+    packed = torch.cat([items.qv, items.kv, items.vv], dim=-1)  # (BH, N+1, 2D+Dv): one gather per round
+    flat = packed.reshape(-1, packed.shape[-1])  # (BH*(N+1), 2D+Dv)
+    base = _slots(b * h, n + 1, q.device)  # (BH, 1) row offset of each head in flat
+    slot_base = _slots(b * h, n_chunks * chunk, q.device)  # the same for the sorted slots
+    masked = _mask_or_none(mask)
+    need_ok = not st.shared_qk or n_chunks * chunk > n  # non-queries / non-keys / dummies present
+    self_tile = _self_pattern(chunk, n_chunks, q.device) if st.shared_qk else None  # (C, K)
+    inplace = not (torch.is_grad_enabled() and packed.requires_grad)
     nums, dens, maxes, tiles = [], [], [], []
     for r in range(st.n_hashes):
         rows = orders[:, r].view(b * h, n_chunks, chunk)  # (BH, nC, C) item ids
         cols = _look_one_back(rows)  # (BH, nC, K)
-        qs = _gather_rows(items.qv, rows)  # (BH, nC, C, D)
-        ks = _gather_rows(items.kv, cols)  # (BH, nC, K, D)
-        vs = _gather_rows(items.vv, cols)  # (BH, nC, K, Dv)
-        qpos, kpos = items.qpos[rows], items.kpos[cols]  # (BH, nC, C), (BH, nC, K)
-        sc = (qs @ ks.transpose(-1, -2)) * scale  # (BH, nC, C, K)
-        if st.shared_qk:
-            sc = sc.masked_fill(rows.unsqueeze(-1) == cols.unsqueeze(-2), SELF_SCORE)
+        srt = flat.index_select(0, (rows.flatten(1) + base).flatten()).view(b * h, n_chunks, chunk, -1)
+        qs = srt[..., :d]  # (BH, nC, C, D)
+        ks = _look_one_back(srt[..., d:2 * d], dim=2)  # (BH, nC, K, D)
+        vs = _look_one_back(srt[..., 2 * d:], dim=2)  # (BH, nC, K, Dv)
+        qpos, kpos = items.qpos[rows], _look_one_back(items.kpos[rows])  # (BH, nC, C), (BH, nC, K)
+        sc = qs @ ks.transpose(-1, -2)  # (BH, nC, C, K)
+        sc = sc.mul_(scale) if inplace else sc * scale
+        if self_tile is not None:
+            sc = sc.masked_fill_(self_tile, SELF_SCORE) if inplace else sc.masked_fill(self_tile, SELF_SCORE)
         if st.dedup and st.n_hashes > 1 and n_chunks > 2:
             with torch.no_grad():
                 counts = _duplicate_counts(chunk_of, rows, cols, n_chunks, r, sc.dtype)  # (BH, nC, C, K)
-            sc = sc - counts.log_()
+            sc = sc.sub_(counts.log_()) if inplace else sc - counts.log_()
         elif st.dedup and st.n_hashes > 1:  # <= 2 chunks: every round attends everything
             sc = sc - math.log(st.n_hashes)
-        allowed = _allowed(_mask_or_none(mask), h, t, s, qpos, kpos)
-        sc = sc.masked_fill(~allowed, -math.inf)
+        if need_ok or masked is not None:
+            blocked = ~_allowed(masked, h, t, s, qpos, kpos, need_ok)  # (BH, nC, C, K)
+            sc = sc.masked_fill_(blocked, -math.inf) if inplace else sc.masked_fill(blocked, -math.inf)
         m = sc.amax(-1, keepdim=True).detach()  # (BH, nC, C, 1)
         m_safe = torch.where(torch.isfinite(m), m, torch.zeros((), dtype=m.dtype))
-        p = torch.exp(sc - m_safe)  # (BH, nC, C, K); 0 where not allowed
-        num = (p @ vs).view(b * h, n_chunks * chunk, dv)  # (BH, nC*C, Dv) in sorted order
-        den = p.sum(-1).view(b * h, n_chunks * chunk, 1)  # (BH, nC*C, 1)
-        mx = m.view(b * h, n_chunks * chunk, 1)  # (BH, nC*C, 1)
+        p = sc.sub_(m_safe).exp_() if inplace and not return_weights else torch.exp(sc - m_safe)  # (BH, nC, C, K)
+        # numerator, denominator and running max in sorted order, back to query order in one gather
+        stats = torch.cat([p @ vs, p.sum(-1, keepdim=True), m], dim=-1).view(b * h, n_chunks * chunk, dv + 2)
         rank = ranks[:, r, :t]  # (BH, T) sorted slot of each query (items 0..T-1 are the queries)
-        nums.append(_gather_rows(num, rank))  # (BH, T, Dv)
-        dens.append(_gather_rows(den, rank))  # (BH, T, 1)
-        maxes.append(_gather_rows(mx, rank))  # (BH, T, 1)
+        back = stats.reshape(-1, dv + 2).index_select(0, (rank + slot_base).flatten()).view(b * h, t, dv + 2)
+        nums.append(back[..., :dv])  # (BH, T, Dv)
+        dens.append(back[..., dv:dv + 1])  # (BH, T, 1)
+        maxes.append(back[..., dv + 1:].detach())  # (BH, T, 1)
         if return_weights:
             tiles.append((p.view(b * h, n_chunks * chunk, -1), kpos, rank))
 
@@ -366,6 +381,18 @@ def lsh_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, 
     vals = torch.cat(val_parts, -1)
     idx = torch.where(vals > 0, idx, torch.full((), -1, dtype=idx.dtype))
     return LSHResult(out, idx.view(b, h, t, -1), vals.view(b, h, t, -1).to(out_dtype))
+
+
+def _slots(bh: int, slots: int, device: torch.device) -> Tensor:
+    """Row offset of each batch-head in a flattened ``(BH * slots, E)`` tensor, ``(BH, 1)``."""
+    return (torch.arange(bh, device=device) * slots).view(-1, 1)
+
+
+def _self_pattern(chunk: int, n_chunks: int, device: torch.device) -> Tensor:
+    """Where a row meets itself in a (C, K) tile: the diagonal of the first C columns (items in a
+    chunk and in the chunk before it are distinct)."""
+    eye = torch.eye(chunk, dtype=torch.bool, device=device)
+    return eye if n_chunks == 1 else torch.cat([eye, torch.zeros_like(eye)], dim=-1)
 
 
 def _mask_or_none(mask: Mask | None) -> Mask | None:
