@@ -337,3 +337,26 @@ def test_parity_in_other_dtypes(dtype, tol):
     assert got[0].dtype == dtype and got[1].dtype == dtype
     torch.testing.assert_close(got[0], want[0], atol=tol, rtol=tol)
     torch.testing.assert_close(got[1], want[1], atol=tol, rtol=tol)
+
+
+def test_every_exact_impl_inside_the_module_matches_reference():
+    torch.manual_seed(11)
+    base = MultiHeadAttention(32, 4, num_kv_heads=2, rope=True, impl="reference").eval()
+    x = torch.randn(2, 40, 32)
+    kpm = torch.zeros(2, 40, dtype=torch.bool)
+    kpm[1, -5:] = True
+    kw = dict(key_padding_mask=kpm, is_causal=True, need_weights=False)
+    want = base(x, **kw)[0]
+    ran = []
+    for name in attnkit.list_impls():
+        if not attnkit.get_impl(name).exact or name == "reference":
+            continue
+        mine = MultiHeadAttention(32, 4, num_kv_heads=2, rope=True, impl=name).eval()
+        mine.load_state_dict(base.state_dict())
+        try:
+            got = mine(x, **kw)[0]
+        except attnkit.UnsupportedError:
+            continue  # the implementation declines this call (declared capability or cost model)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        ran.append(name)
+    assert "sdpa" in ran
