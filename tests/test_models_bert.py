@@ -139,6 +139,24 @@ def test_impl_and_mask_pass_through(minilm):
         model(**batch, impl="no-such-impl")
 
 
+@pytest.mark.parametrize("impl", ["sdpa", "reference"])
+def test_unpad_same_states_at_real_tokens(minilm, impl):
+    model, tok = minilm
+    batch = tok(SENTS)
+    real = batch["attention_mask"].bool()
+    with torch.no_grad():
+        padded = model(**batch, impl=impl, output_hidden_states=True, output_attentions=True)
+        packed = model(**batch, impl=impl, output_hidden_states=True, output_attentions=True, unpad=True)
+    for a, b in zip(padded.hidden_states, packed.hidden_states, strict=True):
+        assert (a - b)[real].abs().max().item() <= 1e-5
+        assert b[~real].abs().max().item() == 0.0  # padded positions are zeros
+    for a, b in zip(padded.attentions, packed.attentions, strict=True):
+        assert (a - b).transpose(1, 2)[real].abs().max().item() <= 1e-5
+    e_pad = model.embed_batch(batch["input_ids"], batch["attention_mask"], impl=impl, unpad=False)
+    e_packed = model.embed_batch(batch["input_ids"], batch["attention_mask"], impl=impl)
+    assert (1 - (e_pad * e_packed).sum(-1)).abs().max().item() <= 1e-6
+
+
 def test_attention_weights_padding_and_rows(minilm):
     model, tok = minilm
     batch = tok(["Hi", "A somewhat longer sentence here."])

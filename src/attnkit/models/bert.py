@@ -33,7 +33,7 @@ from ..masks import Mask
 from ._files import minilm_dir, read_json, verify_sha256
 
 __all__ = [
-    "AttentionSettings", "BertConfig", "BertOutput", "BertModel", "BertTokenizer", "SentenceEncoder",
+    "AttentionSettings", "BertConfig", "BertOutput", "BertModel", "BertTokenizer", "Packing", "SentenceEncoder",
     "load_minilm", "mean_pool", "padding_mask", "rename_hf_key",
 ]
 
@@ -100,12 +100,6 @@ class BertOutput:
 # --------------------------------------------------------------------------- pure helpers
 
 
-def split_heads(x: Tensor, heads: int) -> Tensor:
-    """``(B, T, C) -> (B, H, T, C/H)``."""
-    b, t, c = x.shape
-    return x.view(b, t, heads, c // heads).transpose(1, 2)
-
-
 def merge_heads(x: Tensor) -> Tensor:
     """``(B, H, T, D) -> (B, T, H*D)``."""
     b, h, t, d = x.shape
@@ -127,6 +121,34 @@ def mean_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
     """Average of the token vectors ``(B, T, C)`` over the real (non-padding) tokens: ``(B, C)``."""
     m = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
     return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
+
+
+@dataclass(frozen=True)
+class Packing:
+    """The real tokens of a padded batch, for computing every matmul on those tokens only.
+
+    ``index (N,)`` holds the flat positions ``b * T + t`` of the ``N`` real tokens of a ``(B, T)``
+    batch. Attention still runs on the padded ``(B, H, T, D)`` layout (with the padding mask).
+    """
+
+    index: Tensor
+    batch: int
+    length: int
+
+    @classmethod
+    def from_mask(cls, attention_mask: Tensor) -> Packing:
+        b, t = attention_mask.shape
+        return cls(attention_mask.reshape(-1).nonzero().squeeze(1), b, t)
+
+    def gather(self, x: Tensor) -> Tensor:
+        """``(B, T, F) -> (N, F)``."""
+        return x.reshape(self.batch * self.length, -1).index_select(0, self.index)
+
+    def scatter(self, x: Tensor) -> Tensor:
+        """``(N, F) -> (B, T, F)``, zeros at the padding."""
+        out = x.new_zeros(self.batch * self.length, x.shape[-1])  # (B*T, F)
+        out.index_copy_(0, self.index, x)
+        return out.view(self.batch, self.length, -1)
 
 
 # --------------------------------------------------------------------------- modules
@@ -163,13 +185,19 @@ class BertSelfAttention(nn.Module):
         self.out = nn.Linear(c, c)
         self.norm = nn.LayerNorm(c, eps=cfg.layer_norm_eps)
 
-    def forward(self, x: Tensor, mask: Mask | None, settings: AttentionSettings) -> Tensor:
-        """``x (B, T, C) -> (B, T, C)``."""
-        b, t, c = x.shape
-        qkv = self.qkv(x).view(b, t, 3, self.heads, c // self.heads)  # (B, T, 3, H, D)
+    def forward(self, x: Tensor, mask: Mask | None, settings: AttentionSettings,
+                packing: Packing | None = None) -> Tensor:
+        """``x (B, T, C) -> (B, T, C)``, or ``(N, C) -> (N, C)`` for the real tokens of ``packing``."""
+        qkv = self.qkv(x)  # (B, T, 3C) or (N, 3C)
+        if packing is not None:
+            qkv = packing.scatter(qkv)  # (B, T, 3C)
+        b, t, c3 = qkv.shape
+        qkv = qkv.view(b, t, 3, self.heads, c3 // (3 * self.heads))  # (B, T, 3, H, D)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D)
-        o = attention(q, k, v, mask, impl=settings.impl, options=settings.options)  # (B, H, T, D)
-        return self.norm(x + self.out(merge_heads(o)))  # (B, T, C)
+        o = merge_heads(attention(q, k, v, mask, impl=settings.impl, options=settings.options))  # (B, T, C)
+        if packing is not None:
+            o = packing.gather(o)  # (N, C)
+        return self.norm(x + self.out(o))
 
 
 class BertLayer(nn.Module):
@@ -182,10 +210,11 @@ class BertLayer(nn.Module):
         self.ffn_out = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
         self.ffn_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
-    def forward(self, x: Tensor, mask: Mask | None, settings: AttentionSettings) -> Tensor:
-        """``x (B, T, C) -> (B, T, C)``."""
-        x = self.attn(x, mask, settings)  # (B, T, C)
-        return self.ffn_norm(x + self.ffn_out(F.gelu(self.ffn_in(x))))  # (B, T, C)
+    def forward(self, x: Tensor, mask: Mask | None, settings: AttentionSettings,
+                packing: Packing | None = None) -> Tensor:
+        """``x (B, T, C) -> (B, T, C)`` (or ``(N, C)`` packed, see :class:`Packing`)."""
+        x = self.attn(x, mask, settings, packing)
+        return self.ffn_norm(x + self.ffn_out(F.gelu(self.ffn_in(x))))
 
 
 class BertModel(nn.Module):
@@ -215,12 +244,15 @@ class BertModel(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
                 *, impl: str | None = None, mask: Mask | None = None, options: Mapping[str, Any] | None = None,
-                output_hidden_states: bool = False, output_attentions: bool = False) -> BertOutput:
+                output_hidden_states: bool = False, output_attentions: bool = False,
+                unpad: bool = False) -> BertOutput:
         """Encode token ids ``(B, T)`` (``attention_mask (B, T)``: 1 = real token, 0 = padding).
 
         ``impl`` / ``mask`` / ``options`` override the model's :class:`AttentionSettings` for this
         call. ``output_attentions`` returns each layer's weights ``(B, H, T, T)``; implementations
         that never materialise them get them recomputed with the exact math (via :func:`attnkit.observe`).
+        ``unpad``: run the projections and feed-forward layers on the real tokens only (see
+        :class:`Packing`); real tokens get the same states, padded positions are returned as zeros.
         """
         self._check_inputs(input_ids, attention_mask)
         s = self.settings
@@ -229,13 +261,20 @@ class BertModel(nn.Module):
         full_mask = padding_mask(attention_mask, s.mask)
         weights: list[Tensor] = []
         ctx = observe(lambda call, name, out, w: weights.append(w)) if output_attentions else nullcontext()
+        packing = None
+        if unpad and attention_mask is not None and not bool(attention_mask.bool().all()):
+            packing = Packing.from_mask(attention_mask.bool())
         with ctx:
             x = self.embeddings(input_ids, token_type_ids)  # (B, T, C)
+            if packing is not None:
+                x = packing.gather(x)  # (N, C)
             states = [x]
             for layer in self.layers:
-                x = layer(x, full_mask, s)  # (B, T, C)
+                x = layer(x, full_mask, s, packing)  # (B, T, C) or (N, C)
                 states.append(x)
-        return BertOutput(x, tuple(states) if output_hidden_states else None,
+        if packing is not None:
+            states = [packing.scatter(h) for h in states]  # (B, T, C)
+        return BertOutput(states[-1], tuple(states) if output_hidden_states else None,
                           tuple(weights) if output_attentions else None)
 
 
@@ -385,7 +424,9 @@ class SentenceEncoder(nn.Module):
         return self.bert(input_ids, attention_mask, **kwargs)
 
     def embed_batch(self, input_ids: Tensor, attention_mask: Tensor, **kwargs: Any) -> Tensor:
-        """Pooled (and normalised) embeddings ``(B, C)`` of one tokenised batch."""
+        """Pooled (and normalised) embeddings ``(B, C)`` of one tokenised batch (``unpad=True``
+        by default: padding costs no matmul work)."""
+        kwargs.setdefault("unpad", True)
         h = self.bert(input_ids, attention_mask, **kwargs).last_hidden_state  # (B, T, C)
         e = mean_pool(h, attention_mask)  # (B, C)
         return F.normalize(e, dim=-1) if self.normalize else e
