@@ -3,6 +3,7 @@
     python benchmarks/bench_blockwise.py --quick                       # T = 512, 1024, fp32, both modes
     python benchmarks/bench_blockwise.py --lengths 1024 2048 4096 --dtype bfloat16 --mode fwdbwd
     python benchmarks/bench_blockwise.py --lengths 16384 --masks causal random --memory
+    python benchmarks/bench_blockwise.py --lengths 2048 4096 --memory-only    # peak memory only
 
 B = 1, H = 8, D = 64. Masks: ``none``, ``causal``, ``window`` (causal sliding window of 256 keys,
 ``masks.window(255, 0)``) and ``random`` (an arbitrary 50%-dense mask, given to every
@@ -193,12 +194,42 @@ def run(args) -> Results:
     return res
 
 
-def merge_save(res: Results, path: Path) -> Path:
-    """Write this run's rows into ``path``, replacing rows of the same (T, mask, impl)."""
+def run_memory(args) -> Results:
+    """Peak extra memory only (no timing): one subprocess per implementation and case."""
+    res = Results("blockwise_memory", meta={"heads": HEADS, "head_dim": HEAD_DIM, "window": WINDOW})
+    backward = args.mode == "fwdbwd"
+    for t in args.lengths:
+        for mask in args.masks:
+            for impl in args.impls:
+                why = skip_reason(impl, t, backward, args)
+                mib = None if why else measure_memory(impl, t, mask, args.dtype, backward)
+                res.add({"T": t, "mask": mask, "dtype": args.dtype, "mode": args.mode}, impl, None,
+                        peak_extra_mib=mib, note=why or ("failed (out of memory?)" if mib is None else ""))
+                print(f"  T={t} {mask:<7} {impl:<10} {'-' if mib is None else f'{mib:.0f} MiB'}", flush=True)
+    return res
+
+
+def print_memory(res: Results) -> None:
+    impls = list(dict.fromkeys(r["impl"] for r in res.rows))
+    print("\npeak extra memory (MiB), " + res.rows[0]["dtype"] + " " + res.rows[0]["mode"])
+    print("| T | mask | " + " | ".join(impls) + " | T x S fp32 score matrix (all heads) |")
+    print("|---|---|" + "---|" * (len(impls) + 1))
+    for t, mask in dict.fromkeys((r["T"], r["mask"]) for r in res.rows):
+        cells = []
+        for impl in impls:
+            r = next(x for x in res.rows if (x["T"], x["mask"], x["impl"]) == (t, mask, impl))
+            cells.append("-" if r["peak_extra_mib"] is None else f"{r['peak_extra_mib']:.0f}")
+        print(f"| {t} | {mask} | " + " | ".join(cells) + f" | {HEADS * t * t * 4 / 2**20:.0f} |")
+
+
+def merge_save(res: Results, path: Path, extra_keys: tuple[str, ...] = ()) -> Path:
+    """Write this run's rows into ``path``, replacing rows of the same (T, mask, impl, ...)."""
     old = json.loads(path.read_text())["rows"] if path.exists() else []
-    keys = {(r["T"], r["mask"], r["impl"]) for r in res.rows}
-    merged = [r for r in old if (r["T"], r["mask"], r["impl"]) not in keys] + res.rows
-    merged.sort(key=lambda r: (r["T"], MASKS.index(r["mask"]), IMPLS.index(r["impl"])))
+    key = lambda r: (r["T"], r["mask"], r["impl"], *(r[k] for k in extra_keys))  # noqa: E731
+    keys = {key(r) for r in res.rows}
+    merged = [r for r in old if key(r) not in keys] + res.rows
+    merged.sort(key=lambda r: (*(str(r[k]) for k in extra_keys), r["T"], MASKS.index(r["mask"]),
+                               IMPLS.index(r["impl"])))
     out = Results(res.name, rows=merged, meta=res.meta)
     return out.save(path)
 
@@ -242,6 +273,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-reference-len", type=int, default=4096)
     p.add_argument("--memory", action="store_true", help="also measure peak memory in subprocesses")
+    p.add_argument("--memory-only", action="store_true",
+                   help="only peak memory (no timing), into benchmarks/results/blockwise_memory.json")
     p.add_argument("--quick", action="store_true", help="T = 512, 1024, fp32, forward and fwd+bwd; no JSON")
     args = p.parse_args()
     if args.quick:
@@ -249,6 +282,11 @@ def main() -> None:
         for mode in ("fwd", "fwdbwd"):
             args.mode = mode
             print_tables(run(args), args)
+        return
+    if args.memory_only:
+        res = run_memory(args)
+        print_memory(res)
+        print(f"\nwrote {merge_save(res, HERE / 'results' / 'blockwise_memory.json', ('dtype', 'mode'))}")
         return
     res = run(args)
     print_tables(res, args)
