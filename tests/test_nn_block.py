@@ -141,6 +141,24 @@ def test_lm_cached_generation_equals_recomputation(kw):
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-4, rtol=1e-4)
 
 
+def test_lm_prefill_and_step_api():
+    torch.manual_seed(9)
+    lm = TransformerLM(vocab=30, d_model=16, nhead=2, num_layers=2, dim_feedforward=32).eval()
+    seq = torch.randint(0, 30, (3, 8))
+    full = lm(seq)
+    logits, cache = lm.prefill(seq[:, :4], max_len=8)
+    torch.testing.assert_close(logits, full[:, 3], **TOL)
+    for t in range(4, 8):
+        torch.testing.assert_close(lm.step(seq[:, t], cache), full[:, t], atol=1e-4, rtol=1e-4)
+    assert cache.length == 8
+    with pytest.raises(AttnKitError, match="overflow"):
+        lm.step(seq[:, 0], cache)
+    with pytest.raises(AttnKitError, match="prefill"):
+        lm.step(seq[:, 0], lm.new_cache())
+    with pytest.raises(ShapeError, match=r"step tokens must be \(B,\)"):
+        lm.step(seq[:, :2], cache)
+
+
 def test_attnkit_mask_and_impl_in_layers():
     torch.manual_seed(8)
     layer = TransformerEncoderLayer(E, H, F, impl="reference").eval()

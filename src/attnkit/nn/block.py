@@ -238,18 +238,31 @@ class TransformerLM(nn.Module):
         h = self.blocks(self.embed(ids), is_causal=True, caches=cache)  # (B, T, E)
         return h @ self.embed.weight.T  # (B, T, V)
 
+    def prefill(self, prompt: Tensor, max_len: int | None = None) -> tuple[Tensor, LayerCaches]:
+        """Run the prompt ``(B, T)`` into fresh caches: next-token logits ``(B, V)`` and the caches."""
+        cache = self.new_cache(max_len)
+        return self(prompt, cache=cache)[:, -1], cache
+
+    def step(self, tokens: Tensor, cache: LayerCaches) -> Tensor:
+        """One decoding step: ``tokens (B,)`` follow the cached positions; next-token logits ``(B, V)``."""
+        if tokens.dim() != 1:
+            raise ShapeError(f"step tokens must be (B,) token ids; got shape {tuple(tokens.shape)}")
+        if cache.length == 0:
+            raise AttnKitError("step() needs a filled cache: call prefill(prompt) first")
+        return self(tokens[:, None], cache=cache)[:, -1]
+
     @torch.no_grad()
     def generate(self, prompt: Tensor, max_new_tokens: int, *, use_cache: bool = True) -> Tensor:
         """Greedy continuation: ``(B, max_new_tokens)`` new token ids. Without the cache every
         step recomputes the whole prefix (the baseline the cache is measured against)."""
         if use_cache:
-            cache = self.new_cache(prompt.shape[1] + max_new_tokens)
-            tok = self(prompt, cache=cache)[:, -1:].argmax(-1)  # prefill: (B, 1)
+            logits, cache = self.prefill(prompt, prompt.shape[1] + max_new_tokens)
+            tok = logits.argmax(-1)  # (B,)
             out = [tok]
             for _ in range(max_new_tokens - 1):
-                tok = self(tok, cache=cache)[:, -1:].argmax(-1)
+                tok = self.step(tok, cache).argmax(-1)
                 out.append(tok)
-            return torch.cat(out, dim=1)
+            return torch.stack(out, dim=1)
         seq = prompt
         for _ in range(max_new_tokens):
             tok = self(seq)[:, -1:].argmax(-1)
