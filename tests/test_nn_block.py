@@ -141,6 +141,21 @@ def test_lm_cached_generation_equals_recomputation(kw):
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_layers_from_torch(norm_first):
+    torch.manual_seed(10)
+    enc = nn.TransformerEncoderLayer(E, H, F, activation="gelu", batch_first=False, norm_first=norm_first,
+                                     layer_norm_eps=1e-6).eval()
+    dec = nn.TransformerDecoderLayer(E, H, F, batch_first=True, norm_first=norm_first, bias=False).eval()
+    my_enc, my_dec = TransformerEncoderLayer.from_torch(enc), TransformerDecoderLayer.from_torch(dec)
+    assert not my_enc.training and my_enc.norm1.eps == 1e-6 and my_dec.linear1.bias is None
+    x, mem = torch.randn(T, B, E), torch.randn(B, S, E)
+    torch.testing.assert_close(my_enc(x), enc(x), **TOL)
+    torch.testing.assert_close(my_dec(x.transpose(0, 1), mem), dec(x.transpose(0, 1), mem), **TOL)
+    with pytest.raises(AttnKitError, match="from_torch expects a TransformerEncoderLayer"):
+        TransformerEncoderLayer.from_torch(dec)
+
+
 def test_lm_prefill_and_step_api():
     torch.manual_seed(9)
     lm = TransformerLM(vocab=30, d_model=16, nhead=2, num_layers=2, dim_feedforward=32).eval()

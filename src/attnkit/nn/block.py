@@ -62,6 +62,24 @@ class _FeedForward(nn.Module):
         self.activation = _activation(activation)
 
 
+def _torch_layer_options(layer: nn.Module) -> dict[str, Any]:
+    """Constructor arguments that rebuild a PyTorch Transformer layer."""
+    attn = layer.self_attn
+    ref = attn.in_proj_weight if attn.in_proj_weight is not None else attn.q_proj_weight
+    return dict(d_model=attn.embed_dim, nhead=attn.num_heads, dim_feedforward=layer.linear1.out_features,
+                dropout=layer.dropout.p, activation=layer.activation, layer_norm_eps=layer.norm1.eps,
+                batch_first=attn.batch_first, norm_first=layer.norm_first, bias=layer.linear1.bias is not None,
+                device=ref.device, dtype=ref.dtype)
+
+
+def _from_torch(cls: type[nn.Module], layer: nn.Module, torch_cls: type[nn.Module], kwargs: dict[str, Any]) -> Any:
+    if not isinstance(layer, torch_cls):
+        raise AttnKitError(f"from_torch expects a {torch_cls.__name__}; got {type(layer).__name__}")
+    module = cls(**{**_torch_layer_options(layer), **kwargs})
+    module.load_state_dict(layer.state_dict())
+    return module.train(layer.training)
+
+
 class TransformerEncoderLayer(_FeedForward):
     """Self-attention + feed-forward, with the arguments of ``nn.TransformerEncoderLayer``
     (``batch_first`` defaults to True here). ``norm_first`` selects pre-norm."""
@@ -79,6 +97,11 @@ class TransformerEncoderLayer(_FeedForward):
         self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias, **fk)
         self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias, **fk)
         self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
+
+    @classmethod
+    def from_torch(cls, layer: nn.TransformerEncoderLayer, **kwargs: Any) -> TransformerEncoderLayer:
+        """A copy of a ``torch.nn.TransformerEncoderLayer`` (same weights and options)."""
+        return _from_torch(cls, layer, nn.TransformerEncoderLayer, kwargs)
 
     def _sa_block(self, x: Tensor, attn_mask: Tensor | Mask | None, kpm: Tensor | None, is_causal: bool,
                   mask: Mask | None, cache: KVCache | None) -> Tensor:
@@ -119,6 +142,11 @@ class TransformerDecoderLayer(_FeedForward):
         self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias, **fk)
         self.norm3 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias, **fk)
         self.dropout1, self.dropout2, self.dropout3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
+
+    @classmethod
+    def from_torch(cls, layer: nn.TransformerDecoderLayer, **kwargs: Any) -> TransformerDecoderLayer:
+        """A copy of a ``torch.nn.TransformerDecoderLayer`` (same weights and options)."""
+        return _from_torch(cls, layer, nn.TransformerDecoderLayer, kwargs)
 
     def _sa_block(self, x: Tensor, attn_mask: Any, kpm: Tensor | None, is_causal: bool,
                   cache: KVCache | None) -> Tensor:
