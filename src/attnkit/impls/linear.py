@@ -12,7 +12,8 @@ Feature maps (option ``feature_map``):
   an unbiased estimate of ``exp(scale * q.k)``, i.e. of softmax attention. ``n_features`` rows
   (default 256) drawn as blocks of orthogonal Gaussian directions with chi-distributed norms,
   from ``seed`` (default 0), or from ``generator`` / the global RNG on every call when
-  ``redraw=True``, or given explicitly as ``projection (F, D)`` (see :class:`FavorProjection`).
+  ``redraw=True``, or given explicitly as ``projection (F, D)`` (see :class:`FavorProjection`);
+  ``eps`` (default 1e-4) floors every stabilised feature (see :func:`favor_features`).
 * ``"relu"``, ``"identity"`` or any callable ``phi(x (..., D)) -> (..., F)``.
 
 Causal attention uses chunked prefix sums: within a chunk of ``chunk_size`` (default 64) the
@@ -42,7 +43,7 @@ from ..registry import AttentionCall, ImplSpec, register_impl
 __all__ = ["favor_projection", "favor_features", "elu_features", "FavorProjection", "LinearMask",
            "split_mask", "linear_attention", "linear"]
 
-OPTIONS = frozenset({"feature_map", "n_features", "redraw", "chunk_size", "seed", "projection"})
+OPTIONS = frozenset({"feature_map", "n_features", "redraw", "chunk_size", "seed", "projection", "eps"})
 FeatureMap = Callable[[Tensor], Tensor]
 
 
@@ -75,20 +76,25 @@ def favor_projection(n_features: int, head_dim: int, *, generator: torch.Generat
     return (rows * norms.unsqueeze(1)).to(dtype)
 
 
-def favor_features(x: Tensor, projection: Tensor, *, is_query: bool, key_dims: tuple[int, ...] = ()) -> Tensor:
-    """FAVOR+ positive features ``exp(w.x - |x|^2 / 2 - c) / sqrt(F)`` of ``x (..., N, D)`` -> ``(..., N, F)``.
+def favor_features(x: Tensor, projection: Tensor, *, is_query: bool, key_dims: tuple[int, ...] = (),
+                   eps: float = 0.0) -> Tensor:
+    """FAVOR+ positive features ``(exp(w.x - |x|^2 / 2 - c) + eps) / sqrt(F)`` of ``x (..., N, D)``
+    -> ``(..., N, F)``.
 
-    ``c`` is a stabiliser that cancels in the attention ratio: per row for queries (the
-    ``|x|^2 / 2`` term cancels there too, so it is left out), and the maximum over ``key_dims``
-    (the key positions, plus features) for keys. ``x`` should already carry ``sqrt(scale)``.
+    ``c`` is a stabiliser, the maximum of ``w.x`` per row for queries and over ``key_dims`` (the
+    key positions) and features for keys; with ``eps = 0`` it cancels exactly in the attention
+    ratio. ``eps > 0`` floors every feature: keys far below the largest no longer vanish and the
+    estimator's variance is damped, at the price of a bias toward uniform weights that grows with
+    ``|x|^2``. The placement of ``c`` and ``eps`` follows the Performer reference code, so the
+    two agree numerically. ``x`` should already carry ``sqrt(scale)``.
     """
     proj = x @ projection.to(x.dtype).T  # (..., N, F)
-    if is_query:
-        stab = proj.amax(-1, keepdim=True).detach()
-    else:
-        proj = proj - (x * x).sum(-1, keepdim=True) / 2
-        stab = proj.amax(dim=(-1, *key_dims), keepdim=True).detach()
-    return torch.exp(proj - stab) / math.sqrt(projection.shape[0])
+    dims = (-1,) if is_query else (-1, *key_dims)
+    stab = proj.amax(dim=dims, keepdim=True)
+    if eps == 0:
+        stab = stab.detach()  # it cancels: no gradient needed (with eps > 0 it does not cancel)
+    half_sq = (x * x).sum(-1, keepdim=True) / 2  # (..., N, 1)
+    return (torch.exp(proj - half_sq - stab) + eps) / math.sqrt(projection.shape[0])
 
 
 class FavorProjection(nn.Module):
@@ -174,6 +180,7 @@ class _Settings:
     chunk_size: int = 64
     seed: int = 0
     projection: Tensor | None = None
+    eps: float = 1e-4
 
 
 def _settings(options: Mapping[str, Any]) -> _Settings:
@@ -193,8 +200,11 @@ def _settings(options: Mapping[str, Any]) -> _Settings:
     if proj is not None and (not isinstance(proj, Tensor) or proj.dim() != 2):
         got = tuple(proj.shape) if isinstance(proj, Tensor) else type(proj).__name__
         raise ShapeError(f"linear option 'projection' must be a (F, D) tensor; got {got}")
+    eps = options.get("eps", 1e-4)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+        raise AttnKitError(f"linear option 'eps' must be a float >= 0; got {eps!r}")
     return _Settings(fm, options.get("n_features", 256), redraw, options.get("chunk_size", 64),
-                     options.get("seed", 0), proj)
+                     options.get("seed", 0), proj, float(eps))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,8 +225,8 @@ def _feature_pair(q: Tensor, k: Tensor, st: _Settings, scale: float,
             raise ShapeError(f"linear option 'projection' has shape {tuple(proj.shape)}; expected (F, {q.shape[-1]})")
         proj = proj.to(q.device)
         root = math.sqrt(scale)
-        return (favor_features(q * root, proj, is_query=True),
-                favor_features(k * root, proj, is_query=False, key_dims=(-2,)))
+        return (favor_features(q * root, proj, is_query=True, eps=st.eps),
+                favor_features(k * root, proj, is_query=False, key_dims=(-2,), eps=st.eps))
     phi = {"elu": elu_features, "relu": F.relu, "identity": lambda x: x}.get(fm, fm)  # type: ignore[arg-type]
     return phi(q), phi(k)
 
