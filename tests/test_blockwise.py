@@ -279,6 +279,8 @@ def test_auto_prefers_blockwise_where_sdpa_needs_a_dense_mask_and_explains_other
             == "blockwise"
         fused = attnkit.explain_dispatch(q, q, q, masks.causal())
         assert fused.chosen == "sdpa" and "faster" in " ".join(fused.reasons["blockwise"])
+        arbitrary = attnkit.explain_dispatch(q, q, q, masks.random(0.5))
+        assert arbitrary.chosen == "sdpa" and "arbitrary mask" in " ".join(arbitrary.reasons["blockwise"])
         small = attnkit.explain_dispatch(q[:, :, :32], q[:, :, :32], q[:, :, :32], masks.window(4))
         assert small.chosen == "sdpa" and "small problem" in " ".join(small.reasons["blockwise"])
     # naming the implementation bypasses the cost model
