@@ -8,7 +8,8 @@ Columns (B=1, H=8, D=64, float32 by default):
 * ``sdpa_causal``   ``F.scaled_dot_product_attention(is_causal=True)``, what users would otherwise run;
 * ``flex``          ``torch.compile``d FlexAttention with the equivalent ``mask_mod`` and
   ``create_block_mask``; its first-call compile time (``compile_s``) and block-mask time
-  (``block_mask_s``) are reported apart from its run time;
+  (``block_mask_s``) are reported apart from its run time (forward only: FlexAttention has no
+  backward on CPU in torch 2.13);
 * ``local_attention`` lucidrains' ``LocalAttention`` (PyPI ``local-attention``; windows only, equal
   window: ``causal=True, look_backward=1, exact_windowsize=True``). Skipped with a printed reason
   when not installed; it is not an attnkit dependency.
@@ -74,6 +75,8 @@ def _flex(mask, t: int):
     """Compiled flex_attention and its block mask; returns (fn, block_mask_seconds)."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
+    torch._dynamo.reset()  # a fresh compile per mask: recompiling across masks fails in this torch
+    _COMPILED.clear()
     t0 = time.perf_counter()
     block_mask = create_block_mask(mask.mask_mod(t, t), B=None, H=None, Q_LEN=t, KV_LEN=t, device="cpu")
     built = time.perf_counter() - t0
@@ -136,7 +139,7 @@ def probe(impl: str, pattern: str, t: int, backward: bool = False):
     return step
 
 
-def skip_reason(impl: str, pattern: str, t: int, max_dense: int) -> str | None:
+def skip_reason(impl: str, pattern: str, t: int, max_dense: int, backward: bool) -> str | None:
     if impl == "local_attention":
         if not pattern.startswith("window"):
             return "local-attention runs sliding windows only"
@@ -149,6 +152,8 @@ def skip_reason(impl: str, pattern: str, t: int, max_dense: int) -> str | None:
     if impl in ("sdpa_masked", "sdpa_causal") and t > max_dense:
         return f"quadratic cost at T={t} exceeds this run's time budget (--max-dense {max_dense})"
     if impl == "flex":
+        if backward:
+            return "FlexAttention has no backward on CPU in this torch (NotImplementedError)"
         try:
             from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
         except ImportError:
@@ -191,15 +196,23 @@ def main(argv=None) -> int:
                 backward = mode == "fwd+bwd"
                 case = {"T": t, "pattern": pattern, "mode": mode}
                 for impl in args.impls:
-                    why = skip_reason(impl, pattern, t, args.max_dense)
+                    why = skip_reason(impl, pattern, t, args.max_dense, backward)
                     if why:
                         print(f"  skip {impl} at {case}: {why}")
                         res.add(case, impl, None, note=why, density=dens, block_density=bdens)
                         continue
-                    step, extra = runner(impl, pattern, t, heads, dim, backward)
-                    t0 = time.perf_counter()
-                    step()  # first call: compiles flex; warms the others
-                    first = time.perf_counter() - t0
+                    try:
+                        step, extra = runner(impl, pattern, t, heads, dim, backward)
+                        t0 = time.perf_counter()
+                        step()  # first call: compiles flex; warms the others
+                        first = time.perf_counter() - t0
+                    except Exception as exc:  # a peer failing to run is reported, not fatal
+                        why = f"failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]}"
+                        print(f"  skip {impl} at {case}: {why}")
+                        res.add(case, impl, None, note=why, density=dens, block_density=bdens)
+                        torch._dynamo.reset()
+                        _COMPILED.clear()
+                        continue
                     tm = time_fn(step, warmup=0, repeats=args.repeats, max_seconds=30)
                     if impl == "flex":
                         extra["compile_s"] = max(0.0, first - tm.median)

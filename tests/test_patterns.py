@@ -301,3 +301,48 @@ def test_build_by_name():
     with pytest.raises(UnknownNameError, match="pattern"):
         patterns.build("nope")
     assert math.isclose(patterns.density(patterns.build("causal"), 10), 55 / 100)
+
+
+# ---------------------------------------------------------------------------------------------
+# pictures and the command line
+# ---------------------------------------------------------------------------------------------
+
+
+def test_mask_image_small_is_the_dense_mask():
+    from attnkit.mask_plot import mask_image
+
+    m = patterns.strided(3)
+    assert torch.equal(mask_image(m, 20, 17), m.dense(20, 17).float())
+
+
+def test_mask_image_large_cells_hold_kept_fractions():
+    from attnkit.mask_plot import mask_image
+
+    m = patterns.sliding_window(40, causal=True)
+    img = mask_image(m, 1000, max_pixels=100)  # cells of 10 x 10
+    assert img.shape == (100, 100)
+    want = m.dense(1000, 1000).float().view(100, 10, 100, 10).mean((1, 3))
+    torch.testing.assert_close(img, want)
+
+
+def test_save_mask_writes_a_picture(tmp_path):
+    pytest.importorskip("matplotlib")
+    from attnkit.mask_plot import save_mask
+
+    path = save_mask(patterns.bigbird(16), tmp_path / "bb.png", 256)
+    assert path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_masks_show_and_list(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from attnkit.cli import main
+
+    out = tmp_path / "w.png"
+    assert main(["masks", "show", "causal_window", "--T", "512", "--param", "window=32", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"kept pairs {window_pairs(512, 32, True)} of {512 * 512}" in text
+    assert out.exists()
+    assert main(["masks", "list"]) == 0
+    assert "bigbird" in capsys.readouterr().out
+    with pytest.raises(AttnKitError, match="KEY=VALUE"):
+        main(["masks", "show", "strided", "--param", "stride"])

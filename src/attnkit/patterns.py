@@ -201,7 +201,7 @@ class LayoutPattern(Mask):
         return self._as_block_sparse(lq, lk).tile_kinds(lq, lk, block_q, block_k, device)
 
     def __repr__(self) -> str:
-        return f"{self.name}(block={self.block})"
+        return self.name
 
     def __del__(self):  # drop cached layouts of this pattern
         for key in [k for k in list(_LAYOUT_CACHE) if k[0] == id(self)]:
@@ -231,7 +231,7 @@ def RandomBlocks(num_blocks: int, block: int, seed: int = 0, causal: bool = Fals
             allowed = torch.ones(nqb, nkb, dtype=torch.bool).tril(nkb - nqb)
         return _pick_random(allowed, num_blocks, seed)
 
-    return LayoutPattern(layout_fn, block, f"random_blocks(r={num_blocks}, seed={seed})")
+    return LayoutPattern(layout_fn, block, f"random_blocks(r={num_blocks}, block={block}, seed={seed})")
 
 
 def BigBird(block: int, window_blocks: int, global_blocks: int, random_blocks: int,  # noqa: N802
