@@ -50,12 +50,13 @@ def softmax(scores: Tensor, mask: Tensor | None = None) -> Tensor:
     """Softmax over keys, safe on fully masked rows (zeros).
 
     Equivalent to ``torch.softmax(scores.masked_fill(~mask, -inf), -1)`` where at least one key
-    is allowed.
+    is allowed. Three passes over the scores: mask, row maximum (to find dead rows), softmax.
     """
-    allowed = _allowed(scores, mask)
-    dead = ~allowed.any(-1, keepdim=True)  # (B, H, T, 1) rows with no allowed key
-    s = scores.masked_fill(~allowed, -math.inf).masked_fill(dead, 0.0)
-    return torch.softmax(s, dim=-1).masked_fill(~allowed, 0.0)
+    s = scores if mask is None else scores.masked_fill(~mask, -math.inf)
+    dead = s.amax(-1, keepdim=True) == -math.inf  # (B, H, T, 1) rows with no allowed key
+    if bool(dead.any()):  # give dead rows finite scores, then zero them (zero gradient too)
+        return torch.softmax(s.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)
+    return torch.softmax(s, dim=-1)
 
 
 def _sorted_valid(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
