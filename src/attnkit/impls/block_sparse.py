@@ -39,7 +39,7 @@ __all__ = ["block_sparse", "BlockWeights", "plan_for", "SlicePlan", "MAX_BLOCK_D
 DEFAULT_BLOCK = 64
 DEFAULT_CHUNK = 1 << 20  # score elements per chunk and head (4 MiB in float32; measured best at T = 16k)
 MAX_SEG_TILES = 64  # at most this many tiles per segment
-MAX_BLOCK_DENSITY = 0.35  # above this auto prefers dense sdpa (benchmarks/bench_block_sparse.py)
+MAX_BLOCK_DENSITY = 0.5  # above: auto prefers dense sdpa (break-even ~0.6 at T = 4k, results/block_sparse_4k.json)
 MIN_LENGTH = 1024  # below this many keys auto prefers dense sdpa (overheads dominate)
 
 
