@@ -60,9 +60,15 @@ def test_parity_padded_batch(models):
     for x, y in zip(a.attentions, b.attentions, strict=True):
         assert x.shape == y.shape
         assert (x - y).transpose(1, 2)[real].abs().max().item() <= 1e-5
-    cos = torch.nn.functional.cosine_similarity(_mean_pool(a.last_hidden_state, batch["attention_mask"]),
-                                                _mean_pool(b.last_hidden_state.detach(), batch["attention_mask"]))
-    assert (1 - cos).abs().max().item() <= 1e-6
+    # without output_attentions the fused path runs (no weights needed)
+    with torch.no_grad():
+        c = ours(**batch, output_hidden_states=True)
+    for x, y in zip(c.hidden_states, b.hidden_states, strict=True):
+        assert (x - y)[real].abs().max().item() <= 1e-5
+    for h in (a.last_hidden_state, c.last_hidden_state):
+        cos = torch.nn.functional.cosine_similarity(_mean_pool(h, batch["attention_mask"]),
+                                                    _mean_pool(b.last_hidden_state.detach(), batch["attention_mask"]))
+        assert (1 - cos).abs().max().item() <= 1e-6
 
 
 def test_without_padding_no_mask_and_same_as_attnkit_model(models):
