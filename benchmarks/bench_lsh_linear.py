@@ -11,7 +11,9 @@ linear (elu+1), linear (FAVOR+) and block_sparse when registered, B=1 H=4 D=64 f
 without a causal mask; ratios to sdpa from the same run.
 
 ``peers``: equal settings against ``reformer-pytorch`` ``LSHAttention`` (shared-QK, bucket 64,
-4 hashes) and ``performer-pytorch`` ``FastAttention`` (256 orthogonal features), causal and not.
+4 hashes; its default counts a key found by several rounds several times, as ``lsh_nodedup``
+does, while ``lsh`` counts it once) and ``performer-pytorch`` ``FastAttention`` (256 orthogonal
+features), causal and not.
 Peers are benchmark-only: install them with ``pip install --no-deps reformer-pytorch
 product-key-memory==0.1.10 performer-pytorch einops axial-positional-embedding
 local-attention==1.9.0``; a missing peer is skipped with the reason printed. Error is measured
@@ -47,6 +49,7 @@ HEADS, DIM = 4, 64
 IMPLS: dict[str, tuple[str, dict[str, Any]]] = {
     "sdpa": ("sdpa", {}),
     "lsh": ("lsh", {"shared_qk": True, "bucket_size": 64, "n_hashes": 4}),
+    "lsh_nodedup": ("lsh", {"shared_qk": True, "bucket_size": 64, "n_hashes": 4, "dedup": False}),
     "linear": ("linear", {"feature_map": "elu"}),
     "favor": ("linear", {"feature_map": "favor", "n_features": 256}),
     "block_sparse": ("block_sparse", {}),
@@ -182,7 +185,8 @@ def peer_errors(t: int, causal: bool, dist: str) -> dict[str, float]:
     ref_soft = attnkit.attention(q, k, v, masks.causal() if causal else None, impl="sdpa")
     mask = masks.causal() if causal else None
     with torch.no_grad():
-        out["lsh"] = rel(attnkit.attention(q, q, v, mask, impl="lsh", options=IMPLS["lsh"][1]), ref_lsh)
+        for name in ("lsh", "lsh_nodedup"):
+            out[name] = rel(attnkit.attention(q, q, v, mask, impl="lsh", options=IMPLS[name][1]), ref_lsh)
         out["favor"] = rel(attnkit.attention(q, k, v, mask, impl="linear", options=IMPLS["favor"][1]), ref_soft)
         torch.manual_seed(0)
         if peer_missing("reformer") is None:
@@ -294,7 +298,7 @@ def main() -> None:
         elif section == "peers":
             lengths = args.lengths or ([1024] if args.quick else [1024, 4096, 8192])
             res = Results("lsh_linear_peers", meta={"heads": HEADS, "head_dim": DIM})
-            names = ["sdpa", "lsh", "reformer", "favor", "performer"]
+            names = ["sdpa", "lsh", "lsh_nodedup", "reformer", "favor", "performer"]
             timed(res, names, lengths, causal_modes, args.repeats, False, args.max_sdpa)
             print("\n## peers: time (lsh vs reformer-pytorch, favor vs performer-pytorch)\n")
             print(res.table(["T", "causal"], baseline="sdpa"))
@@ -304,7 +308,7 @@ def main() -> None:
                     for dist in ("gaussian", "clustered"):
                         err_rows.append({"T": t, "causal": causal, "dist": dist, **peer_errors(t, causal, dist)})
             res.meta["errors"] = err_rows
-            cols = ["lsh", "reformer", "favor", "performer"]
+            cols = ["lsh", "lsh_nodedup", "reformer", "favor", "performer"]
             print("\n## peers: relative error vs the exact problem (same inputs)\n")
             print("| T | causal | inputs | " + " | ".join(cols) + " |\n|" + "---|" * (3 + len(cols)))
             for r in err_rows:

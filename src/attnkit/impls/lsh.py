@@ -218,12 +218,17 @@ def _gather_rows(x: Tensor, idx: Tensor) -> Tensor:
     return out.view(*idx.shape, x.shape[-1])
 
 
-def _look_one_back(x: Tensor, dim: int = -1) -> Tensor:
-    """Key side of each chunk: the chunk and the one before it (cyclically), along ``dim``.
-    ``(BH, nC, C[, E])`` -> ``(BH, nC, 2C[, E])``, or the chunk alone when there is one chunk."""
-    if x.shape[1] == 1:
-        return x
-    return torch.cat([x, x.roll(1, dims=1)], dim=dim)
+def _look_one_back(x: Tensor, chunk: int) -> Tensor:
+    """Key side of every chunk: the chunk before it (cyclically) followed by the chunk itself.
+
+    ``x (BH, nC*C[, E])`` in sorted order -> a view ``(BH, nC, K[, E])`` with ``K = 2C`` (``K = C``
+    when there is one chunk). Built as overlapping windows of one buffer, without copying the
+    windows."""
+    if x.shape[1] == chunk:
+        return x.view(x.shape[0], 1, *x.shape[1:])
+    buf = torch.cat([x[:, -chunk:], x], dim=1)  # (BH, (nC+1)*C[, E])
+    win = buf.unfold(1, 2 * chunk, chunk)  # (BH, nC[, E], 2C)
+    return win if x.dim() == 2 else win.transpose(-1, -2)
 
 
 def _allowed(mask: Mask | None, heads: int, lq: int, lk: int, qpos: Tensor, kpos: Tensor,
@@ -325,13 +330,14 @@ def lsh_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, 
     inplace = not (torch.is_grad_enabled() and packed.requires_grad)
     nums, dens, maxes, tiles = [], [], [], []
     for r in range(st.n_hashes):
-        rows = orders[:, r].view(b * h, n_chunks, chunk)  # (BH, nC, C) item ids
-        cols = _look_one_back(rows)  # (BH, nC, K)
-        srt = flat.index_select(0, (rows.flatten(1) + base).flatten()).view(b * h, n_chunks, chunk, -1)
-        qs = srt[..., :d]  # (BH, nC, C, D)
-        ks = _look_one_back(srt[..., d:2 * d], dim=2)  # (BH, nC, K, D)
-        vs = _look_one_back(srt[..., 2 * d:], dim=2)  # (BH, nC, K, Dv)
-        qpos, kpos = items.qpos[rows], _look_one_back(items.kpos[rows])  # (BH, nC, C), (BH, nC, K)
+        order = orders[:, r]  # (BH, nC*C) item ids in sorted order
+        rows = order.view(b * h, n_chunks, chunk)  # (BH, nC, C)
+        cols = _look_one_back(order, chunk)  # (BH, nC, K)
+        srt = flat.index_select(0, (order + base).flatten()).view(b * h, n_chunks * chunk, -1)  # (BH, nC*C, E)
+        qs = srt.view(b * h, n_chunks, chunk, -1)[..., :d]  # (BH, nC, C, D)
+        kv_win = _look_one_back(srt[..., d:], chunk)  # (BH, nC, K, D+Dv)
+        ks, vs = kv_win[..., :d], kv_win[..., d:]  # (BH, nC, K, D), (BH, nC, K, Dv)
+        qpos, kpos = items.qpos[rows], _look_one_back(items.kpos[order], chunk)  # (BH, nC, C), (BH, nC, K)
         sc = qs @ ks.transpose(-1, -2)  # (BH, nC, C, K)
         sc = sc.mul_(scale) if inplace else sc * scale
         if self_tile is not None:
@@ -389,10 +395,10 @@ def _slots(bh: int, slots: int, device: torch.device) -> Tensor:
 
 
 def _self_pattern(chunk: int, n_chunks: int, device: torch.device) -> Tensor:
-    """Where a row meets itself in a (C, K) tile: the diagonal of the first C columns (items in a
-    chunk and in the chunk before it are distinct)."""
+    """Where a row meets itself in a (C, K) tile: the diagonal of the last C columns (the key
+    side is the previous chunk, then the row's own chunk; their items are distinct)."""
     eye = torch.eye(chunk, dtype=torch.bool, device=device)
-    return eye if n_chunks == 1 else torch.cat([eye, torch.zeros_like(eye)], dim=-1)
+    return eye if n_chunks == 1 else torch.cat([torch.zeros_like(eye), eye], dim=-1)
 
 
 def _mask_or_none(mask: Mask | None) -> Mask | None:
