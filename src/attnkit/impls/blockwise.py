@@ -5,7 +5,7 @@ each query block the keys are visited in chunks with a running row maximum ``m``
 ``l`` and output accumulator (the *online softmax*). Only the output and the per-row
 log-sum-exp ``lse = m + log l`` are saved; the backward pass recomputes every score tile from
 ``q``, ``k`` and ``lse`` (FlashAttention-2: ``dV += P^T dO``, ``dS = P * (dO V^T - rowsum(dO * O))``,
-``dQ += dS K``, ``dK += dS^T Q``), so memory is ``O((B * H) * (T + S) * D + block_q * chunk_k)``.
+``dQ += dS K``, ``dK += dS^T Q``), so memory is ``O(B * H * ((T + S) * D + block_q * chunk_k))``.
 
 Masks are honoured through their tile classification (``mask.blocks``): empty tiles are
 skipped, runs of full tiles are computed without a mask, partial tiles get the dense sub-mask
