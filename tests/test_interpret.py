@@ -61,6 +61,25 @@ def test_capture_matches_reference_weights(impl):
     assert cap.stack().shape == (2, 2, 3, 5, 5)
 
 
+@pytest.mark.parametrize("impl,options", [("blockwise", None), ("block_sparse", {"force": True}),
+                                          ("lsh", {"bucket_size": 4}), ("linear", None)])
+def test_capture_from_any_implementation(impl, options):
+    if impl not in attnkit.list_impls():
+        pytest.skip(f"impl {impl!r} not registered")
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 2, 16, 8, generator=g) for _ in range(3))
+    plain = attnkit.attention(q, k, v, impl=impl, options=options)
+    with capture_attention() as cap:
+        out = attnkit.attention(q, k, v, impl=impl, options=options)
+    assert torch.allclose(out, plain, atol=1e-6)  # capturing does not change the output
+    (rec,) = cap.records
+    assert rec.impl == impl and rec.weights.shape == (1, 2, 16, 16)
+    assert torch.allclose(rec.weights.sum(-1), torch.ones(1, 2, 16), atol=1e-5)
+    if attnkit.get_impl(impl).exact:
+        _, w_ref = attnkit.attention(q, k, v, impl="reference", return_weights=True)
+        assert torch.allclose(rec.weights, w_ref, atol=1e-5)
+
+
 def test_capture_names_modules_and_filters():
     class Outer(nn.Module):
         def __init__(self):
