@@ -252,3 +252,16 @@ def test_learnable_bias_is_declined_not_silently_wrong():
     bias = torch.zeros(16, 16, dtype=torch.float64, requires_grad=True)
     with pytest.raises(UnsupportedError, match="requires grad"):
         attnkit.attention(q, k, v, patterns.sliding_window(2), impl="block_sparse", bias=bias, options=FORCE)
+
+
+@pytest.mark.parametrize("mask", [patterns.sliding_window(20, causal=True), patterns.bigbird(8),
+                                  masks.causal() & masks.padding([0, 60, 100])],
+                         ids=["window", "bigbird", "dead_rows"])
+def test_inference_path_matches_reference(mask):
+    """Without gradients one-segment rows take a fused softmax; dead rows keep the safe path."""
+    q, k, v = _inputs(3, 4, 2, 100, 100, 16, 16)
+    with torch.no_grad():
+        got = attnkit.attention(q, k, v, mask, impl="block_sparse", options={**FORCE, "block": 16})
+    ref = attnkit.attention(q, k, v, mask, impl="reference")
+    torch.testing.assert_close(got, ref, atol=1e-10, rtol=1e-10)
+    assert torch.isfinite(got).all()

@@ -56,7 +56,8 @@ class SlicePlan:
     block 0, fully masked); ``seg_lib (nS, C)`` index into ``blocked (L, block_q, block_k)``, where
     True = masked out (entry 0: all masked, 1: none masked); ``masked (nS,)`` whether a segment
     needs any masking; ``band (nS,)`` whether a segment reads ``C`` consecutive key blocks
-    (then a strided view replaces the gather); ``single`` whether every query block has exactly one segment.
+    (then a strided view replaces the gather); ``dead (nS,)`` whether a segment may hold a query
+    row with no allowed key; ``single`` whether every query block has exactly one segment.
     """
 
     seg_q: Tensor
@@ -65,6 +66,7 @@ class SlicePlan:
     blocked: Tensor
     masked: Tensor
     band: Tensor
+    dead: Tensor
     single: bool
     n_q: int
     n_k: int
@@ -137,8 +139,10 @@ def build_plan(mask: Mask, kinds: Tensor, bm: int, hm: int, lq: int, lk: int, bq
     seg_order = torch.argsort((~band).to(torch.int64) * n_s + torch.arange(n_s))
     seg_q, seg_k, seg_lib, band = seg_q[seg_order], seg_k[seg_order], seg_lib[seg_order], band[seg_order]
     blocked = torch.cat(library)
+    row_alive = (~blocked).any(-1)  # (L, bq) rows of each library entry that keep a key
+    dead = ~row_alive[seg_lib].any(1).all(-1) if n_s else torch.zeros(0, dtype=torch.bool)  # (nS,)
     single = n_s == n_q and bool((torch.bincount(seg_q, minlength=n_q) == 1).all())
-    return SlicePlan(seg_q, seg_k, seg_lib, blocked, (seg_lib != 1).any(-1), band, single, n_q, n_k,
+    return SlicePlan(seg_q, seg_k, seg_lib, blocked, (seg_lib != 1).any(-1), band, dead, single, n_q, n_k,
                      len(tiles), int((lib_id == 1).sum()))
 
 
@@ -219,6 +223,7 @@ class _Chunk:
     mask_runs: list[tuple[int, int]]
     q_start: int | None
     band_start: int | None
+    dead: bool
 
 
 def _chunks(pb: _Problem, rows_per_seg: int) -> list[_Chunk]:
@@ -237,7 +242,7 @@ def _chunks(pb: _Problem, rows_per_seg: int) -> list[_Chunk]:
         q_start = int(sq[0]) if consecutive(sq) else None
         band = lo < n_band and consecutive(sk[:, 0])
         out.append(_Chunk(lo, hi, sq, sk, slib, _runs((slib != 1).any(0).tolist()), q_start,
-                          int(sk[0, 0]) if band else None))
+                          int(sk[0, 0]) if band else None, bool(plan.dead[lo:hi].any())))
     return out
 
 
@@ -313,16 +318,32 @@ def _heads(qp: Tensor):
     return [(bi, hi) for bi in range(qp.shape[0]) for hi in range(qp.shape[1])]
 
 
-def _forward(pb: _Problem, qp: Tensor, kp: Tensor, vp: Tensor) -> tuple[Tensor, Tensor]:
-    """Output ``(Bs, Hkv, nQ, R, Dv)`` and per-row log-sum-exp ``(Bs, Hkv, nQ, R)`` (+inf: dead row)."""
+def _forward(pb: _Problem, qp: Tensor, kp: Tensor, vp: Tensor, need_lse: bool = True) -> tuple[Tensor, Tensor]:
+    """Output ``(Bs, Hkv, nQ, R, Dv)`` and per-row log-sum-exp ``(Bs, Hkv, nQ, R)`` (+inf: dead row).
+
+    Without ``need_lse`` (inference), one-segment rows with no dead row take one fused softmax and
+    the log-sum-exp is not returned (an empty tensor instead)."""
     plan = pb.plan
     bs, hkv, n_q, r, _ = qp.shape
     dv = vp.shape[-1]
     n_s = len(plan.seg_q)
+    chunks = _chunks(pb, r)
+    if plan.single and not need_lse and not any(ch.dead for ch in chunks):
+        out = qp.new_empty(bs, hkv, n_q, r, dv)
+        for bi, hi in _heads(qp):
+            for ch in chunks:
+                qg, kg, vg = _gather(pb, ch, qp[bi, hi], kp[bi, hi], vp[bi, hi])
+                s, _ = _scores(pb, ch, bi, hi, qg, kg)  # (nSc, R, C*bk)
+                p = torch.softmax(s, -1)  # (nSc, R, C*bk), one fused pass per row
+                rows = ch.sq if ch.q_start is None else slice(ch.q_start, ch.q_start + ch.hi - ch.lo)
+                if ch.q_start is None:
+                    out[bi, hi].index_copy_(0, ch.sq, torch.matmul(p, vg))
+                else:
+                    torch.matmul(p, vg, out=out[bi, hi, rows])  # (nSc, R, Dv)
+        return out, qp.new_empty(0)
     o_seg = qp.new_empty(bs, hkv, n_s, r, dv)
     m_seg = qp.new_empty(bs, hkv, n_s, r)
     l_seg = qp.new_empty(bs, hkv, n_s, r)
-    chunks = _chunks(pb, r)
     for bi, hi in _heads(qp):
         for ch in chunks:
             qg, kg, vg = _gather(pb, ch, qp[bi, hi], kp[bi, hi], vp[bi, hi])
@@ -386,8 +407,8 @@ def _backward(pb: _Problem, qp, kp, vp, out, lse, d_out) -> tuple[Tensor, Tensor
 
 class _BlockSparseFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, qp, kp, vp, pb):
-        out, lse = _forward(pb, qp, kp, vp)
+    def forward(ctx, qp, kp, vp, pb, need_lse):
+        out, lse = _forward(pb, qp, kp, vp, need_lse)
         ctx.save_for_backward(qp, kp, vp, out, lse)
         ctx.pb = pb
         ctx.mark_non_differentiable(lse)
@@ -397,7 +418,7 @@ class _BlockSparseFn(torch.autograd.Function):
     def backward(ctx, d_out, _d_lse):
         qp, kp, vp, out, lse = ctx.saved_tensors
         dq, dk, dv = _backward(ctx.pb, qp, kp, vp, out, lse, d_out.contiguous())
-        return dq, dk, dv, None
+        return dq, dk, dv, None, None
 
 # ----------------------------------------------------------------------------------------------
 # layouts, weights, the implementation entry point
@@ -550,7 +571,9 @@ def block_sparse(call: AttentionCall) -> Tensor | tuple[Tensor, Tensor | BlockWe
                 qs, ks, vs, h_ids = q[bsel], k[bsel], v[bsel], all_h
             pb = _Problem(plan, scale, call.score_mods, all_b[bsel], h_ids, call.lq, call.lk, bq, bk, chunk)
             qp, kp, vp = _layout_q(qs, ks.shape[1], bq, n_q), _layout_kv(ks, bk, n_k), _layout_kv(vs, bk, n_k)
-            out_p, lse = _BlockSparseFn.apply(qp, kp, vp, pb)
+            need_lse = call.return_weights or (torch.is_grad_enabled() and any(
+                x.requires_grad for x in (qp, kp, vp)))
+            out_p, lse = _BlockSparseFn.apply(qp, kp, vp, pb, need_lse)
             outs.append(_unlayout(out_p, qs.shape[1], call.lq))
             if call.return_weights:
                 with torch.no_grad():
