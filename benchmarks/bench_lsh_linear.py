@@ -6,7 +6,8 @@
     python benchmarks/bench_lsh_linear.py error
     python benchmarks/bench_lsh_linear.py --quick          # every section at small sizes
 
-``scaling``: forward time (median) and peak extra memory (fresh process) of sdpa (exact), lsh,
+``memory``: only the peak extra memory of one forward (fresh process, peak mark reset after
+the inputs are built). ``scaling``: forward time (median) and peak extra memory of sdpa (exact), lsh,
 linear (elu+1), linear (FAVOR+) and block_sparse when registered, B=1 H=4 D=64 fp32, with and
 without a causal mask; ratios to sdpa from the same run.
 
@@ -30,6 +31,9 @@ Writes ``benchmarks/results/lsh_linear_<section>[_<tag>].json``.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -104,6 +108,41 @@ def _peer_runner(name: str, q, k, v, causal: bool):
     return run
 
 
+_PROBE = r"""
+import json, sys
+sys.path.insert(0, sys.argv[2])
+import bench_lsh_linear as b
+spec = json.loads(sys.argv[1])
+run = b.make_runner(**spec)
+def rss(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024.0
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")  # reset the peak-RSS mark (VmHWM) to the current RSS
+before = rss("VmRSS:")
+run()
+print(json.dumps({"peak_extra_mib": rss("VmHWM:") - before}))
+"""
+
+
+def peak_rss_probe(name: str, t: int, causal: bool) -> float | None:
+    """Peak extra resident memory (MiB) of one forward, in a fresh process, measured from a reset
+    high-water mark (Linux ``/proc/self/clear_refs``), so that import-time peaks do not hide it.
+    Falls back to :func:`attnkit.bench.peak_memory` elsewhere."""
+    spec = {"name": name, "t": t, "causal": causal}
+    if not Path("/proc/self/clear_refs").exists():
+        probe = peak_memory("bench_lsh_linear:make_runner", spec, extra_path=[HERE])
+        return None if probe is None else round(probe["peak_extra_mib"], 1)
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    proc = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(spec), str(HERE)], capture_output=True,
+                          text=True, timeout=900, env=env)
+    if proc.returncode != 0:
+        print(f"  memory probe {name} T={t} failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
+    return round(json.loads(proc.stdout.strip().splitlines()[-1])["peak_extra_mib"], 1)
+
+
 def peer_missing(name: str) -> str | None:
     """Why a peer cannot run here, or None."""
     module = "reformer_pytorch" if name.startswith("reformer") else "performer_pytorch"
@@ -145,9 +184,7 @@ def timed(res: Results, names: list[str], lengths: list[int], causal_modes: list
                 tm = time_fn(run, warmup=1, repeats=repeats, max_seconds=60)
                 mib = None
                 if memory:
-                    probe = peak_memory("bench_lsh_linear:make_runner", {"name": name, "t": t, "causal": causal},
-                                        extra_path=[HERE])
-                    mib = None if probe is None else round(probe["peak_extra_mib"], 1)
+                    mib = peak_rss_probe(name, t, causal)
                 res.add(case, name, tm.median, peak_mib=mib)
                 print(f"  T={t} causal={causal} {name}: {tm.median * 1e3:.1f} ms, {mib} MiB", file=sys.stderr)
 
@@ -269,7 +306,7 @@ def error_rows(lengths: list[int]) -> list[dict[str, Any]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("section", nargs="?", choices=["scaling", "peers", "error", "all"], default="all")
+    p.add_argument("section", nargs="?", choices=["scaling", "memory", "peers", "error", "all"], default="all")
     p.add_argument("--lengths", type=int, nargs="+", default=None)
     p.add_argument("--no-causal", action="store_true", help="non-causal only")
     p.add_argument("--causal-only", action="store_true", help="causal only")
@@ -295,6 +332,17 @@ def main() -> None:
                 print("\n## scaling: peak extra memory\n")
                 print(memory_table(res, ["T", "causal"]))
             print(f"wrote {res.save(RESULTS / f'lsh_linear_scaling{suffix}.json')}")
+        elif section == "memory":  # peak memory only (no timing)
+            lengths = args.lengths or ([1024, 2048] if args.quick else [1024, 4096, 16384])
+            res = Results("lsh_linear_memory", meta={"heads": HEADS, "head_dim": DIM, "settings": IMPLS})
+            for t in lengths:
+                for causal in causal_modes:
+                    for name in ["sdpa", "lsh", "linear", "favor", "block_sparse"]:
+                        if _available(name) is None:
+                            res.add({"T": t, "causal": causal}, name, None, peak_mib=peak_rss_probe(name, t, causal))
+            print("\n## peak extra memory (MiB, one forward, fresh process)\n")
+            print(memory_table(res, ["T", "causal"]))
+            print(f"wrote {res.save(RESULTS / f'lsh_linear_memory{suffix}.json')}")
         elif section == "peers":
             lengths = args.lengths or ([1024] if args.quick else [1024, 4096, 8192])
             res = Results("lsh_linear_peers", meta={"heads": HEADS, "head_dim": DIM})
