@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,7 +43,7 @@ import torch.nn.functional as F
 
 import attnkit
 from attnkit import patterns
-from attnkit.bench import Results, matmul_flops_per_s, peak_memory, time_fn
+from attnkit.bench import Results, matmul_flops_per_s, time_fn
 from attnkit.impls import block_sparse as bsmod
 
 HERE = Path(__file__).resolve().parent
@@ -132,11 +133,38 @@ def runner(impl: str, pattern: str, t: int, heads: int = 8, dim: int = 64, backw
 
 
 def probe(impl: str, pattern: str, t: int, backward: bool = False):
-    """Peak-memory probe target (``attnkit.bench.peak_memory``): inputs built, returns the step."""
+    """Peak-memory probe target: builds the inputs and returns the step to measure."""
     step, _ = runner(impl, pattern, t, backward=backward)
     if impl == "flex":
         step()  # compile outside the measured call
     return step
+
+
+# VmHWM (this process's own high-water mark) rather than ru_maxrss, which Linux carries over
+# from the parent across fork + exec, so a child of a large benchmark process would read 0.
+_PROBE = """
+import json, sys
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+sys.path.insert(0, {here!r})
+import bench_block_sparse as bench
+run = bench.probe({impl!r}, {pattern!r}, {t}, backward={backward})
+base = hwm()
+run()
+print(json.dumps(hwm() - base))
+"""
+
+
+def peak_extra_mib(impl: str, pattern: str, t: int, backward: bool) -> float | None:
+    """Peak RSS (MiB) one step needs beyond its inputs, in a fresh process (None if it fails)."""
+    code = _PROBE.format(here=str(HERE), impl=impl, pattern=pattern, t=t, backward=backward)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"  memory probe failed: {(proc.stderr.strip().splitlines() or ['killed'])[-1]}")
+        return None
+    return float(proc.stdout.strip().splitlines()[-1])
 
 
 def skip_reason(impl: str, pattern: str, t: int, max_dense: int, backward: bool) -> str | None:
@@ -221,9 +249,7 @@ def main(argv=None) -> int:
                         flops = tile_flops(pattern, t, heads, dim, bsmod.DEFAULT_BLOCK, backward)
                         row["mm_fraction_kept_tiles"] = flops / tm.median / mm
                     if args.memory:
-                        mem = peak_memory("bench_block_sparse:probe", {"impl": impl, "pattern": pattern, "t": t,
-                                                                       "backward": backward}, extra_path=[HERE])
-                        row["peak_mib"] = None if mem is None else mem["peak_extra_mib"]
+                        row["peak_mib"] = peak_extra_mib(impl, pattern, t, backward)
                     res.add(case, impl, tm.median, **row)
                     print(f"  {case} {impl}: {tm.median * 1e3:.1f} ms "
                           + " ".join(f"{k}={v:.3g}" for k, v in row.items() if isinstance(v, float)), flush=True)
