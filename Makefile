@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test test-all lint bench bench-peers clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ lint: install
 
 bench: install
 	$(VENV)/bin/attnkit bench
+
+# peers compared against in benchmarks/ only (never dependencies of attnkit); --no-deps keeps torch
+bench-peers: install
+	$(PIP) --no-deps local-attention==1.9.0 reformer-pytorch product-key-memory==0.1.10 performer-pytorch \
+		einops axial-positional-embedding hyper-connections
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info src/*.egg-info

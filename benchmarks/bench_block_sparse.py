@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,7 +42,7 @@ import torch.nn.functional as F
 
 import attnkit
 from attnkit import patterns
-from attnkit.bench import Results, matmul_flops_per_s, time_fn
+from attnkit.bench import Results, matmul_flops_per_s, peak_memory, time_fn
 from attnkit.impls import block_sparse as bsmod
 
 HERE = Path(__file__).resolve().parent
@@ -140,31 +139,11 @@ def probe(impl: str, pattern: str, t: int, backward: bool = False):
     return step
 
 
-# VmHWM (this process's own high-water mark) rather than ru_maxrss, which Linux carries over
-# from the parent across fork + exec, so a child of a large benchmark process would read 0.
-_PROBE = """
-import json, sys
-def hwm():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-sys.path.insert(0, {here!r})
-import bench_block_sparse as bench
-run = bench.probe({impl!r}, {pattern!r}, {t}, backward={backward})
-base = hwm()
-run()
-print(json.dumps(hwm() - base))
-"""
-
-
 def peak_extra_mib(impl: str, pattern: str, t: int, backward: bool) -> float | None:
     """Peak RSS (MiB) one step needs beyond its inputs, in a fresh process (None if it fails)."""
-    code = _PROBE.format(here=str(HERE), impl=impl, pattern=pattern, t=t, backward=backward)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(f"  memory probe failed: {(proc.stderr.strip().splitlines() or ['killed'])[-1]}")
-        return None
-    return float(proc.stdout.strip().splitlines()[-1])
+    res = peak_memory("bench_block_sparse:probe", {"impl": impl, "pattern": pattern, "t": t, "backward": backward},
+                      extra_path=[HERE], timeout=3600)
+    return None if res is None else float(res["peak_extra_mib"])
 
 
 def skip_reason(impl: str, pattern: str, t: int, max_dense: int, backward: bool) -> str | None:

@@ -100,7 +100,7 @@ def engines() -> dict[str, tuple[str, Callable[[dict], torch.Tensor]]]:
         "attnkit blockwise": ("exact", {"impl": "blockwise"}),
         "attnkit reference": ("exact", {"impl": "reference"}),
         "attnkit block_sparse ±4+CLS": ("approx", {"impl": "block_sparse", "mask": window,
-                                                   "options": {"block": 8, "force": True}}),
+                                                   "options": {"block": 8}}),
         "attnkit lsh b8 h2": ("approx", {"impl": "lsh", "options": {"bucket_size": 8, "n_hashes": 2}}),
         "attnkit linear favor256": ("approx", {"impl": "linear", "options": {"feature_map": "favor",
                                                                               "n_features": 256}}),

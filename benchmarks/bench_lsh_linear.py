@@ -31,9 +31,6 @@ Writes ``benchmarks/results/lsh_linear_<section>[_<tag>].json``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -108,39 +105,11 @@ def _peer_runner(name: str, q, k, v, causal: bool):
     return run
 
 
-_PROBE = r"""
-import json, sys
-sys.path.insert(0, sys.argv[2])
-import bench_lsh_linear as b
-spec = json.loads(sys.argv[1])
-run = b.make_runner(**spec)
-def rss(field):
-    for line in open("/proc/self/status"):
-        if line.startswith(field):
-            return int(line.split()[1]) / 1024.0
-with open("/proc/self/clear_refs", "w") as fh:
-    fh.write("5")  # reset the peak-RSS mark (VmHWM) to the current RSS
-before = rss("VmRSS:")
-run()
-print(json.dumps({"peak_extra_mib": rss("VmHWM:") - before}))
-"""
-
-
 def peak_rss_probe(name: str, t: int, causal: bool) -> float | None:
-    """Peak extra resident memory (MiB) of one forward, in a fresh process, measured from a reset
-    high-water mark (Linux ``/proc/self/clear_refs``), so that import-time peaks do not hide it.
-    Falls back to :func:`attnkit.bench.peak_memory` elsewhere."""
-    spec = {"name": name, "t": t, "causal": causal}
-    if not Path("/proc/self/clear_refs").exists():
-        probe = peak_memory("bench_lsh_linear:make_runner", spec, extra_path=[HERE])
-        return None if probe is None else round(probe["peak_extra_mib"], 1)
-    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
-    proc = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(spec), str(HERE)], capture_output=True,
-                          text=True, timeout=900, env=env)
-    if proc.returncode != 0:
-        print(f"  memory probe {name} T={t} failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-        return None
-    return round(json.loads(proc.stdout.strip().splitlines()[-1])["peak_extra_mib"], 1)
+    """Peak extra resident memory (MiB) of one forward, in a fresh process (attnkit.bench.peak_memory)."""
+    probe = peak_memory("bench_lsh_linear:make_runner", {"name": name, "t": t, "causal": causal},
+                        extra_path=[HERE], timeout=900)
+    return None if probe is None else round(probe["peak_extra_mib"], 1)
 
 
 def peer_missing(name: str) -> str | None:

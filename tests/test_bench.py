@@ -40,6 +40,27 @@ def setup_alloc(mib: int):
     return lambda: torch.ones(mib * 1024 * 1024 // 4).sum()
 
 
+def setup_spike_then_alloc(spike_mib: int, mib: int):
+    """A target whose set-up peaks higher (and frees it) than the run it returns."""
+    torch.ones(spike_mib * 1024 * 1024 // 4).sum()
+    return setup_alloc(mib)
+
+
+def test_peak_memory_is_not_hidden_by_an_earlier_peak():
+    """The run's peak is measured from a reset high-water mark, not from the process's lifetime
+    maximum (which an import or a set-up spike would set above the run's own peak)."""
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the reset high-water mark is Linux-only")
+    res = peak_memory("test_bench:setup_spike_then_alloc", {"spike_mib": 400, "mib": 100},
+                      extra_path=[Path(__file__).parent])
+    assert res is not None and 80 < res["peak_extra_mib"] < 300
+
+
 def test_peak_memory_sees_an_allocation():
     from pathlib import Path
 

@@ -20,8 +20,6 @@ from attnkit import masks, patterns, scores
 from attnkit.errors import AttnKitError, UnsupportedError
 from attnkit.impls import block_sparse as bsmod
 
-FORCE = {"force": True}
-
 
 def _inputs(b, h, hkv, t, s, d, dv, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -41,7 +39,7 @@ def _run(impl, q, k, v, mask, **kw):
 
 
 def _assert_matches(q, k, v, mask, options, atol=1e-10, **kw):
-    got = _run("block_sparse", q, k, v, mask, options={**FORCE, **options}, **kw)
+    got = _run("block_sparse", q, k, v, mask, options={**options}, **kw)
     ref = _run("reference", q, k, v, mask, **kw)
     for name, a, r in zip(("out", "dq", "dk", "dv"), got, ref):
         torch.testing.assert_close(a, r, atol=atol, rtol=atol, msg=lambda m, n=name: f"{n}: {m}")
@@ -156,13 +154,13 @@ def test_other_scores(score):
 def test_float32_and_bfloat16():
     mask = patterns.bigbird(8) & masks.causal()
     q, k, v = _inputs(1, 4, 2, 70, 70, 16, 16, dtype=torch.float32)
-    got = _run("block_sparse", q, k, v, mask, options={**FORCE, "block": 16})
+    got = _run("block_sparse", q, k, v, mask, options={"block": 16})
     ref = _run("reference", *(x.double() for x in (q, k, v)), mask)
     for name, a, r in zip(("out", "dq", "dk", "dv"), got, ref):
         assert a.dtype == torch.float32
         torch.testing.assert_close(a.double(), r, atol=2e-5 if name == "out" else 1e-4, rtol=1e-5)
     qb, kb, vb = (x.to(torch.bfloat16) for x in (q, k, v))
-    got = _run("block_sparse", qb, kb, vb, mask, options={**FORCE, "block": 16})
+    got = _run("block_sparse", qb, kb, vb, mask, options={"block": 16})
     low = _run("reference", qb, kb, vb, mask)
     for a, lo, r in zip(got, low, ref):
         assert a.dtype == torch.bfloat16
@@ -174,11 +172,11 @@ def test_returned_weights_dense_and_blocks():
     mask = patterns.sliding_window(5, causal=True) & masks.padding([0, 30])
     ref_out, ref_w = attnkit.attention(q, k, v, mask, impl="reference", return_weights=True)
     out, w = attnkit.attention(q, k, v, mask, impl="block_sparse", return_weights=True,
-                               options={**FORCE, "block": 8})
+                               options={"block": 8})
     torch.testing.assert_close(out, ref_out, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(w, ref_w, atol=1e-10, rtol=1e-10)
     _, bw = attnkit.attention(q, k, v, mask, impl="block_sparse", return_weights=True,
-                              options={**FORCE, "block": 8, "weights_format": "blocks"})
+                              options={"block": 8, "weights_format": "blocks"})
     assert isinstance(bw, bsmod.BlockWeights)
     assert bw.values.shape[1:] == (8, 8) and bw.tiles.shape == (len(bw.values), 4)
     assert (bw.tiles[:, 0] == 1).all()  # batch 0 has no keys: no tiles at all
@@ -190,7 +188,7 @@ def test_observe_hook_gets_weights():
     seen = []
     mask = patterns.sliding_window(3)
     with attnkit.observe(lambda call, name, out, w: seen.append((name, w))):
-        attnkit.attention(q, k, v, mask, impl="block_sparse", options={**FORCE, "block": 8})
+        attnkit.attention(q, k, v, mask, impl="block_sparse", options={"block": 8})
     assert seen[0][0] == "block_sparse"
     torch.testing.assert_close(seen[0][1], attnkit.attention(q, k, v, mask, impl="reference",
                                                              return_weights=True)[1])
@@ -237,21 +235,21 @@ def test_errors_name_the_argument():
     q, k, v = _inputs(1, 1, 1, 16, 16, 4, 4)
     mask = patterns.sliding_window(2)
     with pytest.raises(AttnKitError, match="block_q"):
-        attnkit.attention(q, k, v, mask, impl="block_sparse", options={**FORCE, "block_q": 0})
+        attnkit.attention(q, k, v, mask, impl="block_sparse", options={"block_q": 0})
     with pytest.raises(AttnKitError, match="weights_format"):
         attnkit.attention(q, k, v, mask, impl="block_sparse", return_weights=True,
-                          options={**FORCE, "weights_format": "csr"})
+                          options={"weights_format": "csr"})
     with pytest.raises(UnsupportedError, match="dropout"):
-        attnkit.attention(q, k, v, mask, impl="block_sparse", dropout_p=0.1, options=FORCE)
+        attnkit.attention(q, k, v, mask, impl="block_sparse", dropout_p=0.1)
     with pytest.raises(UnsupportedError, match="weight"):
-        attnkit.attention(q, k, v, mask, impl="block_sparse", weight="sparsemax", options=FORCE)
+        attnkit.attention(q, k, v, mask, impl="block_sparse", weight="sparsemax")
 
 
 def test_learnable_bias_is_declined_not_silently_wrong():
     q, k, v = (x.requires_grad_() for x in _inputs(1, 1, 1, 16, 16, 4, 4))
     bias = torch.zeros(16, 16, dtype=torch.float64, requires_grad=True)
     with pytest.raises(UnsupportedError, match="requires grad"):
-        attnkit.attention(q, k, v, patterns.sliding_window(2), impl="block_sparse", bias=bias, options=FORCE)
+        attnkit.attention(q, k, v, patterns.sliding_window(2), impl="block_sparse", bias=bias)
 
 
 @pytest.mark.parametrize("mask", [patterns.sliding_window(20, causal=True), patterns.bigbird(8),
@@ -261,7 +259,7 @@ def test_inference_path_matches_reference(mask):
     """Without gradients one-segment rows take a fused softmax; dead rows keep the safe path."""
     q, k, v = _inputs(3, 4, 2, 100, 100, 16, 16)
     with torch.no_grad():
-        got = attnkit.attention(q, k, v, mask, impl="block_sparse", options={**FORCE, "block": 16})
+        got = attnkit.attention(q, k, v, mask, impl="block_sparse", options={"block": 16})
     ref = attnkit.attention(q, k, v, mask, impl="reference")
     torch.testing.assert_close(got, ref, atol=1e-10, rtol=1e-10)
     assert torch.isfinite(got).all()

@@ -61,7 +61,7 @@ def test_capture_matches_reference_weights(impl):
     assert cap.stack().shape == (2, 2, 3, 5, 5)
 
 
-@pytest.mark.parametrize("impl,options", [("blockwise", None), ("block_sparse", {"force": True}),
+@pytest.mark.parametrize("impl,options", [("blockwise", None), ("block_sparse", None),
                                           ("lsh", {"bucket_size": 4}), ("linear", None)])
 def test_capture_from_any_implementation(impl, options):
     if impl not in attnkit.list_impls():

@@ -148,6 +148,7 @@ def _mask_zoo(t: int = 15, s: int = 15):
         "padding": masks.padding([0, min(7, s), s]),
         "key_mask": masks.from_key_padding(torch.rand(3, s, generator=torch.Generator().manual_seed(0)) < 0.5),
         "dense": masks.from_tensor(torch.rand(t, s, generator=torch.Generator().manual_seed(1)) < 0.3),
+        "dense_per_batch": masks.from_tensor(torch.rand(2, 1, t, s, generator=torch.Generator().manual_seed(2)) < 0.6),
         "and": masks.causal() & masks.window(4, 0),
         "or": masks.global_tokens([0]) | masks.window(1),
         "not": ~masks.causal(),

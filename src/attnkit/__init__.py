@@ -6,7 +6,7 @@ with interchangeable exact and approximate implementations behind one call.
 >>> out = attnkit.attention(q, q, q, mask=attnkit.masks.causal())
 """
 
-from . import masks, scores, weights
+from . import masks, nn, patterns, scores, weights
 from .dispatch import DispatchReport, not_supported_reasons, use_impls
 from .errors import AttnKitError, DTypeError, ShapeError, UnknownNameError, UnsupportedError
 from .functional import attention, explain_dispatch, observe
@@ -21,6 +21,8 @@ __all__ = [
     "masks",
     "scores",
     "weights",
+    "patterns",
+    "nn",
     "use_impls",
     "list_impls",
     "get_impl",

@@ -67,15 +67,33 @@ def attention_flops(batch: int, heads: int, lq: int, lk: int, head_dim: int, v_d
 
 
 _MEMORY_PROBE = r"""
-import importlib, json, resource, sys
+import importlib, json, os, resource, sys
 spec = json.loads(sys.argv[1])
 mod, fn = spec["target"].split(":")
 setup = getattr(importlib.import_module(mod), fn)
 run = setup(**spec["kwargs"])          # builds inputs, returns the callable to measure
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-run()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"peak_extra_mib": (peak - base) / 1024.0, "peak_total_mib": peak / 1024.0}))
+
+def status(field):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024.0
+
+if os.path.exists("/proc/self/clear_refs"):
+    # Linux: reset this process's high-water mark (VmHWM) to its current size, so that neither
+    # import-time peaks nor the parent's ru_maxrss (inherited across exec) hide the run's peak
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    base = status("VmRSS:")
+    run()
+    peak = status("VmHWM:")
+else:
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    run()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    if sys.platform == "darwin":
+        base, peak = base / 1024.0, peak / 1024.0   # bytes there, KiB on Linux
+print(json.dumps({"peak_extra_mib": peak - base, "peak_total_mib": peak}))
 """
 
 
@@ -83,9 +101,10 @@ def peak_memory(target: str, kwargs: dict[str, Any], *, timeout: float = 600.0,
                 extra_path: Sequence[str | Path] = ()) -> dict[str, float] | None:
     """Peak resident memory of one run in a fresh Python process.
 
-    ``target`` is ``"module:function"``; the function takes ``kwargs``, builds its inputs and
-    returns a zero-argument callable; the extra memory that callable needs beyond the inputs is
-    reported in MiB (``peak_extra_mib``). ``extra_path`` entries are put on the child's
+    ``target`` is ``"module:function"``; the function takes ``kwargs``, builds its inputs (and may
+    warm up: compile, first-call allocations) and returns a zero-argument callable; the extra
+    memory that callable needs beyond what the process holds when it starts is reported in MiB
+    (``peak_extra_mib``), read from a reset high-water mark on Linux. ``extra_path`` entries are put on the child's
     ``PYTHONPATH`` (e.g. the ``benchmarks/`` folder). Returns None, with a warning carrying the
     child's last error line, if the process fails (e.g. out of memory).
     """

@@ -602,6 +602,16 @@ class DenseMask(Mask):
     def mod(self, b, h, i, j, lq, lk):
         return index_broadcast(self.tensor, b, h, i, j)
 
+    def tile_kinds(self, lq, lk, block_q, block_k, device=None):
+        """Exact kinds ``(Bm, Hm, nQ, nK)`` by reshaping the stored tensor into tiles."""
+        t = self.tensor.to(device).expand(self.num_batch, self.num_heads, lq, lk)
+        nq, nk = math.ceil(lq / block_q), math.ceil(lk / block_k)
+        pad = (0, nk * block_k - lk, 0, nq * block_q - lq)
+        tiles = lambda x: x.reshape(*x.shape[:2], nq, block_q, nk, block_k)
+        anyv = tiles(torch.nn.functional.pad(t, pad, value=False)).any(-1).any(-2)
+        allv = tiles(torch.nn.functional.pad(t, pad, value=True)).all(-1).all(-2)
+        return torch.where(allv, FULL, torch.where(anyv, PARTIAL, EMPTY)).to(torch.int8)
+
 
 @dataclass(frozen=True, eq=False)
 class FromMod(Mask):

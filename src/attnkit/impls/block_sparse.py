@@ -13,8 +13,8 @@ Grouped-query attention folds the query heads that share a kv head into the rows
 Half-precision inputs are computed in float32. Rows whose keys are all masked give zeros.
 
 Options: ``block_q`` / ``block_k`` / ``block`` (tile sizes, default 64), ``chunk`` (score elements
-per chunk), ``weights_format`` (``"dense"`` or ``"blocks"`` for ``return_weights``) and ``force``
-(skip the cost model, which otherwise declines dense masks where sdpa is faster).
+per chunk) and ``weights_format`` (``"dense"`` or ``"blocks"`` for ``return_weights``). The cost
+model (``cost_reasons``) only steers ``impl="auto"``; ``impl="block_sparse"`` always runs.
 
 Shape legend: B batch, H query heads, Hkv kv heads, T queries, S keys, D head dim, Dv value dim,
 nQ / nK query / key blocks, nS segments, C tiles per segment, R = (H / Hkv) * block_q rows.
@@ -612,22 +612,23 @@ def _check(call: AttentionCall) -> list[str]:
     if torch.is_grad_enabled() and any(_captures_grad_tensor(m) for m in call.score_mods):
         reasons.append("a score modifier holds a tensor that requires grad; block_sparse differentiates "
                        "q, k, v only")
-    if call.options.get("force", False):
-        return reasons
+    return reasons
+
+
+def cost_reasons(call: AttentionCall) -> list[str]:
+    """Why ``impl="auto"`` should prefer dense sdpa (thresholds from benchmarks/bench_block_sparse.py)."""
     if call.mask is None:
-        reasons.append("no mask: every tile is kept, dense sdpa is faster (cost model; options={'force': True})")
-        return reasons
+        return ["no mask: every tile is kept, dense sdpa is faster (cost model)"]
     if call.lk < MIN_LENGTH:
-        reasons.append(f"S = {call.lk} < {MIN_LENGTH}: dense sdpa is faster at this size "
-                       "(cost model, benchmarks/bench_block_sparse.py; options={'force': True})")
-        return reasons
+        return [f"S = {call.lk} < {MIN_LENGTH}: dense sdpa is faster at this size "
+                "(cost model, benchmarks/bench_block_sparse.py)"]
     bq, bk, _ = _options(call)
     kinds = tile_kinds(call.mask, call.lq, call.lk, bq, bk)
     dens = float((kinds != EMPTY).float().mean())
     if dens > MAX_BLOCK_DENSITY:
-        reasons.append(f"block density {dens:.2f} > {MAX_BLOCK_DENSITY}: dense sdpa is faster here "
-                       "(cost model, benchmarks/bench_block_sparse.py; options={'force': True})")
-    return reasons
+        return [f"block density {dens:.2f} > {MAX_BLOCK_DENSITY}: dense sdpa is faster here "
+                "(cost model, benchmarks/bench_block_sparse.py)"]
+    return []
 
 
 register_impl(ImplSpec(
@@ -638,7 +639,8 @@ register_impl(ImplSpec(
     weights=frozenset({"softmax"}),
     score_mods="any",
     dropout=False,
-    options=frozenset({"block", "block_q", "block_k", "chunk", "weights_format", "force"}),
+    options=frozenset({"block", "block_q", "block_k", "chunk", "weights_format"}),
     priority=5,
     check=_check,
+    auto_check=cost_reasons,
 ))

@@ -22,14 +22,12 @@ Dv value dim; ``bq`` rows of a query block, ``ck`` keys of a chunk.
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import dispatch
 from ..errors import AttnKitError
 from ..masks import EMPTY, FULL, PARTIAL, And, Causal, DenseMask, FromMod, Mask, Not, Or, Random
 from ..registry import AttentionCall, ImplSpec, register_impl
@@ -106,19 +104,6 @@ def _row_chunks(kinds_row: list[int], lk: int, block_k: int, chunk_k: int) -> tu
     return tuple(chunks)
 
 
-def _dense_tile_kinds(mask: DenseMask, lq: int, lk: int, block_q: int, block_k: int) -> Tensor:
-    """Exact tile kinds ``(Bm, Hm, nQ, nK)`` of an explicit bool tensor, by reshaping it into
-    tiles (the generic path gathers it element by element)."""
-    t = mask.tensor.expand(mask.num_batch, mask.num_heads, lq, lk)  # (Bm, Hm, lq, lk)
-    nq, nk = math.ceil(lq / block_q), math.ceil(lk / block_k)
-    pad = (0, nk * block_k - lk, 0, nq * block_q - lq)
-    padded = (lambda x, v: F.pad(x, pad, value=v)) if any(pad) else (lambda x, v: x)
-    tiles = lambda x: x.reshape(*x.shape[:2], nq, block_q, nk, block_k)  # noqa: E731
-    anyv = tiles(padded(t, False)).any(-1).any(-2)  # (Bm, Hm, nQ, nK)
-    allv = tiles(padded(t, True)).all(-1).all(-2)  # (Bm, Hm, nQ, nK)
-    return torch.where(allv, FULL, torch.where(anyv, PARTIAL, EMPTY)).to(torch.int8)
-
-
 def plan_blocks(lq: int, lk: int, mask: Mask | None, *, block_q: int = DEFAULT_BLOCK_Q,
                 block_k: int = DEFAULT_BLOCK_K, chunk_k: int = DEFAULT_CHUNK_K,
                 mods: tuple[ScoreMod, ...] = (), weight: str = "softmax") -> BlockPlan:
@@ -129,10 +114,7 @@ def plan_blocks(lq: int, lk: int, mask: Mask | None, *, block_q: int = DEFAULT_B
     if mask is None:
         kinds = torch.full((nq, nk), FULL, dtype=torch.int8)
     else:
-        if isinstance(mask, DenseMask):
-            k4 = _dense_tile_kinds(mask, lq, lk, block_q, block_k)  # (Bm, Hm, nQ, nK)
-        else:
-            k4 = mask.blocks(lq, lk, block_q, block_k, refine=_needs_refine(mask)).kinds
+        k4 = mask.blocks(lq, lk, block_q, block_k, refine=_needs_refine(mask)).kinds  # (Bm, Hm, nQ, nK)
         any_kind = (k4 != EMPTY).flatten(0, 1).any(0)  # (nQ, nK)
         all_full = (k4 == FULL).flatten(0, 1).all(0)  # (nQ, nK)
         kinds = torch.where(all_full, FULL, torch.where(any_kind, PARTIAL, EMPTY))
@@ -460,18 +442,6 @@ def _sdpa_runs_fused(call: AttentionCall) -> bool:
     return m is None or (isinstance(m, Causal) and (call.lq == call.lk or m.align == "top_left"))
 
 
-def _auto_dispatch() -> bool:
-    """Whether the dispatcher is choosing for ``impl="auto"`` (cost-model refusals apply only
-    then; a call that names ``impl="blockwise"`` always runs it). Read from the calling
-    ``attnkit.dispatch.explain`` frame, which is the one place that knows."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code is dispatch.explain.__code__:
-            return frame.f_locals.get("impl") == "auto"
-        frame = frame.f_back
-    return False
-
-
 def _unstructured(mask: Mask | None) -> bool:
     """Whether the mask has an arbitrary (element-wise) part, so few tiles can be skipped."""
     return mask is not None and any(isinstance(m, (Random, DenseMask, FromMod)) for m in mask.leaves())
@@ -496,8 +466,6 @@ def _check(call: AttentionCall) -> list[str]:
     reasons = []
     if call.score_mods and torch.is_grad_enabled() and _tensors_needing_grad(call.score_mods):
         reasons.append("a score modifier holds a tensor that requires grad (no gradient for it here)")
-    if not reasons and _auto_dispatch():
-        reasons += cost_reasons(call)
     return reasons
 
 
@@ -513,4 +481,5 @@ register_impl(ImplSpec(
     options=frozenset({"block_q", "block_k", "chunk_k"}),
     priority=5,
     check=_check,
+    auto_check=cost_reasons,
 ))
