@@ -13,7 +13,7 @@ from torch import nn
 import attnkit
 from attnkit import masks
 from attnkit.errors import AttnKitError, ShapeError
-from attnkit.nn import MultiHeadAttention
+from attnkit.nn import KVCache, MultiHeadAttention
 
 E, H, B, T, S = 16, 4, 2, 5, 7
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -97,6 +97,46 @@ def test_parity_with_torch(batch_first, dims, kind):
             torch.testing.assert_close(got[1], want[1], **TOL)
         else:
             assert got[1] is None and want[1] is None
+
+
+@pytest.mark.parametrize("bias_kv,zero_attn", [(True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("kind", MASK_KINDS)
+@pytest.mark.parametrize("cross", [False, True])
+def test_parity_with_appended_keys(bias_kv, zero_attn, kind, cross):
+    """add_bias_kv / add_zero_attn: PyTorch appends the learned and the zero key after the inputs'
+    keys, attendable whatever the masks say; outputs, weights (B, T, S + n) and gradients match."""
+    torch.manual_seed(0)
+    ref = nn.MultiheadAttention(E, H, add_bias_kv=bias_kv, add_zero_attn=zero_attn, batch_first=True).eval()
+    mine = MultiHeadAttention.from_torch(ref).eval()
+    assert (mine.bias_k is not None) == bias_kv and mine.add_zero_attn == zero_attn
+    gen = torch.Generator().manual_seed(1)
+    q, k, v, lk = _inputs(True, None, None, cross, gen)
+    if kind == "causal" and cross:
+        kind = "bool2d"
+    am, kpm, causal = _masks(kind, T, lk, gen)
+    if kind.startswith("kpm") or kind == "bool2d+kpm":
+        kpm[0] = True if kpm.dtype == torch.bool else float("-inf")  # a fully padded row: the appended keys remain
+    want = ref(q, k, v, key_padding_mask=kpm, attn_mask=am, is_causal=causal, average_attn_weights=False)
+    got = mine(q, k, v, key_padding_mask=kpm, attn_mask=am, is_causal=causal, average_attn_weights=False)
+    assert got[1].shape == want[1].shape == (B, H, T, lk + int(bias_kv) + int(zero_attn))
+    torch.testing.assert_close(got[0], want[0], **TOL)
+    torch.testing.assert_close(got[1], want[1], **TOL)
+    want[0].square().sum().backward()
+    got[0].square().sum().backward()
+    torch.testing.assert_close(mine.bias_k.grad if bias_kv else mine.q_proj.weight.grad,
+                               ref.bias_k.grad if bias_kv else ref.in_proj_weight.grad[:E], **TOL)
+
+
+def test_appended_keys_keep_an_attnkit_mask_aligned():
+    """An attnkit mask is evaluated on the inputs' own keys: a bottom-right causal mask over
+    S > T keys stays aligned to the inputs' end, not to the appended keys."""
+    torch.manual_seed(0)
+    mine = MultiHeadAttention(E, H, add_bias_kv=True, add_zero_attn=True).eval()
+    q, kv = torch.randn(B, 3, E), torch.randn(B, 6, E)
+    _, w = mine(q, kv, kv, mask=masks.causal())  # query i sees keys j <= i + 3, then the two appended
+    allowed = (w[0] > 0)
+    want = torch.cat([masks.causal().dense(3, 6), torch.ones(3, 2, dtype=torch.bool)], dim=1)
+    assert torch.equal(allowed, want)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -287,8 +327,10 @@ def test_errors():
         mine(torch.randn(T))
     with pytest.raises(ShapeError, match="num_kv_heads"):
         MultiHeadAttention(E, H, num_kv_heads=2).load_state_dict(nn.MultiheadAttention(E, H).state_dict())
-    with pytest.raises(AttnKitError, match="add_bias_kv"):
-        MultiHeadAttention.from_torch(nn.MultiheadAttention(E, H, add_bias_kv=True))
+    with pytest.raises(AttnKitError, match="build this module with add_bias_kv=True"):
+        MultiHeadAttention(E, H).load_state_dict(nn.MultiheadAttention(E, H, add_bias_kv=True).state_dict())
+    with pytest.raises(AttnKitError, match="KVCache cannot be used with add_bias_kv"):
+        MultiHeadAttention(E, H, add_bias_kv=True)(x, cache=KVCache())
     with pytest.raises(attnkit.DTypeError, match="attn_mask must be bool"):
         mine(x, attn_mask=torch.zeros(T, T, dtype=torch.int64))
 

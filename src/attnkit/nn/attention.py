@@ -21,9 +21,11 @@ Shape legend: B batch, T queries, S keys, E embed_dim, H heads, Hkv key/value he
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import masks as _masks
@@ -35,7 +37,7 @@ from ..shapes import merge_heads, split_heads
 from .cache import KVCache
 from .positional import RotaryEmbedding
 
-__all__ = ["MultiHeadAttention", "torch_masks_to_attnkit"]
+__all__ = ["MultiHeadAttention", "torch_masks_to_attnkit", "AppendedKeys"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -112,6 +114,33 @@ def torch_masks_to_attnkit(attn_mask: Tensor | Mask | None, key_padding_mask: Te
     return mask, bias
 
 
+@dataclass(frozen=True, eq=False)
+class AppendedKeys(Mask):
+    """``inner`` over the first ``S - extra`` keys; the last ``extra`` keys (the learned ``bias_k``
+    and the zero key of ``add_zero_attn``, appended after the inputs' keys as PyTorch does) are
+    attended by every query. Evaluating ``inner`` at the inputs' own length keeps its alignment
+    (e.g. a bottom-right causal mask) unchanged."""
+
+    inner: Mask
+    extra: int
+
+    @property
+    def num_batch(self) -> int:  # type: ignore[override]
+        return self.inner.num_batch
+
+    @property
+    def num_heads(self) -> int:  # type: ignore[override]
+        return self.inner.num_heads
+
+    def validate(self, lq, lk, batch, heads):
+        super().validate(lq, lk, batch, heads)
+        self.inner.validate(lq, lk - self.extra, batch, heads)
+
+    def mod(self, b, h, i, j, lq, lk):
+        s = lk - self.extra
+        return (j >= s) | self.inner.mod(b, h, i, j.clamp(max=s - 1), lq, s)
+
+
 # ----------------------------------------------------------------------------------------------
 # checkpoint keys of nn.MultiheadAttention
 # ----------------------------------------------------------------------------------------------
@@ -130,8 +159,9 @@ def _convert_torch_state(module: MultiHeadAttention, state: dict[str, Any], pref
         raise ShapeError(f"an nn.MultiheadAttention state dict has num_kv_heads == num_heads; this module has "
                          f"num_heads={module.num_heads}, num_kv_heads={module.num_kv_heads}")
     for name in ("bias_k", "bias_v"):
-        if p + name in state:
-            raise AttnKitError(f"nn.MultiheadAttention with add_bias_kv=True ({name}) is not supported")
+        if p + name in state and getattr(module, name) is None:
+            raise AttnKitError(f"the state dict has {p + name} (nn.MultiheadAttention with add_bias_kv=True); "
+                               "build this module with add_bias_kv=True to load it")
     state[p + "q_proj.weight"], state[p + "k_proj.weight"], state[p + "v_proj.weight"] = qw, kw, vw
     if p + "in_proj_bias" in state:
         qb, kb, vb = state.pop(p + "in_proj_bias").chunk(3, dim=0)
@@ -166,6 +196,9 @@ class MultiHeadAttention(nn.Module):
         rope: ``True`` or a :class:`RotaryEmbedding` to rotate q and k by position.
         alibi: add ALiBi biases (Press et al. 2022) with the paper's head slopes.
         qk_norm: RMS-normalise q and k per head before scoring.
+        add_bias_kv: append a learned key and value (``bias_k``, ``bias_v``) to the keys/values,
+            as ``nn.MultiheadAttention`` does; every query may attend to it.
+        add_zero_attn: append a zero key and value (after ``bias_k``), also always attendable.
 
     ``forward(query, key=None, value=None, key_padding_mask=None, need_weights=True,
     attn_mask=None, average_attn_weights=True, is_causal=False, *, mask=None, cache=None)``
@@ -178,7 +211,8 @@ class MultiHeadAttention(nn.Module):
                  kdim: int | None = None, vdim: int | None = None, batch_first: bool = True,
                  num_kv_heads: int | None = None, impl: str = "auto", score: Any = "scaled_dot",
                  weight: Any = "softmax", rope: bool | RotaryEmbedding | None = None, alibi: bool = False,
-                 qk_norm: bool = False, device: Any = None, dtype: torch.dtype | None = None):
+                 qk_norm: bool = False, add_bias_kv: bool = False, add_zero_attn: bool = False,
+                 device: Any = None, dtype: torch.dtype | None = None):
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         _check_dims(embed_dim, num_heads, num_kv_heads, dropout)
@@ -201,6 +235,9 @@ class MultiHeadAttention(nn.Module):
         self.alibi = bool(alibi)
         self.q_norm = nn.RMSNorm(self.head_dim, **fk) if qk_norm else None
         self.k_norm = nn.RMSNorm(self.head_dim, **fk) if qk_norm else None
+        self.bias_k = nn.Parameter(torch.empty(1, 1, kv_out, **fk)) if add_bias_kv else None
+        self.bias_v = nn.Parameter(torch.empty(1, 1, kv_out, **fk)) if add_bias_kv else None
+        self.add_zero_attn = bool(add_zero_attn)
         self._reset_parameters()
         self.register_load_state_dict_pre_hook(_load_hook)
 
@@ -212,18 +249,20 @@ class MultiHeadAttention(nn.Module):
                 nn.init.zeros_(lin.bias)
         if self.o_proj.bias is not None:
             nn.init.zeros_(self.o_proj.bias)
+        for extra in (self.bias_k, self.bias_v):
+            if extra is not None:
+                nn.init.xavier_normal_(extra)
 
     @classmethod
     def from_torch(cls, mha: nn.MultiheadAttention, **kwargs: Any) -> MultiHeadAttention:
         """A copy of ``mha`` (same weights, same outputs); ``kwargs`` override other options."""
         if not isinstance(mha, nn.MultiheadAttention):
             raise AttnKitError(f"from_torch expects an nn.MultiheadAttention; got {type(mha).__name__}")
-        if mha.bias_k is not None or mha.add_zero_attn:
-            raise AttnKitError("nn.MultiheadAttention with add_bias_kv=True or add_zero_attn=True is not supported")
         ref = mha.in_proj_weight if mha.in_proj_weight is not None else mha.q_proj_weight
         opts = dict(embed_dim=mha.embed_dim, num_heads=mha.num_heads, dropout=mha.dropout,
                     bias=mha.in_proj_bias is not None, kdim=mha.kdim, vdim=mha.vdim,
-                    batch_first=mha.batch_first, device=ref.device, dtype=ref.dtype)
+                    batch_first=mha.batch_first, add_bias_kv=mha.bias_k is not None,
+                    add_zero_attn=mha.add_zero_attn, device=ref.device, dtype=ref.dtype)
         module = cls(**{**opts, **kwargs})
         module.load_state_dict(mha.state_dict())
         return module.train(mha.training)
@@ -255,6 +294,18 @@ class MultiHeadAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         return q, k, v
 
+    def _append_kv(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, int]:
+        """``add_bias_kv`` / ``add_zero_attn``: keys/values ``(B, Hkv, S, D)`` -> ``(B, Hkv, S + n, D)``
+        with the learned and/or zero key appended; also ``n``."""
+        b, ks, vs = k.shape[0], [k], [v]
+        if self.bias_k is not None and self.bias_v is not None:
+            ks.append(split_heads(self.bias_k.expand(b, 1, -1), self.num_kv_heads))  # (B, Hkv, 1, D)
+            vs.append(split_heads(self.bias_v.expand(b, 1, -1), self.num_kv_heads))
+        if self.add_zero_attn:
+            ks.append(k.new_zeros(*k.shape[:2], 1, k.shape[3]))
+            vs.append(v.new_zeros(*v.shape[:2], 1, v.shape[3]))
+        return torch.cat(ks, dim=2), torch.cat(vs, dim=2), len(ks) - 1
+
     def _rotate(self, q: Tensor, k: Tensor, offset: int) -> tuple[Tensor, Tensor]:
         """RoPE: queries and new keys sit at positions ``offset .. offset + L - 1``."""
         if self.rope is None:
@@ -280,6 +331,9 @@ class MultiHeadAttention(nn.Module):
         if cache is not None and not isinstance(cache, KVCache):
             raise AttnKitError(f"cache must be an attnkit.nn.KVCache; got {type(cache).__name__}")
         static_hit = cache is not None and cache.static and not cache.is_empty
+        if cache is not None and (self.bias_k is not None or self.add_zero_attn):
+            raise AttnKitError("a KVCache cannot be used with add_bias_kv or add_zero_attn: the appended "
+                               "keys would be cached at every step")
         if cache is not None and cache.static and self.rope is not None:
             raise AttnKitError("a static (cross-attention) KVCache cannot be used with rope: rotary positions "
                                "apply to self-attention")
@@ -305,6 +359,10 @@ class MultiHeadAttention(nn.Module):
                                          lk=lk, is_causal=is_causal and lq > 1, dtype=q.dtype)
         if mask is not None:
             m = mask if m is None else m & mask
+        k, v, extra = self._append_kv(k, v)
+        if extra:  # the appended keys are attended by every query, whatever the masks say
+            m = None if m is None else AppendedKeys(m, extra)
+            bias = None if bias is None else F.pad(bias, (0, extra))
         mods = (_scores.alibi(_scores.alibi_slopes(self.num_heads)),) if self.alibi else ()
         res = attention(q, k, v, m, score=self.score, weight=self.weight, bias=bias, score_mods=mods,
                         dropout_p=self.dropout if self.training else 0.0, impl=self.impl,
@@ -324,7 +382,9 @@ class MultiHeadAttention(nn.Module):
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, "
                 f"dropout={self.dropout}, batch_first={self.batch_first}, impl={self.impl!r}, "
-                f"score={self.score!r}, weight={self.weight!r}, alibi={self.alibi}")
+                f"score={self.score!r}, weight={self.weight!r}, alibi={self.alibi}"
+                + (", add_bias_kv=True" if self.bias_k is not None else "")
+                + (", add_zero_attn=True" if self.add_zero_attn else ""))
 
 
 def _check_dims(embed_dim: int, num_heads: int, num_kv_heads: int, dropout: float) -> None:
