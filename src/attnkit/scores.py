@@ -104,7 +104,11 @@ class Score:
 
     def __call__(self, q: Tensor, k: Tensor, scale: float) -> Tensor:
         s = self.fn(q, k, **self.params)
-        return s if scale == 1.0 else s * scale
+        if scale == 1.0:
+            return s
+        # the built-in scores return a fresh matmul/division result that their backward does not
+        # read, so scaling it in place is safe for autograd and saves a (B, H, T, S) pass
+        return s.mul_(scale) if self.fn in _FRESH_RESULT else s * scale
 
     def __repr__(self) -> str:
         return f"Score({self.name!r})"
@@ -144,6 +148,7 @@ def additive(w_q: Tensor, w_k: Tensor, v: Tensor) -> Score:
     return Score("additive", _additive, {"w_q": w_q, "w_k": w_k, "v": v})
 
 
+_FRESH_RESULT = (_dot, _cosine, _general, _additive)
 _NAMED: dict[str, Callable[[], Score]] = {"dot": dot, "scaled_dot": scaled_dot, "cosine": cosine}
 _NEEDS_PARAMS = {"general": "attnkit.scores.general(weight)",
                  "additive": "attnkit.scores.additive(w_q, w_k, v)"}
