@@ -51,7 +51,7 @@ class _RecurrentAttention(nn.Module):
     key_dim: int
 
     def _score(self) -> _scores.Score | str:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement _score() (abstract base)")
 
     def forward(self, query: Tensor, keys: Tensor, values: Tensor | None = None,
                 mask: Tensor | Mask | None = None, *, impl: str = "auto") -> tuple[Tensor, Tensor]:
