@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 import attnkit
 from attnkit import patterns
-from attnkit.bench import Results, matmul_flops_per_s, peak_memory, time_fn
+from attnkit.eval.bench import Results, matmul_flops_per_s, peak_memory, time_fn
 from attnkit.impls import block_sparse as bsmod
 
 HERE = Path(__file__).resolve().parent

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 import attnkit
 from attnkit import masks
-from attnkit.bench import Results, attention_flops, matmul_flops_per_s, peak_memory, time_fn
+from attnkit.eval.bench import Results, attention_flops, matmul_flops_per_s, peak_memory, time_fn
 
 HEADS, HEAD_DIM, WINDOW = 8, 64, 256
 MASKS = ("none", "causal", "window", "random")
@@ -127,7 +127,7 @@ def density(dense: torch.Tensor | None, t: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# memory probe (runs in a fresh process through attnkit.bench.peak_memory)
+# memory probe (runs in a fresh process through attnkit.eval.bench.peak_memory)
 # ----------------------------------------------------------------------------------------------
 
 

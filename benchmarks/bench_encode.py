@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from attnkit import list_impls, masks
-from attnkit.bench import Results
+from attnkit.eval.bench import Results
 from attnkit.models import load_minilm
 from attnkit.models._files import minilm_dir
 from attnkit.models._pairs import PARAPHRASE_PAIRS
@@ -115,7 +115,7 @@ def engines() -> dict[str, tuple[str, Callable[[dict], torch.Tensor]]]:
     try:
         from transformers import AutoModel
 
-        from attnkit.models import hf
+        from attnkit.integrations import hf
     except ImportError:
         print("skipped transformers: not installed (pip install 'attnkit[hf]')", file=sys.stderr)
         return out

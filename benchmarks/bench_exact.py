@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from attnkit.bench_exact import run_exact
+from attnkit.eval.exact import run_exact
 
 
 def main() -> None:

@@ -40,8 +40,8 @@ import torch.nn.functional as F
 
 import attnkit
 from attnkit import masks
-from attnkit.bench import Results, environment, peak_memory, time_fn
-from attnkit.compare import compare_inputs, mass_recall
+from attnkit.eval.approx import compare_inputs, mass_recall
+from attnkit.eval.bench import Results, environment, peak_memory, time_fn
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -106,7 +106,7 @@ def _peer_runner(name: str, q, k, v, causal: bool):
 
 
 def peak_rss_probe(name: str, t: int, causal: bool) -> float | None:
-    """Peak extra resident memory (MiB) of one forward, in a fresh process (attnkit.bench.peak_memory)."""
+    """Peak extra resident memory (MiB) of one forward, in a fresh process (attnkit.eval.bench.peak_memory)."""
     probe = peak_memory("bench_lsh_linear:make_runner", {"name": name, "t": t, "causal": causal},
                         extra_path=[HERE], timeout=900)
     return None if probe is None else round(probe["peak_extra_mib"], 1)

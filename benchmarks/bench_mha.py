@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import attnkit
-from attnkit.bench import Results, time_fn
+from attnkit.eval.bench import Results, time_fn
 from attnkit.nn import MultiHeadAttention, TransformerLM
 
 RESULTS = Path(__file__).parent / "results"

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 import attnkit
 from attnkit import masks
-from attnkit.bench import Results, time_fn
+from attnkit.eval.bench import Results, time_fn
 
 HEADS, HEAD_DIM = 8, 64
 

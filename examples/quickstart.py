@@ -37,6 +37,6 @@ print("fraction of exactly-zero weights:", (w == 0).float().mean().item())
 ref = attnkit.attention(q, k, v, mask, impl="reference")
 for name in attnkit.list_impls():
     spec = attnkit.get_impl(name)
-    if spec.exact and not attnkit.not_supported_reasons(spec, attnkit.functional.make_call(q, k, v, mask)):
+    if spec.exact and not attnkit.not_supported_reasons(spec, attnkit.call.make_call(q, k, v, mask)):
         err = (attnkit.attention(q, k, v, mask, impl=name) - ref).abs().max().item()
         print(f"{name:<12} max |error| vs reference: {err:.1e}")

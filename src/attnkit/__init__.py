@@ -6,11 +6,24 @@ with interchangeable exact and approximate implementations behind one call.
 >>> out = attnkit.attention(q, q, q, mask=attnkit.masks.causal())
 """
 
-from . import masks, nn, patterns, scores, weights
+import sys as _sys
+
+from . import (
+    impls,  # noqa: F401  (importing it registers the built-in implementations)
+    masks,
+    nn,
+    scores,
+    weights,
+)
+from .call import AttentionCall
 from .dispatch import DispatchReport, not_supported_reasons, use_impls
 from .errors import AttnKitError, DTypeError, ShapeError, UnknownNameError, UnsupportedError
 from .functional import attention, explain_dispatch, observe
-from .registry import AttentionCall, ImplSpec, get_impl, impl_table, list_impls, register_impl
+from .masks import patterns
+from .registry import ImplSpec, get_impl, impl_table, list_impls, register_impl
+
+# ``attnkit.masks.patterns`` moved to ``attnkit.masks.patterns``; the old import path stays for a release
+_sys.modules[f"{__name__}.patterns"] = patterns
 
 __version__ = "0.1.0"
 

@@ -11,17 +11,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import scores as _scores
-from . import weights as _weights
+from .call import AttentionCall, ScoreArg, WeightArg, make_call
 from .dispatch import DispatchReport, explain, select
 from .errors import AttnKitError
 from .masks import Mask
-from .registry import AttentionCall
-from .scores import Score, ScoreMod
-from .validation import check_bias, check_dropout, check_mask, check_qkv, check_scale
-from .weights import Weight
+from .scores import ScoreMod
 
-__all__ = ["attention", "explain_dispatch", "make_call", "observe", "weights_of"]
+__all__ = ["attention", "explain_dispatch", "observe"]
 
 Observer = Callable[[AttentionCall, str, Tensor, Tensor], None]
 _OBSERVERS: contextvars.ContextVar[tuple[Observer, ...]] = contextvars.ContextVar("attnkit_observers", default=())
@@ -39,57 +35,6 @@ def observe(callback: Observer) -> Iterator[None]:
         yield
     finally:
         _OBSERVERS.reset(token)
-
-
-def weights_of(call: AttentionCall) -> Tensor:
-    """The attention weights ``(B, H, T, S)`` of ``call`` recomputed with the reference math."""
-    from .impls.reference import score_matrix
-
-    mask = call.mask.dense4(call.lq, call.lk, device=call.q.device) if call.mask is not None else None
-    return call.weight(score_matrix(call), mask)
-
-ScoreArg = str | Score | Callable[..., Tensor]
-WeightArg = str | Weight | Callable[..., Tensor]
-
-
-def make_call(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    mask: Mask | Tensor | None = None,
-    *,
-    score: ScoreArg = "scaled_dot",
-    weight: WeightArg = "softmax",
-    scale: float | None = None,
-    bias: Tensor | None = None,
-    score_mods: Sequence[ScoreMod] = (),
-    dropout_p: float = 0.0,
-    return_weights: bool = False,
-    options: Mapping[str, Any] | None = None,
-    generator: torch.Generator | None = None,
-) -> AttentionCall:
-    """Validate the arguments of :func:`attention` and bundle them as an :class:`AttentionCall`."""
-    check_qkv(q, k, v)
-    m = check_mask(mask, q, k)
-    check_scale(scale)
-    check_dropout(dropout_p)
-    sc = _scores.resolve(score)
-    wt = _weights.resolve(weight)
-    mods = tuple(score_mods)
-    for mod in mods:
-        if not isinstance(mod, ScoreMod):
-            raise AttnKitError(f"score_mods must hold attnkit.scores.ScoreMod objects; got {type(mod).__name__}")
-    if bias is not None:
-        check_bias(bias, q, k)
-        mods = (_scores.bias(bias), *mods)
-    if options is not None and not isinstance(options, Mapping):
-        raise AttnKitError(f"options must be a mapping of option name to value; got {type(options).__name__}")
-    return AttentionCall(
-        q=q, k=k, v=v, mask=m, score=sc, weight=wt,
-        scale=float(sc.default_scale(q.shape[-1]) if scale is None else scale),
-        score_mods=mods, dropout_p=float(dropout_p), return_weights=bool(return_weights),
-        options=dict(options or {}), generator=generator,
-    )
 
 
 def attention(
@@ -163,7 +108,7 @@ def attention(
     else:
         out = spec.fn(call)
         with torch.no_grad():
-            w = weights_of(call)
+            w = call.weights()
     for cb in observers:
         cb(call, spec.name, out, w)
     return (out, w) if return_weights else out

@@ -7,61 +7,19 @@ which implementation can run a call and to explain why the others cannot.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 
+from .call import AttentionCall
 from .errors import unknown_name
-from .masks import Mask
-from .scores import Score, ScoreMod
-from .weights import Weight
 
 __all__ = ["AttentionCall", "ImplSpec", "register_impl", "get_impl", "list_impls", "impl_table"]
 
 ALL_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
-
-
-@dataclass(frozen=True, eq=False)
-class AttentionCall:
-    """One validated attention problem, as every implementation receives it.
-
-    Shapes: ``q (B, H, T, D)``, ``k (B, Hkv, S, D)``, ``v (B, Hkv, S, Dv)``; ``H % Hkv == 0``
-    (grouped-query attention: query head ``h`` reads kv head ``h // (H // Hkv)``).
-    """
-
-    q: Tensor
-    k: Tensor
-    v: Tensor
-    mask: Mask | None = None  # validated for these sizes; None = attend everywhere
-    score: Score | None = None
-    weight: Weight | None = None
-    scale: float = 1.0  # already resolved (never None here)
-    score_mods: tuple[ScoreMod, ...] = ()
-    dropout_p: float = 0.0
-    return_weights: bool = False
-    options: Mapping[str, Any] = field(default_factory=dict)  # implementation-specific options
-    generator: torch.Generator | None = None  # for dropout / randomised implementations
-
-    batch = property(lambda self: self.q.shape[0])
-    heads = property(lambda self: self.q.shape[1])
-    kv_heads = property(lambda self: self.k.shape[1])
-    lq = property(lambda self: self.q.shape[2])
-    lk = property(lambda self: self.k.shape[2])
-    head_dim = property(lambda self: self.q.shape[3])
-    v_dim = property(lambda self: self.v.shape[3])
-
-    @property
-    def requires_grad(self) -> bool:
-        """Whether autograd will need a backward through this call."""
-        return torch.is_grad_enabled() and any(t.requires_grad for t in (self.q, self.k, self.v))
-
-    def describe(self) -> str:
-        """Shapes and dtype, for error messages."""
-        return (f"q {tuple(self.q.shape)}, k {tuple(self.k.shape)}, v {tuple(self.v.shape)}, "
-                f"dtype {self.q.dtype}, device {self.q.device.type}")
 
 
 ImplFn = Callable[[AttentionCall], "Tensor | tuple[Tensor, Tensor]"]
@@ -120,13 +78,8 @@ def register_impl(spec: ImplSpec) -> ImplSpec:
     return spec
 
 
-def _load_builtin() -> None:
-    from . import impls  # noqa: F401  (importing registers the built-in implementations)
-
-
 def get_impl(name: str) -> ImplSpec:
     """The spec registered under ``name``; raises ``UnknownNameError`` listing the valid names."""
-    _load_builtin()
     if name not in _REGISTRY:
         raise unknown_name("impl", name, ["auto", *_REGISTRY])
     return _REGISTRY[name]
@@ -134,7 +87,6 @@ def get_impl(name: str) -> ImplSpec:
 
 def list_impls() -> list[str]:
     """Registered implementation names, in ``impl="auto"`` preference order."""
-    _load_builtin()
     return [s.name for s in sorted(_REGISTRY.values(), key=lambda s: (s.priority, s.name))]
 
 

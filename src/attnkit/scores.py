@@ -25,8 +25,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from ._utils import as_4d, index_broadcast
 from .errors import AttnKitError, DTypeError, ShapeError, unknown_name
+from .shapes import as_4d, index_broadcast
 
 __all__ = [
     "ScoreFn",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-__all__ = ["repeat_kv", "bshd_to_bhsd", "bhsd_to_bshd", "split_heads", "merge_heads"]
+__all__ = ["repeat_kv", "split_heads", "merge_heads", "index_broadcast", "as_4d"]
 
 
 def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
@@ -14,16 +15,6 @@ def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
         return x
     b, h, s, d = x.shape
     return x[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
-
-
-def bshd_to_bhsd(x: Tensor) -> Tensor:
-    """``(B, S, H, D)`` -> ``(B, H, S, D)``."""
-    return x.transpose(1, 2)
-
-
-def bhsd_to_bshd(x: Tensor) -> Tensor:
-    """``(B, H, S, D)`` -> ``(B, S, H, D)``."""
-    return x.transpose(1, 2)
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
@@ -36,3 +27,17 @@ def merge_heads(x: Tensor) -> Tensor:
     """``(B, H, S, D)`` -> ``(B, S, H * D)``."""
     b, h, s, d = x.shape
     return x.transpose(1, 2).reshape(b, s, h * d)
+
+
+
+def index_broadcast(t: Tensor, b: Tensor, h: Tensor, i: Tensor, j: Tensor) -> Tensor:
+    """Gather a 4-D ``(B|1, H|1, T|1, S|1)`` tensor at broadcast index tensors; size-1 dims of
+    ``t`` broadcast (their index is taken as 0)."""
+    t = t.to(i.device)
+    idx = [x if n > 1 else torch.zeros_like(x) for x, n in zip((b, h, i, j), t.shape)]
+    return t[idx[0], idx[1], idx[2], idx[3]]
+
+
+def as_4d(t: Tensor) -> Tensor:
+    """Prepend size-1 dims to a 2-D or 3-D tensor so it is 4-D."""
+    return t.reshape((1,) * (4 - t.dim()) + tuple(t.shape))

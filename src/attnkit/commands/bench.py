@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench_exact import run_exact
+    from ..eval.exact import run_exact
 
     res = run_exact(args.lengths, impls=args.impls, backward=args.backward, repeats=3)
     print(f"exact attention, B=1 H=8 D=64 fp32, {'fwd+bwd' if args.backward else 'forward'}; "

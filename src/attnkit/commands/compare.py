@@ -65,9 +65,9 @@ def candidates(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]
 
 def _run_model(args: argparse.Namespace) -> int:
     try:
-        mod = importlib.import_module("attnkit.models.approx")
+        mod = importlib.import_module("attnkit.eval.model_approx")
     except ImportError as err:
-        print(f"error: --model needs attnkit.models.approx, which is not available ({err})")
+        print(f"error: --model needs attnkit.eval.model_approx, which is not available ({err})")
         return 2
     print(mod.run_model_comparison(model=args.model, json_path=args.json))
     return 0
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from .. import masks
-    from ..compare import compare, compare_inputs
+    from ..eval.approx import compare, compare_inputs
 
     q, k, v = compare_inputs(batch=args.batch, heads=args.heads, t=args.length, head_dim=args.dim,
                              dist=args.dist, seed=args.seed)

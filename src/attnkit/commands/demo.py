@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import SENTENCE, run_demo
+    from ..apps.demo import SENTENCE, run_demo
 
     run_demo(args.out, args.sentence or SENTENCE)
     return 0

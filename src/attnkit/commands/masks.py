@@ -55,7 +55,7 @@ def parse_params(items: list[str]) -> dict:
 def run_list(args: argparse.Namespace) -> int:
     import inspect
 
-    from .. import patterns
+    from ..masks import patterns
 
     for name, fn in patterns.PATTERNS.items():
         params = ", ".join(f"{p.name}={p.default!r}" for p in inspect.signature(fn).parameters.values()
@@ -65,7 +65,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from .. import patterns
+    from ..masks import patterns
 
     mask = patterns.build(args.pattern, **parse_params(args.param))
     t, s = args.T, args.S or args.T
@@ -78,7 +78,7 @@ def run_show(args: argparse.Namespace) -> int:
         print("tiles: # full, + partial, . empty")
         print(bm.to_string())
     if args.out:
-        from ..mask_plot import save_mask
+        from ..masks.plot import save_mask
 
         print(f"wrote {save_mask(mask, args.out, t, s, block=args.block, title=args.pattern)}")
     return 0

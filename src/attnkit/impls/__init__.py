@@ -1,10 +1,6 @@
-"""Built-in attention implementations. Importing this package registers every module in it:
-each module calls :func:`attnkit.registry.register_impl` at import time."""
+"""Built-in attention implementations, one module each. Importing this package registers them
+(each module calls :func:`attnkit.registry.register_impl` at import time); ``attnkit`` imports it."""
 
-from __future__ import annotations
+from . import block_sparse, blockwise, linear, lsh, reference, sdpa
 
-import importlib
-import pkgutil
-
-for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")):
-    importlib.import_module(f"{__name__}.{_mod}")
+__all__ = ["block_sparse", "blockwise", "linear", "lsh", "reference", "sdpa"]

@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..call import AttentionCall
 from ..masks import EMPTY, FULL, PARTIAL, Mask
-from ..registry import AttentionCall, ImplSpec, register_impl
+from ..registry import ImplSpec, register_impl
 from ..scores import ScoreMod, apply_mods
 
 __all__ = ["block_sparse", "BlockWeights", "plan_for", "SlicePlan", "MAX_BLOCK_DENSITY", "MIN_LENGTH"]
@@ -148,7 +149,7 @@ def build_plan(mask: Mask, kinds: Tensor, bm: int, hm: int, lq: int, lk: int, bq
 
 def _eval(mask: Mask, rows: Tensor, lq: int, lk: int, bq: int, bk: int) -> Tensor:
     """Dense sub-masks ``(n, bq, bk)`` of the tiles ``rows (n, 4)``; False past ``lq`` / ``lk``."""
-    from ..masks import _eval_tiles
+    from ..masks.base import _eval_tiles
 
     return _eval_tiles(mask, lq, lk, bq, bk, rows)
 

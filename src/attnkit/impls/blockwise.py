@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..call import AttentionCall
 from ..errors import AttnKitError
 from ..masks import EMPTY, FULL, PARTIAL, And, Causal, DenseMask, FromMod, Mask, Not, Or, Random
-from ..registry import AttentionCall, ImplSpec, register_impl
+from ..registry import ImplSpec, register_impl
 from ..scores import ScoreMod, apply_mods
 from ..shapes import repeat_kv
 

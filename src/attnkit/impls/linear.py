@@ -36,9 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..call import AttentionCall
 from ..errors import AttnKitError, ShapeError
 from ..masks import And, Causal, Full, KeyMask, Mask, Padding
-from ..registry import AttentionCall, ImplSpec, register_impl
+from ..registry import ImplSpec, register_impl
 
 __all__ = ["favor_projection", "favor_features", "elu_features", "FavorProjection", "LinearMask",
            "split_mask", "linear_attention", "linear"]

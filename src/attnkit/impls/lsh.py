@@ -40,9 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..call import AttentionCall
 from ..errors import AttnKitError
 from ..masks import Causal, Full, KeyMask, Mask, Padding
-from ..registry import AttentionCall, ImplSpec, register_impl
+from ..registry import ImplSpec, register_impl
 from ..shapes import repeat_kv
 
 __all__ = ["LSHSettings", "LSHResult", "settings_from_options", "random_rotations", "hash_vectors",

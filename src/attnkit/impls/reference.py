@@ -7,29 +7,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..registry import AttentionCall, ImplSpec, register_impl
-from ..scores import apply_mods
+from ..call import AttentionCall
+from ..registry import ImplSpec, register_impl
 from ..shapes import repeat_kv
 
-__all__ = ["reference", "score_matrix"]
-
-
-def score_matrix(call: AttentionCall, q: Tensor | None = None, k: Tensor | None = None) -> Tensor:
-    """Steps 1-2: modified scores ``(B, H, T, S)`` of ``call`` (GQA heads expanded)."""
-    q = call.q if q is None else q
-    k = repeat_kv(call.k if k is None else k, call.heads // call.kv_heads)
-    if call.options.get("reorder_ops", False) and call.score.name in ("dot", "scaled_dot"):
-        s = call.score(q * call.scale, k, 1.0)  # scale q first (as fused kernels do)
-    else:
-        s = call.score(q, k, call.scale)  # (B, H, T, S)
-    if call.score_mods:
-        dev = s.device
-        b = torch.arange(call.batch, device=dev).view(-1, 1, 1, 1)
-        h = torch.arange(call.heads, device=dev).view(1, -1, 1, 1)
-        i = torch.arange(call.lq, device=dev).view(1, 1, -1, 1)
-        j = torch.arange(call.lk, device=dev).view(1, 1, 1, -1)
-        s = apply_mods(s, call.score_mods, b, h, i, j, call.lq, call.lk)
-    return s
+__all__ = ["reference"]
 
 
 def reference(call: AttentionCall) -> Tensor | tuple[Tensor, Tensor]:
@@ -46,9 +28,9 @@ def reference(call: AttentionCall) -> Tensor | tuple[Tensor, Tensor]:
     if call.options.get("upcast", False) and q.dtype in (torch.float16, torch.bfloat16):
         q, k, v = q.float(), k.float(), v.float()
     # 1-2. score every query-key pair and apply the score modifiers
-    s = score_matrix(call, q, k)  # (B, H, T, S)
+    s = call.scores(q, k)  # (B, H, T, S)
     # 3. weight: normalise over the allowed keys
-    mask = call.mask.dense4(call.lq, call.lk, device=s.device) if call.mask is not None else None
+    mask = call.dense_mask(s.device)
     w = call.weight(s, mask)  # (B, H, T, S)
     if call.dropout_p > 0:
         keep = torch.rand(w.shape, generator=call.generator, device=w.device, dtype=w.dtype) >= call.dropout_p

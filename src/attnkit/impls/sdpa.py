@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..call import AttentionCall
 from ..masks import Causal
-from ..registry import AttentionCall, ImplSpec, register_impl
+from ..registry import ImplSpec, register_impl
 from ..shapes import repeat_kv
 
 __all__ = ["sdpa"]

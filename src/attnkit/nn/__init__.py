@@ -3,13 +3,6 @@ sinusoidal), recurrent encoder-decoder attention and Transformer layers, all ove
 :func:`attnkit.attention`."""
 
 from .attention import MultiHeadAttention, torch_masks_to_attnkit
-from .block import (
-    TransformerDecoder,
-    TransformerDecoderLayer,
-    TransformerEncoder,
-    TransformerEncoderLayer,
-    TransformerLM,
-)
 from .cache import KVCache, LayerCaches
 from .positional import (
     RotaryEmbedding,
@@ -20,6 +13,13 @@ from .positional import (
     sinusoidal_encoding,
 )
 from .recurrent import AdditiveAttention, LuongAttention, Seq2SeqRNN
+from .transformer import (
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+    TransformerLM,
+)
 
 __all__ = [
     "MultiHeadAttention",

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 import attnkit
 from attnkit import masks, scores
-from attnkit.bench import peak_memory
 from attnkit.errors import AttnKitError
+from attnkit.eval.bench import peak_memory
 from attnkit.impls.blockwise import plan_blocks
 
 SMALL = {"block_q": 8, "block_k": 8, "chunk_k": 16}

@@ -1,4 +1,4 @@
-"""attnkit.compare and ``attnkit compare``: the measured numbers mean what they say."""
+"""attnkit.eval.approx and ``attnkit compare``: the measured numbers mean what they say."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 import attnkit
 from attnkit import masks
 from attnkit.cli import main
-from attnkit.compare import Candidate, compare, compare_inputs, mass_recall
 from attnkit.errors import AttnKitError, UnknownNameError
+from attnkit.eval.approx import Candidate, compare, compare_inputs, mass_recall
 
 
 def test_exact_methods_have_zero_error_and_full_recall():
@@ -88,10 +88,10 @@ def test_cli_model_without_module(monkeypatch, capsys):
     real = importlib.import_module
 
     def fake(name, *a, **kw):
-        if name == "attnkit.models.approx":
-            raise ImportError("No module named 'attnkit.models.approx'")
+        if name == "attnkit.eval.model_approx":
+            raise ImportError("No module named 'attnkit.eval.model_approx'")
         return real(name, *a, **kw)
 
     monkeypatch.setattr(importlib, "import_module", fake)
     rc = main(["compare", "--model", "minilm"])
-    assert rc == 2 and "attnkit.models.approx" in capsys.readouterr().out
+    assert rc == 2 and "attnkit.eval.model_approx" in capsys.readouterr().out

@@ -231,7 +231,7 @@ def test_rename_hf_key():
 
 
 def test_pair_metrics_and_spearman():
-    from attnkit.models.approx import pair_metrics, spearman
+    from attnkit.eval.model_approx import pair_metrics, spearman
 
     a = torch.eye(4)
     m = pair_metrics(a, a)
@@ -244,8 +244,8 @@ def test_pair_metrics_and_spearman():
 
 
 def test_compare_variants_small(minilm):
+    from attnkit.eval.model_approx import Variant, compare_variants, format_table
     from attnkit.models._pairs import PARAPHRASE_PAIRS
-    from attnkit.models.approx import Variant, compare_variants, format_table
 
     model, _ = minilm
     variants = [Variant("exact (sdpa)", "exact", "sdpa"),
@@ -262,7 +262,7 @@ def test_compare_variants_small(minilm):
 
 
 def test_run_model_comparison_unknown_model():
-    from attnkit.models.approx import run_model_comparison
+    from attnkit.eval.model_approx import run_model_comparison
 
     with pytest.raises(attnkit.UnknownNameError, match="unknown model 'gpt'"):
         run_model_comparison("gpt")
@@ -272,7 +272,7 @@ def test_run_model_comparison_unknown_model():
 def test_run_model_comparison_full(tmp_path):
     import json
 
-    from attnkit.models.approx import VARIANTS, run_model_comparison
+    from attnkit.eval.model_approx import VARIANTS, run_model_comparison
 
     text = run_model_comparison("minilm", json_path=str(tmp_path / "cmp.json"))
     rows = json.loads((tmp_path / "cmp.json").read_text())["rows"]

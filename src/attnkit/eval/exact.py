@@ -8,9 +8,9 @@ from collections.abc import Sequence
 
 import torch
 
-from . import masks
+from .. import masks
+from ..functional import attention
 from .bench import Results, attention_flops, matmul_flops_per_s, time_fn
-from .functional import attention
 
 __all__ = ["run_exact"]
 

@@ -5,7 +5,7 @@ classifies its ``(block_q, block_k)`` tiles analytically (no ``T x S`` buffer), 
 block-skipping implementation such as ``impl="block_sparse"`` costs time proportional to the
 tiles it keeps::
 
-    >>> from attnkit import patterns
+    >>> from attnkit.masks import patterns
     >>> m = patterns.sliding_window(1, causal=True)
     >>> print(patterns.to_string(m, 4))
     1 0 0 0
@@ -48,9 +48,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from . import masks
-from .errors import AttnKitError, unknown_name
-from .masks import EMPTY, FULL, PARTIAL, Mask, _band_kinds, _hash_uniform, _offset, _tile_ranges
+from ..errors import AttnKitError, unknown_name
+from .base import EMPTY, FULL, PARTIAL, Mask, _band_kinds, _offset, _tile_ranges
+from .base import to_string as _grid_string
+from .data import _hash_uniform
+from .data import block_sparse as _block_sparse
+from .positional import causal as _causal
+from .positional import dilated as _dilated
+from .positional import global_tokens as _global_tokens
+from .positional import window as _window
 
 __all__ = [
     "sliding_window",
@@ -192,7 +198,7 @@ class LayoutPattern(Mask):
         return _LAYOUT_CACHE[key]
 
     def _as_block_sparse(self, lq: int, lk: int) -> Mask:
-        return masks.block_sparse(self.layout(lq, lk), self.block)
+        return _block_sparse(self.layout(lq, lk), self.block)
 
     def mod(self, b, h, i, j, lq, lk):
         return self._as_block_sparse(lq, lk).mod(b, h, i, j, lq, lk)
@@ -267,7 +273,7 @@ def sliding_window(window: int, *, causal: bool = False) -> Mask:
     ``T (w + 1) - w (w + 1) / 2``) over ``T^2``, i.e. about ``(2w + 1) / T``: linear cost in T.
     """
     _positive("window", window, 0)
-    return masks.window(window, 0 if causal else window)
+    return _window(window, 0 if causal else window)
 
 
 def dilated_window(window: int, dilation: int, *, causal: bool = False) -> Mask:
@@ -279,7 +285,7 @@ def dilated_window(window: int, dilation: int, *, causal: bool = False) -> Mask:
     """
     _positive("window", window, 0)
     _positive("dilation", dilation)
-    return masks.dilated(window, dilation, causal=causal)
+    return _dilated(window, dilation, causal=causal)
 
 
 def strided(stride: int, *, causal: bool = True) -> Mask:
@@ -292,7 +298,7 @@ def strided(stride: int, *, causal: bool = True) -> Mask:
     i.e. ``O(1 / sqrt(T))`` at ``l = sqrt(T)``.
     """
     _positive("stride", stride)
-    local = masks.window(stride - 1, 0 if causal else stride - 1)
+    local = _window(stride - 1, 0 if causal else stride - 1)
     return local | StridedDiff(stride, causal)
 
 
@@ -310,14 +316,14 @@ def fixed(stride: int, summary: int = 1, *, causal: bool = True) -> Mask:
     if summary > stride:
         raise AttnKitError(f"summary must be <= stride; got summary={summary}, stride={stride}")
     m = SameBlock(stride) | SummaryColumns(stride, summary)
-    return m & masks.causal() if causal else m
+    return m & _causal() if causal else m
 
 
 def global_tokens(indices: Sequence[int] | Tensor) -> Mask:
     """Global tokens (Longformer): the ``g`` given positions attend every key and every query
     attends them. Density for ``T = S`` and distinct indices: kept pairs ``2 g T - g^2`` over
     ``T^2``."""
-    return masks.global_tokens(indices)
+    return _global_tokens(indices)
 
 
 def longformer(window: int, global_indices: Sequence[int] | Tensor = (0,), *, dilation: int = 1,
@@ -329,7 +335,7 @@ def longformer(window: int, global_indices: Sequence[int] | Tensor = (0,), *, di
     that sum minus the window pairs that touch a global row or column.
     """
     local = sliding_window(window, causal=causal) if dilation == 1 else dilated_window(window, dilation, causal=causal)
-    return local | masks.global_tokens(indices=global_indices)
+    return local | _global_tokens(indices=global_indices)
 
 
 def random_blocks(num_blocks: int, block_size: int = 64, *, seed: int = 0, causal: bool = False) -> Mask:
@@ -368,7 +374,7 @@ def from_layout(layout: Tensor, block_size: int | tuple[int, int]) -> Mask:
     """A user-given block layout ``(nQB, nKB)`` or per head ``(H, nQB, nKB)`` (bool): query block
     ``bi`` attends key block ``bj`` where ``layout[bi, bj]``. Density: ``layout.mean()`` when the
     blocks tile ``T`` and ``S`` exactly."""
-    return masks.block_sparse(layout, block_size)
+    return _block_sparse(layout, block_size)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -420,7 +426,7 @@ def block_density(mask: Mask, lq: int, lk: int | None = None, block: int = 64) -
 def to_string(mask: Mask, lq: int, lk: int | None = None) -> str:
     """The ``1`` / ``0`` picture of a small pattern (batch 0, head 0)."""
     lk = lq if lk is None else lk
-    return masks.to_string(mask.dense4(lq, lk)[0, 0])
+    return _grid_string(mask.dense4(lq, lk)[0, 0])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -437,7 +443,7 @@ PATTERNS: dict[str, Callable[..., Mask]] = {
     "random_blocks": lambda random=3, block=64, seed=0, causal=False, **_: random_blocks(random, block, seed=seed,
                                                                                           causal=causal),
     "bigbird": lambda block=64, random=3, seed=0, **_: bigbird(block, random_blocks=random, seed=seed),
-    "causal": lambda **_: masks.causal(),
+    "causal": lambda **_: _causal(),
 }
 """Pattern constructors by name; each takes keyword arguments with defaults (extra ones ignored)."""
 

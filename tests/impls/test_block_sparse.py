@@ -16,9 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import attnkit
-from attnkit import masks, patterns, scores
+from attnkit import masks, scores
 from attnkit.errors import AttnKitError, UnsupportedError
 from attnkit.impls import block_sparse as bsmod
+from attnkit.masks import patterns
 
 
 def _inputs(b, h, hkv, t, s, d, dv, dtype=torch.float64, seed=0):

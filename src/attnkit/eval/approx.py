@@ -14,7 +14,7 @@ Runs several implementations on the same ``q, k, v`` (and mask) and reports, for
 
 Exact weights are recomputed in query blocks, so no ``(B, H, T, S)`` buffer is held at once.
 
->>> from attnkit.compare import compare, compare_inputs
+>>> from attnkit.eval.approx import compare, compare_inputs
 >>> q, k, v = compare_inputs(t=64, dist="clustered")
 >>> res = compare(q, k, v, ["sdpa", ("lsh", {"bucket_size": 16})], repeats=1)
 >>> [r.label for r in res.rows]
@@ -35,12 +35,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..call import make_call
+from ..errors import AttnKitError
+from ..functional import attention
+from ..masks import Mask
+from ..registry import get_impl
+from ..shapes import repeat_kv
 from .bench import peak_memory, time_fn
-from .errors import AttnKitError
-from .functional import attention, make_call
-from .masks import Mask
-from .registry import get_impl
-from .shapes import repeat_kv
 
 __all__ = ["Candidate", "CompareRow", "Comparison", "compare", "compare_inputs", "mass_recall"]
 
@@ -161,7 +162,7 @@ def _support_blocks(cand: Candidate, q: Tensor, k: Tensor, v: Tensor, mask: Mask
     if spec.exact:
         return None
     if cand.impl == "lsh":
-        from .impls.lsh import lsh_attention, settings_from_options
+        from ..impls.lsh import lsh_attention, settings_from_options
 
         call = make_call(q, k, v, mask, options=cand.options)
         res = lsh_attention(q, k, v, mask, scale=call.scale, settings=settings_from_options(cand.options),
@@ -266,7 +267,7 @@ def compare(q: Tensor, k: Tensor, v: Tensor, candidates: Sequence[str | tuple | 
                 t = time_fn(lambda c=c: attention(q, k, v, mask, impl=c.impl, options=c.options), repeats=repeats)
                 mib = None
                 if tmp is not None:
-                    probe = peak_memory("attnkit.compare:_memory_setup", {"path": tmp.name, "index": n})
+                    probe = peak_memory("attnkit.eval.approx:_memory_setup", {"path": tmp.name, "index": n})
                     mib = None if probe is None else probe["peak_extra_mib"]
                 rows.append(CompareRow(c.label, c.impl, dict(c.options), err, max_abs, rec, p10, t.median * 1e3, mib))
         finally:

@@ -173,8 +173,8 @@ def run_model_comparison(model: str = "minilm", json_path: str | None = None) ->
     the Markdown table (also written as JSON to ``json_path`` when given)."""
     if model not in MODELS:
         raise UnknownNameError(f"unknown model {model!r}; valid model names: {', '.join(MODELS)}")
-    from ._pairs import PARAPHRASE_PAIRS
-    from .bert import load_minilm
+    from ..models._pairs import PARAPHRASE_PAIRS
+    from ..models.bert import load_minilm
 
     encoder, _ = load_minilm()
     rows = compare_variants(encoder, PARAPHRASE_PAIRS)

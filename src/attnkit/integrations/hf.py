@@ -4,7 +4,7 @@
 interface (without a mask builder transformers passes ``attention_mask=None`` and padding would
 be attended), so any model that supports ``attn_implementation`` runs on attnkit::
 
-    from attnkit.models import hf
+    from attnkit.integrations import hf
     hf.register()                                   # name "attnkit", impl="auto"
     model = AutoModel.from_pretrained(path, attn_implementation="attnkit")
     model(**batch)                                  # attention runs in attnkit.attention
@@ -63,7 +63,7 @@ def to_attnkit_mask(attention_mask: Tensor | None) -> tuple[Mask | None, Tensor 
         return None, None
     if not isinstance(attention_mask, Tensor):
         raise DTypeError(f"attention_mask must be a tensor or None; got {type(attention_mask).__name__} "
-                         "(register attnkit's mask builder with attnkit.models.hf.register)")
+                         "(register attnkit's mask builder with attnkit.integrations.hf.register)")
     if attention_mask.dtype != torch.bool:
         return None, attention_mask
     m = attention_mask

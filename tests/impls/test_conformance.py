@@ -18,10 +18,9 @@ import pytest
 import torch
 
 import attnkit
-from attnkit import masks, scores
+from attnkit import get_impl, list_impls, masks, scores
+from attnkit.call import make_call
 from attnkit.dispatch import not_supported_reasons
-from attnkit.functional import make_call
-from attnkit.registry import get_impl, list_impls
 
 EXACT = [n for n in list_impls() if get_impl(n).exact]
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from . import masks
-from .dispatch import not_supported_reasons
-from .functional import attention, make_call
-from .impls.reference import score_matrix
-from .registry import get_impl, list_impls
+from .. import masks
+from ..call import make_call
+from ..dispatch import not_supported_reasons
+from ..functional import attention
+from ..registry import get_impl, list_impls
 
 __all__ = ["SENTENCE", "embed_tokens", "four_steps", "compare_impls", "run_demo"]
 
@@ -52,7 +52,7 @@ def four_steps(x: Tensor, head_dim: int = 8, seed: int = 0) -> dict[str, Tensor]
     q, k, v = ((x @ w).view(1, 1, x.shape[0], head_dim) for w in (w_q, w_k, w_v))  # 1. project
     mask = masks.causal()
     call = make_call(q, k, v, mask)
-    scores = score_matrix(call)  # 2. score: (1, 1, T, T)
+    scores = call.scores()  # 2. score: (1, 1, T, T)
     out, weights = attention(q, k, v, mask, impl="reference", return_weights=True)  # 3. weight, 4. combine
     return {"q": q, "k": k, "v": v, "scores": scores, "weights": weights, "out": out,
             "mask": mask.dense(*scores.shape[-2:])}

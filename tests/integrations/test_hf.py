@@ -31,7 +31,8 @@ def _load(attn_implementation):
 
 @pytest.fixture(scope="module")
 def models():
-    from attnkit.models import hf, load_minilm
+    from attnkit.integrations import hf
+    from attnkit.models import load_minilm
 
     hf.register()
     _, tok = load_minilm()
@@ -85,7 +86,7 @@ def test_without_padding_no_mask_and_same_as_attnkit_model(models):
 
 
 def test_choose_impl(models):
-    from attnkit.models import hf
+    from attnkit.integrations import hf
 
     _, ours, tok = models
     batch = tok(SENTS[:2])
@@ -106,7 +107,7 @@ def test_choose_impl(models):
 
 
 def test_register_named_configuration_with_pattern(models):
-    from attnkit.models import hf
+    from attnkit.integrations import hf
 
     eager, _, tok = models
     name = hf.register("attnkit_window_test", impl="reference", mask=masks.window(1, 1))
@@ -127,7 +128,7 @@ def test_register_named_configuration_with_pattern(models):
 
 
 def test_to_attnkit_mask():
-    from attnkit.models.hf import to_attnkit_mask
+    from attnkit.integrations.hf import to_attnkit_mask
 
     keep = torch.tensor([[True, True, False], [True, True, True]])
     m4 = keep[:, None, None, :].expand(2, 1, 3, 3)

@@ -10,9 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnkit import masks, patterns
+from attnkit import masks
 from attnkit.errors import AttnKitError, UnknownNameError
-from attnkit.masks import EMPTY, FULL
+from attnkit.masks import EMPTY, FULL, patterns
 
 
 def grid(t: int, s: int, pred) -> torch.Tensor:
@@ -309,14 +309,14 @@ def test_build_by_name():
 
 
 def test_mask_image_small_is_the_dense_mask():
-    from attnkit.mask_plot import mask_image
+    from attnkit.masks.plot import mask_image
 
     m = patterns.strided(3)
     assert torch.equal(mask_image(m, 20, 17), m.dense(20, 17).float())
 
 
 def test_mask_image_large_cells_hold_kept_fractions():
-    from attnkit.mask_plot import mask_image
+    from attnkit.masks.plot import mask_image
 
     m = patterns.sliding_window(40, causal=True)
     img = mask_image(m, 1000, max_pixels=100)  # cells of 10 x 10
@@ -327,7 +327,7 @@ def test_mask_image_large_cells_hold_kept_fractions():
 
 def test_save_mask_writes_a_picture(tmp_path):
     pytest.importorskip("matplotlib")
-    from attnkit.mask_plot import save_mask
+    from attnkit.masks.plot import save_mask
 
     path = save_mask(patterns.bigbird(16), tmp_path / "bb.png", 256)
     assert path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"

@@ -7,7 +7,7 @@ import json
 import torch
 
 import attnkit
-from attnkit.bench import Results, attention_flops, peak_memory, time_fn
+from attnkit.eval.bench import Results, attention_flops, peak_memory, time_fn
 
 
 def test_time_fn_counts_runs():

@@ -1,7 +1,7 @@
 """Pictures of attention masks and sparse patterns (matplotlib, imported only when drawing).
 
->>> from attnkit import patterns
->>> from attnkit.mask_plot import mask_image
+>>> from attnkit.masks import patterns
+>>> from attnkit.masks.plot import mask_image
 >>> mask_image(patterns.sliding_window(1), 4).tolist()
 [[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]]
 
@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from . import patterns
-from .masks import EMPTY, FULL, PARTIAL, Mask
+from .base import EMPTY, FULL, PARTIAL, Mask
 
 __all__ = ["mask_image", "plot_mask", "save_mask"]
 

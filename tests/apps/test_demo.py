@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import attnkit
-from attnkit.demo import SENTENCE, compare_impls, embed_tokens, four_steps
+from attnkit.apps.demo import SENTENCE, compare_impls, embed_tokens, four_steps
 
 
 def test_embeddings_equal_for_equal_words():

@@ -1,0 +1,1 @@
+"""Attention at work: the demo of the four steps (:mod:`.demo`)."""

@@ -1,0 +1,1 @@
+"""attnkit inside other libraries: Hugging Face transformers (:mod:`.hf`, the ``[hf]`` extra)."""

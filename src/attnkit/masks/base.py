@@ -1,0 +1,394 @@
+"""The mask base: :class:`Mask` (a predicate over ``(b, h, i, j)``, True = attend), the
+combinators ``&``, ``|``, ``~``, the identity :class:`Full`, tile classification
+(:class:`BlockMask`) and the helpers the mask kinds share."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ..errors import AttnKitError, ShapeError
+
+EMPTY, PARTIAL, FULL = 0, 1, 2
+"""Tile kinds: no key allowed / some allowed / all allowed."""
+
+Align = Literal["bottom_right", "top_left"]
+ModFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+
+_REFINE_BUDGET = 1 << 26  # elements evaluated when refining partial tiles exactly
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _offset(align: Align, lq: int, lk: int) -> int:
+    """Key position of query 0: ``lk - lq`` for bottom-right alignment, else 0."""
+    return lk - lq if align == "bottom_right" else 0
+
+
+def _check_align(align: str) -> None:
+    if align not in ("bottom_right", "top_left"):
+        raise AttnKitError(f"align must be 'bottom_right' or 'top_left'; got {align!r}")
+
+
+def _tile_ranges(n: int, block: int, device: torch.device | None) -> tuple[Tensor, Tensor]:
+    """First and last (inclusive) index of each tile of ``block`` along a length ``n``."""
+    first = torch.arange(0, n, block, device=device)
+    last = torch.clamp(first + block - 1, max=n - 1)
+    return first, last
+
+
+def _grid(lq: int, lk: int, device: torch.device | None) -> tuple[Tensor, Tensor]:
+    """Query and key index tensors shaped ``(1, 1, lq, 1)`` and ``(1, 1, 1, lk)``."""
+    i = torch.arange(lq, device=device).view(1, 1, lq, 1)
+    j = torch.arange(lk, device=device).view(1, 1, 1, lk)
+    return i, j
+
+
+def _band_kinds(lo: float, hi: float, off: int, lq: int, lk: int, bq: int, bk: int,
+                device: torch.device | None) -> Tensor:
+    """Tile kinds of the band ``lo <= j - (i + off) <= hi`` as ``(1, 1, nQ, nK)`` int8."""
+    r0, r1 = _tile_ranges(lq, bq, device)
+    c0, c1 = _tile_ranges(lk, bk, device)
+    dmin = c0.view(1, -1) - (r1.view(-1, 1) + off)  # (nQ, nK) smallest j - i' in the tile
+    dmax = c1.view(1, -1) - (r0.view(-1, 1) + off)  # (nQ, nK) largest j - i' in the tile
+    kinds = torch.full(dmin.shape, PARTIAL, dtype=torch.int8, device=device)
+    kinds[(dmin >= lo) & (dmax <= hi)] = FULL
+    kinds[(dmax < lo) | (dmin > hi)] = EMPTY
+    return kinds.view(1, 1, *kinds.shape)
+
+
+def _range_counts(flags: Tensor, first: Tensor, last: Tensor) -> Tensor:
+    """How many ``flags`` are set in each inclusive range ``[first, last]`` (last dim)."""
+    csum = torch.nn.functional.pad(flags.to(torch.int64).cumsum(-1), (1, 0))
+    return csum[..., last + 1] - csum[..., first]
+
+
+def to_string(grid: Tensor) -> str:
+    """Render a 2-D boolean grid as rows of ``1`` / ``0`` (as in the docstrings)."""
+    if grid.dim() != 2:
+        raise ShapeError(f"to_string expects a 2-D grid (lq, lk); got shape {tuple(grid.shape)}")
+    return "\n".join(" ".join("1" if x else "0" for x in row) for row in grid.tolist())
+
+
+# ----------------------------------------------------------------------------------------------
+# BlockMask: tile classification
+# ----------------------------------------------------------------------------------------------
+
+
+def _eval_tiles(mask: Mask, lq: int, lk: int, bq: int, bk: int, tiles: Tensor) -> Tensor:
+    """Evaluate ``mask`` on the tiles listed in ``tiles`` (n, 4) = (b, h, qi, ki).
+
+    Returns ``(n, bq, bk)`` bool; positions past ``lq`` / ``lk`` are False.
+    """
+    dev = tiles.device
+    b, h, qi, ki = (tiles[:, c].view(-1, 1, 1) for c in range(4))
+    i = qi * bq + torch.arange(bq, device=dev).view(1, bq, 1)  # (n, bq, 1)
+    j = ki * bk + torch.arange(bk, device=dev).view(1, 1, bk)  # (n, 1, bk)
+    valid = (i < lq) & (j < lk)
+    out = mask.mod(b, h, i.clamp(max=lq - 1), j.clamp(max=lk - 1), lq, lk)
+    return out.expand(valid.shape) & valid
+
+
+@dataclass(frozen=True, eq=False)
+class BlockMask:
+    """A mask classified into ``(block_q, block_k)`` tiles: empty, partial or full.
+
+    ``kinds`` has shape ``(Bm, Hm, nQ, nK)`` (``Bm``/``Hm`` are 1 when the mask does not depend on
+    batch/head) with values :data:`EMPTY`, :data:`PARTIAL`, :data:`FULL`. Implementations skip
+    empty tiles, run full tiles without a mask and apply :meth:`tile_mask` to partial ones.
+    The last tile row/column may be shorter than the block when ``lq``/``lk`` do not divide.
+    """
+
+    mask: Mask
+    kinds: Tensor
+    lq: int
+    lk: int
+    block_q: int
+    block_k: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Number of tiles ``(nQ, nK)``."""
+        return self.kinds.shape[-2], self.kinds.shape[-1]
+
+    def tile_mask(self, tiles: Tensor) -> Tensor:
+        """Dense sub-masks ``(n, block_q, block_k)`` of tiles given as ``(n, 4)`` rows (b, h, qi, ki)."""
+        return _eval_tiles(self.mask, self.lq, self.lk, self.block_q, self.block_k, tiles)
+
+    def counts(self) -> dict[str, int]:
+        """Number of empty, partial and full tiles."""
+        return {name: int((self.kinds == k).sum()) for name, k in
+                (("empty", EMPTY), ("partial", PARTIAL), ("full", FULL))}
+
+    def density(self) -> float:
+        """Fraction of tiles that are not empty (what a block-skipping kernel computes)."""
+        return float((self.kinds != EMPTY).float().mean())
+
+    def sparsity(self) -> float:
+        """Fraction of tiles that are empty."""
+        return 1.0 - self.density()
+
+    def to_dense(self) -> Tensor:
+        """Rebuild the element mask ``(Bm, Hm, lq, lk)`` from the tiles (for tests and debugging)."""
+        bm, hm, nq, nk = self.kinds.shape
+        out = torch.zeros(bm, hm, nq * self.block_q, nk * self.block_k, dtype=torch.bool,
+                          device=self.kinds.device)
+        view = out.view(bm, hm, nq, self.block_q, nk, self.block_k)
+        full_idx = (self.kinds == FULL).nonzero()
+        for b, h, qi, ki in full_idx.tolist():
+            view[b, h, qi, :, ki, :] = True
+        part_idx = (self.kinds == PARTIAL).nonzero()
+        if len(part_idx):
+            sub = self.tile_mask(part_idx)
+            for n, (b, h, qi, ki) in enumerate(part_idx.tolist()):
+                view[b, h, qi, :, ki, :] = sub[n]
+        return out[..., : self.lq, : self.lk]
+
+    def to_string(self, b: int = 0, h: int = 0) -> str:
+        """ASCII picture of the tiles of batch ``b``, head ``h``: ``#`` full, ``+`` partial, ``.`` empty."""
+        sym = {EMPTY: ".", PARTIAL: "+", FULL: "#"}
+        rows = self.kinds[min(b, self.kinds.shape[0] - 1), min(h, self.kinds.shape[1] - 1)]
+        return "\n".join("".join(sym[int(x)] for x in row) for row in rows.tolist())
+
+    def __repr__(self) -> str:
+        c = self.counts()
+        return (f"BlockMask(lq={self.lq}, lk={self.lk}, block=({self.block_q}, {self.block_k}), "
+                f"tiles={self.shape}, full={c['full']}, partial={c['partial']}, empty={c['empty']})")
+
+
+# ----------------------------------------------------------------------------------------------
+# the Mask base class
+# ----------------------------------------------------------------------------------------------
+
+
+class Mask:
+    """Base class: a boolean predicate over ``(b, h, i, j)``; ``True`` means attend.
+
+    Subclasses implement :meth:`mod` and, where they can do it without an ``lq x lk`` buffer,
+    :meth:`tile_kinds`. Everything else (dense rendering, tile classification, composition)
+    comes from here.
+    """
+
+    num_batch: int = 1  # size of the batch dimension the mask depends on (1: none)
+    num_heads: int = 1  # size of the head dimension the mask depends on (1: none)
+
+    def mod(self, b: Tensor, h: Tensor, i: Tensor, j: Tensor, lq: int, lk: int) -> Tensor:
+        """Whether query ``i`` may attend key ``j`` (broadcast over the index tensors)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement mod()")
+
+    # -- checks ---------------------------------------------------------------------------------
+    def validate(self, lq: int, lk: int, batch: int, heads: int) -> None:
+        """Raise :class:`ShapeError` if the mask cannot apply to this problem size."""
+        for name, n, size in (("batch", self.num_batch, batch), ("head", self.num_heads, heads)):
+            if n not in (1, size):
+                raise ShapeError(f"mask {self!r} has {name} size {n}; expected 1 or {size}")
+        for leaf in self.leaves():
+            if leaf is not self:
+                leaf.validate(lq, lk, batch, heads)
+
+    def leaves(self) -> Iterator[Mask]:
+        """The primitive masks this mask is made of (itself for a primitive)."""
+        yield self
+
+    # -- renderings -----------------------------------------------------------------------------
+    def dense(self, lq: int, lk: int, *, device: torch.device | str | None = None) -> Tensor:
+        """The boolean mask, ``True`` = attend: shape ``(lq, lk)``, or ``(B, H, lq, lk)`` when the
+        mask depends on batch or head (e.g. padding). For tests, plots and small problems."""
+        b = torch.arange(self.num_batch, device=device).view(-1, 1, 1, 1)
+        h = torch.arange(self.num_heads, device=device).view(1, -1, 1, 1)
+        i, j = _grid(lq, lk, device)
+        out = self.mod(b, h, i, j, lq, lk).expand(self.num_batch, self.num_heads, lq, lk)
+        return out[0, 0] if self.num_batch == self.num_heads == 1 else out
+
+    def dense4(self, lq: int, lk: int, *, device: torch.device | str | None = None) -> Tensor:
+        """Like :meth:`dense` but always 4-D ``(Bm, Hm, lq, lk)``."""
+        out = self.dense(lq, lk, device=device)
+        return out.view(1, 1, lq, lk) if out.dim() == 2 else out
+
+    def mask_mod(self, lq: int, lk: int) -> ModFn:
+        """A FlexAttention-style ``mask_mod(b, h, q_idx, kv_idx)`` for sizes ``lq``, ``lk``."""
+        return lambda b, h, q_idx, kv_idx: self.mod(b, h, q_idx, kv_idx, lq, lk)
+
+    def tile_kinds(self, lq: int, lk: int, block_q: int, block_k: int,
+                   device: torch.device | None = None) -> Tensor:
+        """Kinds of all tiles, ``(Bm, Hm, nQ, nK)`` int8. May say PARTIAL where the tile is in fact
+        empty or full (safe); the default evaluates the mask exactly, one query tile row at a time."""
+        nq, nk = math.ceil(lq / block_q), math.ceil(lk / block_k)
+        kinds = torch.empty(self.num_batch, self.num_heads, nq, nk, dtype=torch.int8, device=device)
+        b = torch.arange(self.num_batch, device=device).view(-1, 1, 1, 1)
+        h = torch.arange(self.num_heads, device=device).view(1, -1, 1, 1)
+        j = torch.arange(lk, device=device).view(1, 1, 1, lk)
+        pad_k = nk * block_k - lk
+        for qi in range(nq):
+            i = torch.arange(qi * block_q, min(lq, (qi + 1) * block_q), device=device).view(1, 1, -1, 1)
+            rows = self.mod(b, h, i, j, lq, lk).expand(self.num_batch, self.num_heads, i.shape[2], lk)
+            anyv = torch.nn.functional.pad(rows, (0, pad_k), value=False)
+            allv = torch.nn.functional.pad(rows, (0, pad_k), value=True)
+            anyv = anyv.reshape(*anyv.shape[:2], -1, nk, block_k).any(-1).any(-2)
+            allv = allv.reshape(*allv.shape[:2], -1, nk, block_k).all(-1).all(-2)
+            kinds[:, :, qi] = torch.where(allv, FULL, torch.where(anyv, PARTIAL, EMPTY)).to(torch.int8)
+        return kinds
+
+    def blocks(self, lq: int, lk: int, block_q: int = 64, block_k: int | None = None, *,
+               device: torch.device | str | None = None, refine: bool = True) -> BlockMask:
+        """Classify ``(block_q, block_k)`` tiles as empty / partial / full.
+
+        With ``refine=True`` tiles first classified PARTIAL are evaluated exactly (when that costs
+        fewer than 2**26 element checks), so an ``&`` of two masks never reports an empty tile as
+        partial.
+        """
+        block_k = block_q if block_k is None else block_k
+        if block_q < 1 or block_k < 1:
+            raise AttnKitError(f"block sizes must be >= 1; got block_q={block_q}, block_k={block_k}")
+        dev = torch.device(device) if device is not None else None
+        kinds = self.tile_kinds(lq, lk, block_q, block_k, dev)
+        nq, nk = math.ceil(lq / block_q), math.ceil(lk / block_k)
+        kinds = kinds.expand(kinds.shape[0], kinds.shape[1], nq, nk).contiguous()
+        if refine:
+            part = (kinds == PARTIAL).nonzero()
+            if 0 < len(part) and len(part) * block_q * block_k <= _REFINE_BUDGET:
+                sub = _eval_tiles(self, lq, lk, block_q, block_k, part)
+                valid = _eval_tiles(full(), lq, lk, block_q, block_k, part)
+                anyv = sub.flatten(1).any(-1)
+                allv = (sub | ~valid).flatten(1).all(-1)
+                new = torch.where(allv, FULL, torch.where(anyv, PARTIAL, EMPTY)).to(torch.int8)
+                kinds[part[:, 0], part[:, 1], part[:, 2], part[:, 3]] = new
+        return BlockMask(self, kinds, lq, lk, block_q, block_k)
+
+    # -- composition ----------------------------------------------------------------------------
+    def __and__(self, other: Mask) -> Mask:
+        return And(self, as_mask(other))
+
+    def __or__(self, other: Mask) -> Mask:
+        return Or(self, as_mask(other))
+
+    def __invert__(self) -> Mask:
+        return Not(self)
+
+
+
+@dataclass(frozen=True)
+class Full(Mask):
+    """Every query attends every key (the identity of ``&``)."""
+
+    def mod(self, b, h, i, j, lq, lk):
+        return torch.ones((), dtype=torch.bool, device=i.device).expand(torch.broadcast_shapes(i.shape, j.shape))
+
+    def tile_kinds(self, lq, lk, block_q, block_k, device=None):
+        return torch.full((1, 1, 1, 1), FULL, dtype=torch.int8, device=device)
+
+
+# ----------------------------------------------------------------------------------------------
+# combinators
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class _Combined(Mask):
+    parts: tuple[Mask, ...] = field(default=())
+
+    @property
+    def num_batch(self) -> int:  # type: ignore[override]
+        return max(p.num_batch for p in self.parts)
+
+    @property
+    def num_heads(self) -> int:  # type: ignore[override]
+        return max(p.num_heads for p in self.parts)
+
+    def leaves(self) -> Iterator[Mask]:
+        for p in self.parts:
+            yield from p.leaves()
+
+    def validate(self, lq, lk, batch, heads):
+        for p in self.parts:
+            p.validate(lq, lk, batch, heads)
+
+
+class And(_Combined):
+    """Attend where every part allows."""
+
+    def __init__(self, *parts: Mask):
+        object.__setattr__(self, "parts", tuple(parts))
+
+    def mod(self, b, h, i, j, lq, lk):
+        out = self.parts[0].mod(b, h, i, j, lq, lk)
+        for p in self.parts[1:]:
+            out = out & p.mod(b, h, i, j, lq, lk)
+        return out
+
+    def tile_kinds(self, lq, lk, block_q, block_k, device=None):
+        kinds = [p.tile_kinds(lq, lk, block_q, block_k, device) for p in self.parts]
+        out = kinds[0]
+        for k in kinds[1:]:
+            both_full = (out == FULL) & (k == FULL)
+            any_empty = (out == EMPTY) | (k == EMPTY)
+            out = torch.where(any_empty, EMPTY, torch.where(both_full, FULL, PARTIAL)).to(torch.int8)
+        return out
+
+    def __repr__(self) -> str:
+        return " & ".join(f"({p!r})" if isinstance(p, Or) else repr(p) for p in self.parts)
+
+
+class Or(_Combined):
+    """Attend where any part allows."""
+
+    def __init__(self, *parts: Mask):
+        object.__setattr__(self, "parts", tuple(parts))
+
+    def mod(self, b, h, i, j, lq, lk):
+        out = self.parts[0].mod(b, h, i, j, lq, lk)
+        for p in self.parts[1:]:
+            out = out | p.mod(b, h, i, j, lq, lk)
+        return out
+
+    def tile_kinds(self, lq, lk, block_q, block_k, device=None):
+        kinds = [p.tile_kinds(lq, lk, block_q, block_k, device) for p in self.parts]
+        out = kinds[0]
+        for k in kinds[1:]:
+            any_full = (out == FULL) | (k == FULL)
+            both_empty = (out == EMPTY) & (k == EMPTY)
+            out = torch.where(any_full, FULL, torch.where(both_empty, EMPTY, PARTIAL)).to(torch.int8)
+        return out
+
+    def __repr__(self) -> str:
+        return " | ".join(repr(p) for p in self.parts)
+
+
+class Not(_Combined):
+    """Attend where the part does not."""
+
+    def __init__(self, part: Mask):
+        object.__setattr__(self, "parts", (part,))
+
+    def mod(self, b, h, i, j, lq, lk):
+        return ~self.parts[0].mod(b, h, i, j, lq, lk)
+
+    def tile_kinds(self, lq, lk, block_q, block_k, device=None):
+        return (FULL - self.parts[0].tile_kinds(lq, lk, block_q, block_k, device)).to(torch.int8)
+
+    def __repr__(self) -> str:
+        return f"~({self.parts[0]!r})"
+
+
+
+def full() -> Mask:
+    """Every query attends every key."""
+    return Full()
+
+
+
+def as_mask(mask: Mask | Tensor | None) -> Mask | None:
+    """Normalise what users pass as ``mask=``: a Mask, a bool tensor, or None."""
+    if mask is None or isinstance(mask, Mask):
+        return mask
+    from .data import from_tensor
+
+    return from_tensor(mask)
