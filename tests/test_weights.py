@@ -115,9 +115,8 @@ def test_sparse_outputs_have_zeros_on_typical_scores():
 
 
 def test_resolve():
-    assert weights.resolve("softmax").normalized
-    assert weights.resolve("sigmoid").elementwise and not weights.resolve("sigmoid").normalized
+    assert weights.resolve("softmax").is_builtin("softmax")
     with pytest.raises(UnknownNameError, match="valid weight names: entmax15, sigmoid, softmax, sparsemax"):
         weights.resolve("softermax")
     custom = weights.resolve(lambda s, m: torch.ones_like(s))
-    assert custom.name == "<lambda>"
+    assert custom.name == "<lambda>" and custom.kind == "custom" and not custom.builtin

@@ -16,11 +16,12 @@ from . import (
     weights,
 )
 from .call import AttentionCall
-from .dispatch import DispatchReport, not_supported_reasons, use_impls
+from .dispatch import DispatchReport, not_supported_reasons, use_impl, use_impls
 from .errors import AttnKitError, DTypeError, ShapeError, UnknownNameError, UnsupportedError
 from .functional import attention, explain_dispatch, observe
 from .masks import patterns
-from .registry import ImplSpec, get_impl, impl_table, list_impls, register_impl
+from .merge import merge_partials
+from .registry import AttnResult, ImplSpec, get_impl, impl_table, list_impls, register_impl
 
 # ``attnkit.masks.patterns`` moved to ``attnkit.masks.patterns``; the old import path stays for a release
 _sys.modules[f"{__name__}.patterns"] = patterns
@@ -36,7 +37,10 @@ __all__ = [
     "weights",
     "patterns",
     "nn",
+    "merge_partials",
+    "use_impl",
     "use_impls",
+    "AttnResult",
     "list_impls",
     "get_impl",
     "register_impl",

@@ -44,6 +44,7 @@ class AttentionCall:
     score_mods: tuple[ScoreMod, ...] = ()
     dropout_p: float = 0.0
     return_weights: bool = False
+    return_lse: bool = False  # also return the per-row log-sum-exp (B, H, T)
     options: Mapping[str, Any] = field(default_factory=dict)  # implementation-specific options
     generator: torch.Generator | None = None  # for dropout / randomised implementations
 
@@ -79,7 +80,7 @@ class AttentionCall:
         the call's own (e.g. upcast copies)."""
         q = self.q if q is None else q
         k = repeat_kv(self.k if k is None else k, self.heads // self.kv_heads)
-        if self.options.get("reorder_ops", False) and self.score.name in ("dot", "scaled_dot"):
+        if self.options.get("reorder_ops", False) and self.score.kind in ("dot", "scaled_dot"):
             s = self.score(q * self.scale, k, 1.0)  # scale q first (as fused kernels do)
         else:
             s = self.score(q, k, self.scale)  # (B, H, T, S)
@@ -187,10 +188,15 @@ def make_call(
     score_mods: Sequence[ScoreMod] = (),
     dropout_p: float = 0.0,
     return_weights: bool = False,
+    return_lse: bool = False,
     options: Mapping[str, Any] | None = None,
     generator: torch.Generator | None = None,
 ) -> AttentionCall:
-    """Validate the arguments of :func:`attention` and bundle them as an :class:`AttentionCall`."""
+    """Validate the arguments of :func:`attention` and bundle them as an :class:`AttentionCall`.
+
+    Keys that a key-side mask (padding, key mask) hides from every query are zeroed in ``k`` and
+    ``v`` here, once for every implementation, so non-finite values there cannot leak.
+    """
     check_qkv(q, k, v)
     m = check_mask(mask, q, k)
     check_scale(scale)
@@ -206,9 +212,27 @@ def make_call(
         mods = (_scores.bias(bias), *mods)
     if options is not None and not isinstance(options, Mapping):
         raise AttnKitError(f"options must be a mapping of option name to value; got {type(options).__name__}")
+    for name, flag in (("return_weights", return_weights), ("return_lse", return_lse)):
+        if not isinstance(flag, bool):
+            raise AttnKitError(f"{name} must be True or False; got {flag!r}")
+    if return_lse and not wt.is_builtin("softmax"):
+        raise AttnKitError(f"return_lse=True needs weight='softmax' (the log-sum-exp normalises softmax); "
+                           f"got weight {wt.name!r}")
+    if m is not None:
+        k, v = _hide_masked_keys(m, k, v)
     return AttentionCall(
         q=q, k=k, v=v, mask=m, score=sc, weight=wt,
         scale=float(sc.default_scale(q.shape[-1]) if scale is None else scale),
-        score_mods=mods, dropout_p=float(dropout_p), return_weights=bool(return_weights),
+        score_mods=mods, dropout_p=float(dropout_p), return_weights=return_weights, return_lse=return_lse,
         options=dict(options or {}), generator=generator,
     )
+
+
+def _hide_masked_keys(mask: Mask, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """Zero the keys and values that ``mask`` hides from every query (key-side masks)."""
+    keep = mask.key_keep(k.shape[2], device=k.device)  # (Bm, S)
+    if keep is None or bool(keep.all()):
+        return k, v
+    keep = keep.view(keep.shape[0], 1, keep.shape[1], 1)  # (Bm, 1, S, 1)
+    zero = torch.zeros((), dtype=k.dtype, device=k.device)
+    return torch.where(keep, k, zero), torch.where(keep, v, zero)

@@ -1,25 +1,42 @@
 """Choosing an implementation: a priority list plus ``not_supported_reasons``.
 
 ``impl="auto"`` walks the registered *exact* implementations in priority order (or the order
-given to :func:`use_impls`) and takes the first with no reasons against it: neither a missing
+given to :func:`use_impl`) and takes the first with no reasons against it: neither a missing
 capability (:func:`not_supported_reasons`) nor a cost-model objection (``ImplSpec.auto_check``,
 e.g. "dense sdpa is faster at this size"). A pinned implementation runs whenever it is capable,
 whatever its cost model says, and otherwise refuses with every reason, never falling back.
+
+One way to choose, read by every entry point (``attention``, the :mod:`attnkit.nn` modules, the
+models and the Hugging Face integration, which all pass ``impl="auto"`` unless told otherwise):
+``with attnkit.use_impl("blockwise"):`` pins, ``with attnkit.use_impl(["blockwise", "sdpa"]):``
+restricts ``auto`` to those, in that order. A name given explicitly to a call wins over the block.
+
+Decisions are memoised per problem signature (shapes, dtype, device, mask, score, weight, flags),
+so a decode loop pays for the reasoning once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
-from collections.abc import Iterator, Sequence
+import dataclasses
+from collections import OrderedDict
+from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .errors import UnsupportedError
-from .registry import AttentionCall, ImplSpec, get_impl, list_impls
+import torch
 
-__all__ = ["not_supported_reasons", "auto_reasons", "select", "use_impls", "DispatchReport", "explain"]
+from .call import AttentionCall
+from .errors import AttnKitError, UnsupportedError
+from .masks import And, Mask, Not, Or
+from .registry import ImplSpec, get_impl, list_impls, registry_version
 
-_ALLOWED: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar("attnkit_impls", default=None)
+__all__ = ["not_supported_reasons", "auto_reasons", "select", "use_impl", "use_impls", "DispatchReport", "explain"]
+
+# the active choice: None (auto), ("pin", name) or ("restrict", names)
+_CHOICE: contextvars.ContextVar[tuple[str, tuple[str, ...]] | None] = contextvars.ContextVar(
+    "attnkit_impl_choice", default=None)
 
 
 def not_supported_reasons(spec: ImplSpec, call: AttentionCall) -> list[str]:
@@ -33,10 +50,13 @@ def not_supported_reasons(spec: ImplSpec, call: AttentionCall) -> list[str]:
         reasons.append(f"dtype {call.q.dtype} not supported")
     if spec.max_head_dim is not None and max(call.head_dim, call.v_dim) > spec.max_head_dim:
         reasons.append(f"head dim {max(call.head_dim, call.v_dim)} > {spec.max_head_dim}")
-    if spec.scores is not None and call.score.name not in spec.scores:
-        reasons.append(f"score {call.score.name!r} not in {sorted(spec.scores)}")
-    if spec.weights is not None and call.weight.name not in spec.weights:
-        reasons.append(f"weight {call.weight.name!r} not in {sorted(spec.weights)}")
+    for what, part, supported in (("score", call.score, spec.scores), ("weight", call.weight, spec.weights)):
+        if supported is None or part.kind in supported:
+            continue
+        if part.builtin:
+            reasons.append(f"{what} {part.name!r} not in {sorted(supported)}")
+        else:
+            reasons.append(f"{what} {part.name!r} is a user function (built-ins are known by identity, not by name)")
     if call.mask is not None and spec.mask_types is not None:
         bad = sorted({type(m).__name__ for m in call.mask.leaves() if not isinstance(m, spec.mask_types)})
         if bad:
@@ -52,6 +72,8 @@ def not_supported_reasons(spec: ImplSpec, call: AttentionCall) -> list[str]:
         reasons.append("no backward (inputs require grad)")
     if call.return_weights and not spec.returns_weights:
         reasons.append("cannot return weights")
+    if call.return_lse and not spec.returns_lse:
+        reasons.append("cannot return the log-sum-exp (return_lse)")
     unknown = set(call.options) - spec.options
     if unknown:
         reasons.append(f"unknown options {sorted(unknown)} (accepts {sorted(spec.options) or 'none'})")
@@ -68,28 +90,54 @@ def auto_reasons(spec: ImplSpec, call: AttentionCall) -> list[str]:
     return reasons
 
 
-def _candidates() -> list[str]:
-    allowed = _ALLOWED.get()
-    if allowed is not None:
-        return list(allowed)
+def _effective(impl: str) -> tuple[str, tuple[str, ...] | None]:
+    """The name to run (or "auto") and the auto candidates, after any :func:`use_impl` block."""
+    choice = None if torch.compiler.is_compiling() else _CHOICE.get()
+    if impl != "auto" or choice is None:
+        return impl, None
+    kind, names = choice
+    return (names[0], None) if kind == "pin" else ("auto", names)
+
+
+def _candidates(restricted: tuple[str, ...] | None) -> list[str]:
+    if restricted is not None:
+        return list(restricted)
     return [n for n in list_impls() if get_impl(n).exact]
 
 
 @contextmanager
-def use_impls(names: Sequence[str]) -> Iterator[None]:
-    """Within the block, ``impl="auto"`` chooses only among ``names``, in that order.
+def use_impl(impl: str | Sequence[str]) -> Iterator[None]:
+    """Within the block, calls that leave ``impl="auto"`` run ``impl`` (a name pins it: it runs or
+    refuses, never falls back) or choose only among a list of names, in that order.
 
-    >>> import attnkit
-    >>> with attnkit.use_impls(["reference"]):
-    ...     pass
+    >>> import torch, attnkit
+    >>> q = torch.randn(1, 1, 4, 8)
+    >>> with attnkit.use_impl("reference"):
+    ...     attnkit.explain_dispatch(q, q, q).chosen
+    'reference'
     """
-    for n in names:
-        get_impl(n)  # raises UnknownNameError on a typo
-    token = _ALLOWED.set(tuple(names))
+    if isinstance(impl, str):
+        get_impl(impl)  # raises UnknownNameError on a typo
+        choice = ("pin", (impl,))
+    elif isinstance(impl, Sequence) and impl and all(isinstance(n, str) for n in impl):
+        for n in impl:
+            get_impl(n)
+        choice = ("restrict", tuple(impl))
+    else:
+        raise AttnKitError(f"use_impl takes an implementation name or a non-empty list of names; got {impl!r}")
+    token = _CHOICE.set(choice)
     try:
         yield
     finally:
-        _ALLOWED.reset(token)
+        _CHOICE.reset(token)
+
+
+def use_impls(names: Sequence[str]) -> contextlib.AbstractContextManager[None]:
+    """Former name of ``use_impl(list)`` (restricts ``impl="auto"``); kept for one release."""
+    if isinstance(names, str):
+        raise AttnKitError(f"use_impls takes a list of names; got the string {names!r} "
+                           f"(use attnkit.use_impl({names!r}) to pin one implementation)")
+    return use_impl(list(names))
 
 
 @dataclass(frozen=True)
@@ -111,28 +159,73 @@ class DispatchReport:
 
 def explain(call: AttentionCall, impl: str = "auto") -> DispatchReport:
     """The decision for ``call``: the chosen implementation and every refusal."""
-    names = _candidates() if impl == "auto" else [impl]
+    if not isinstance(impl, str):
+        raise AttnKitError(f"impl must be an implementation name (str); got {type(impl).__name__}")
+    name, restricted = _effective(impl)
+    if name != "auto":
+        get_impl(name)  # UnknownNameError listing the valid names
+    names = _candidates(restricted) if name == "auto" else [name]
     reasons: dict[str, list[str]] = {}
     chosen = None
-    for name in names:
-        spec = get_impl(name)
-        why = auto_reasons(spec, call) if impl == "auto" else not_supported_reasons(spec, call)
-        reasons[name] = why
+    for n in names:
+        spec = get_impl(n)
+        why = auto_reasons(spec, call) if name == "auto" else not_supported_reasons(spec, call)
+        reasons[n] = why
         if not why and chosen is None:
-            chosen = name
-    if impl == "auto":
-        for name in list_impls():  # say why approximate / excluded impls were not considered
-            if name not in reasons:
-                spec = get_impl(name)
-                reasons[name] = ["approximate: only used when asked for by name" if not spec.exact
-                                 else "excluded by use_impls()"]
-    return DispatchReport(chosen, reasons, call.describe())
+            chosen = n
+    if name == "auto":
+        for n in list_impls():  # say why approximate / excluded impls were not considered
+            if n not in reasons:
+                spec = get_impl(n)
+                reasons[n] = ["approximate: only used when asked for by name" if not spec.exact
+                              else "excluded by use_impl()"]
+    problem = call.describe()
+    if name != impl:
+        problem += f" (impl {impl!r} inside use_impl: {name if name != 'auto' else list(restricted or ())})"
+    return DispatchReport(chosen, reasons, problem)
+
+
+_DECISIONS: OrderedDict[Hashable, str] = OrderedDict()
+_DECISIONS_MAX = 512
+
+
+def _mask_key(mask: Mask | None) -> Hashable | None:
+    """A value key for a mask built from structured parts; None for masks holding tensors or
+    functions (padding lengths, dense masks, predicates), which are compared by identity and would
+    otherwise be kept alive by the memo."""
+    if mask is None:
+        return ()
+    if isinstance(mask, (And, Or, Not)):
+        parts = tuple(_mask_key(p) for p in mask.parts)
+        return None if any(p is None for p in parts) else (type(mask).__name__, parts)
+    if type(mask).__hash__ is object.__hash__ or not dataclasses.is_dataclass(mask):
+        return None
+    return mask
+
+
+def _signature(call: AttentionCall, impl: str) -> Hashable | None:
+    """What a decision depends on, or None when the call cannot be keyed (then it is not memoised)."""
+    mask_key = _mask_key(call.mask)
+    if mask_key is None or call.score_mods or call.options:
+        return None
+    return (impl, _CHOICE.get(), registry_version(), call.q.shape, call.k.shape, call.v.shape, call.q.dtype,
+            call.q.device, mask_key, call.score.kind, call.weight.kind, call.dropout_p > 0,
+            call.generator is not None, call.requires_grad, call.return_weights, call.return_lse)
 
 
 def select(call: AttentionCall, impl: str = "auto") -> ImplSpec:
     """The implementation that runs ``call``; raises ``UnsupportedError`` with every reason."""
+    compiling = torch.compiler.is_compiling()
+    key = None if compiling else _signature(call, impl)
+    if key is not None and (hit := _DECISIONS.get(key)) is not None:
+        _DECISIONS.move_to_end(key)
+        return get_impl(hit)
     report = explain(call, impl)
     if report.chosen is None:
         what = "no implementation supports this call" if impl == "auto" else f"impl {impl!r} cannot run this call"
         raise UnsupportedError(f"{what}:\n{report}")
+    if key is not None:
+        _DECISIONS[key] = report.chosen
+        if len(_DECISIONS) > _DECISIONS_MAX:
+            _DECISIONS.popitem(last=False)
     return get_impl(report.chosen)

@@ -13,8 +13,8 @@ from torch import Tensor
 
 from .call import AttentionCall, ScoreArg, WeightArg, make_call
 from .dispatch import DispatchReport, explain, select
-from .errors import AttnKitError
 from .masks import Mask
+from .registry import AttnResult, ImplSpec
 from .scores import ScoreMod
 
 __all__ = ["attention", "explain_dispatch", "observe"]
@@ -51,9 +51,10 @@ def attention(
     dropout_p: float = 0.0,
     impl: str = "auto",
     return_weights: bool = False,
+    return_lse: bool = False,
     options: Mapping[str, Any] | None = None,
     generator: torch.Generator | None = None,
-) -> Tensor | tuple[Tensor, Tensor]:
+) -> Tensor | tuple[Tensor, ...]:
     """Attention in four steps: score every query-key pair, modify, weight, combine the values.
 
     Args:
@@ -69,13 +70,19 @@ def attention(
         bias: float tensor broadcastable to ``(B, H, T, S)`` added to the scores.
         score_mods: further :class:`~attnkit.scores.ScoreMod` s (``alibi``, ``softcap``), in order.
         dropout_p: dropout on the weights (pass 0 in evaluation).
-        impl: ``"auto"`` or a registered name (see :func:`attnkit.list_impls`).
+        impl: ``"auto"`` or a registered name (see :func:`attnkit.list_impls`). Inside
+            ``with attnkit.use_impl(...)`` the block's choice replaces ``"auto"``.
         return_weights: also return the weights ``(B, H, T, S)``.
+        return_lse: also return the log-sum-exp of each row's scores over its allowed keys,
+            ``(B, H, T)`` in float32 (float64 for float64 inputs; ``-inf`` for a row with no allowed
+            key); softmax weights only. With it, :func:`attnkit.merge_partials` combines attention
+            over disjoint key sets exactly.
         options: implementation-specific options (e.g. block sizes), checked by name.
         generator: random generator for dropout and randomised implementations.
 
     Returns:
-        ``out (B, H, T, Dv)``, or ``(out, weights)`` when ``return_weights``.
+        ``out (B, H, T, Dv)``; ``(out, weights)`` with ``return_weights``; ``(out, lse)`` with
+        ``return_lse``; ``(out, weights, lse)`` with both.
 
     Equivalent PyTorch code (softmax, no GQA)::
 
@@ -94,24 +101,38 @@ def attention(
     """
     call = make_call(q, k, v, mask, score=score, weight=weight, scale=scale, bias=bias,
                      score_mods=score_mods, dropout_p=dropout_p, return_weights=return_weights,
-                     options=options, generator=generator)
-    if not isinstance(impl, str):
-        raise AttnKitError(f"impl must be a name (str); got {type(impl).__name__}")
+                     return_lse=return_lse, options=options, generator=generator)
     spec = select(call, impl)
-    observers = _OBSERVERS.get()
-    if not observers:
-        return spec.fn(call)
-    if return_weights:
-        out, w = spec.fn(call)
-    elif spec.returns_weights:
-        out, w = spec.fn(dataclasses.replace(call, return_weights=True))
+    observers = () if torch.compiler.is_compiling() else _OBSERVERS.get()
+    if observers and not return_weights:  # observers see the weights of every call
+        res = _run(spec, dataclasses.replace(call, return_weights=True) if spec.returns_weights else call)
+        w = res.weights
+        if w is None:
+            with torch.no_grad():
+                w = call.weights()
+        res = AttnResult(res.out, None, res.lse)
     else:
-        out = spec.fn(call)
-        with torch.no_grad():
-            w = call.weights()
+        res = _run(spec, call)
+        w = res.weights
     for cb in observers:
-        cb(call, spec.name, out, w)
-    return (out, w) if return_weights else out
+        cb(call, spec.name, res.out, w)
+    if return_weights and return_lse:
+        return res.out, res.weights, res.lse
+    if return_weights:
+        return res.out, res.weights
+    if return_lse:
+        return res.out, res.lse
+    return res.out
+
+
+def _run(spec: ImplSpec, call: AttentionCall) -> AttnResult:
+    """Run ``spec`` on ``call`` and check it kept the contract (asked-for parts present)."""
+    res = spec.fn(call)
+    if not isinstance(res, AttnResult):
+        raise TypeError(f"implementation {spec.name!r} returned {type(res).__name__}; expected attnkit.AttnResult")
+    if call.return_weights and res.weights is None or call.return_lse and res.lse is None:
+        raise TypeError(f"implementation {spec.name!r} did not return the weights / lse the call asked for")
+    return res
 
 
 def explain_dispatch(q: Tensor, k: Tensor, v: Tensor, mask: Mask | Tensor | None = None, *,

@@ -1,7 +1,9 @@
 """The registry of attention implementations and what each one declares it supports.
 
-Every implementation is a function ``fn(call: AttentionCall) -> Tensor | (Tensor, Tensor)``
-registered with an :class:`ImplSpec`. The dispatcher (``dispatch.py``) reads the specs to decide
+Every implementation is a function ``fn(call: AttentionCall) -> AttnResult`` registered with an
+:class:`ImplSpec`. It returns the output, the weights when ``call.return_weights`` and the per-row
+log-sum-exp when ``call.return_lse`` (the contract in ``docs/architecture.md``). The dispatcher
+(``dispatch.py``) reads the specs to decide
 which implementation can run a call and to explain why the others cannot.
 """
 
@@ -17,12 +19,27 @@ from torch import Tensor
 from .call import AttentionCall
 from .errors import unknown_name
 
-__all__ = ["AttentionCall", "ImplSpec", "register_impl", "get_impl", "list_impls", "impl_table"]
+__all__ = ["AttnResult", "ImplSpec", "register_impl", "get_impl", "list_impls", "impl_table"]
 
 ALL_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
 
 
-ImplFn = Callable[[AttentionCall], "Tensor | tuple[Tensor, Tensor]"]
+@dataclass(frozen=True)
+class AttnResult:
+    """What an implementation returns.
+
+    ``out (B, H, T, Dv)``; ``weights (B, H, T, S)`` when the call asked for them, else None;
+    ``lse (B, H, T)`` float32 (float64 for float64 inputs), the log-sum-exp of each query row's
+    modified scores over its allowed keys (``-inf`` for a row with none), when the call asked for
+    it, else None.
+    """
+
+    out: Tensor
+    weights: Tensor | None = None
+    lse: Tensor | None = None
+
+
+ImplFn = Callable[[AttentionCall], AttnResult]
 
 
 @dataclass(frozen=True)
@@ -39,6 +56,7 @@ class ImplSpec:
     dropout: bool = True
     grad: bool = True
     returns_weights: bool = True
+    returns_lse: bool = False  # can return the per-row log-sum-exp (differentiable when grad is True)
     exact: bool = True  # False: an approximation, never chosen by impl="auto"
     devices: frozenset[str] = frozenset({"cpu", "cuda"})
     dtypes: frozenset[torch.dtype] = ALL_DTYPES
@@ -63,11 +81,13 @@ class ImplSpec:
             "score mods": self.score_mods,
             "grad": "yes" if self.grad else "no",
             "return_weights": "yes" if self.returns_weights else "no",
+            "return_lse": "yes" if self.returns_lse else "no",
             "dropout": "yes" if self.dropout else "no",
         }
 
 
 _REGISTRY: dict[str, ImplSpec] = {}
+_VERSION = [0]  # bumped on every registration (dispatch memoises decisions per version)
 
 
 def register_impl(spec: ImplSpec) -> ImplSpec:
@@ -75,7 +95,13 @@ def register_impl(spec: ImplSpec) -> ImplSpec:
     if spec.name in _REGISTRY or spec.name == "auto":
         raise ValueError(f"implementation name {spec.name!r} is already taken")
     _REGISTRY[spec.name] = spec
+    _VERSION[0] += 1
     return spec
+
+
+def registry_version() -> int:
+    """A number that changes whenever an implementation is registered."""
+    return _VERSION[0]
 
 
 def get_impl(name: str) -> ImplSpec:

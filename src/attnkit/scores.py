@@ -89,14 +89,18 @@ class Score:
     """A named score function with its parameters. ``Score(q, k, scale)`` -> (B, H, T, S).
 
     ``scaled`` says whether the default scale is ``1 / sqrt(D)`` (True only for scaled_dot).
-    ``kind`` groups scores that implementations can run the same way ("dot" for dot and
-    scaled_dot; "cosine"; otherwise the name).
     """
 
     name: str
-    fn: Callable[..., Tensor]
+    fn: ScoreFn
     params: dict = field(default_factory=dict)
     scaled: bool = False
+    builtin: bool = False  # attnkit's own function: dispatch knows built-ins by identity, not by name
+
+    @property
+    def kind(self) -> str:
+        """The built-in name, or ``"custom"`` for a user's function (what implementations declare)."""
+        return self.name if self.builtin else "custom"
 
     def default_scale(self, head_dim: int) -> float:
         """The scale used when the caller passes ``scale=None``."""
@@ -116,19 +120,19 @@ class Score:
 
 def dot() -> Score:
     """Plain dot product ``q . k`` (default scale 1)."""
-    return Score("dot", _dot)
+    return Score("dot", _dot, builtin=True)
 
 
 def scaled_dot() -> Score:
     """Scaled dot product ``q . k / sqrt(D)`` (Vaswani et al. 2017)."""
-    return Score("scaled_dot", _dot, scaled=True)
+    return Score("scaled_dot", _dot, scaled=True, builtin=True)
 
 
 def cosine(temperature: float = 1.0) -> Score:
     """Cosine similarity divided by ``temperature`` (as in Swin v2 / cosine attention)."""
     if not temperature > 0:
         raise AttnKitError(f"cosine temperature must be > 0; got {temperature!r}")
-    return Score("cosine", _cosine, {"temperature": float(temperature)})
+    return Score("cosine", _cosine, {"temperature": float(temperature)}, builtin=True)
 
 
 def general(weight: Tensor) -> Score:
@@ -136,7 +140,7 @@ def general(weight: Tensor) -> Score:
     if not isinstance(weight, Tensor) or weight.dim() not in (2, 3):
         got = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
         raise ShapeError(f"general score weight must be (D, D) or (H, D, D); got {got}")
-    return Score("general", _general, {"weight": weight})
+    return Score("general", _general, {"weight": weight}, builtin=True)
 
 
 def additive(w_q: Tensor, w_k: Tensor, v: Tensor) -> Score:
@@ -145,7 +149,7 @@ def additive(w_q: Tensor, w_k: Tensor, v: Tensor) -> Score:
     if w_q.dim() != 2 or w_k.dim() != 2 or v.dim() != 1 or not (w_q.shape[0] == w_k.shape[0] == v.shape[0]):
         raise ShapeError(f"additive score needs w_q (A, D), w_k (A, D), v (A,); got "
                          f"{tuple(w_q.shape)}, {tuple(w_k.shape)}, {tuple(v.shape)}")
-    return Score("additive", _additive, {"w_q": w_q, "w_k": w_k, "v": v})
+    return Score("additive", _additive, {"w_q": w_q, "w_k": w_k, "v": v}, builtin=True)
 
 
 _FRESH_RESULT = (_dot, _cosine, _general, _additive)

@@ -5,7 +5,7 @@ them (True = may attend) to weights ``(B, H, T, S)``. Contract for every weight 
 
 * masked keys (and keys whose score is ``-inf``) get weight exactly 0;
 * a query row with no allowed key gets all-zero weights and zero gradient, never NaN;
-* ``normalized`` functions (softmax, sparsemax, entmax15) sum to 1 over the allowed keys.
+* softmax, sparsemax and entmax15 sum to 1 over the allowed keys; sigmoid is not normalised.
 
 ============  ==========================================================  ==============
 name          formula                                                     sparse output
@@ -152,23 +152,32 @@ def sigmoid(scores: Tensor, mask: Tensor | None = None) -> Tensor:
 
 @dataclass(frozen=True)
 class Weight:
-    """A named weight function. ``normalized``: rows sum to 1 over allowed keys.
-    ``elementwise``: each weight depends on its own score only (block-wise friendly)."""
+    """A named weight function. ``builtin`` is True only for attnkit's own functions: dispatch
+    knows them by identity, so a user's function is never swapped for a fused built-in, whatever
+    its name."""
 
     name: str
-    fn: Callable[[Tensor, Tensor | None], Tensor]
-    normalized: bool = True
-    elementwise: bool = False
+    fn: WeightFn
+    builtin: bool = False
+
+    @property
+    def kind(self) -> str:
+        """The built-in name, or ``"custom"`` for a user's function (what implementations declare)."""
+        return self.name if self.builtin else "custom"
+
+    def is_builtin(self, name: str) -> bool:
+        """Whether this is attnkit's own weight function ``name``."""
+        return self.builtin and self.name == name
 
     def __call__(self, scores: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.fn(scores, mask)
 
 
 _NAMED: dict[str, Weight] = {
-    "softmax": Weight("softmax", softmax),
-    "sparsemax": Weight("sparsemax", sparsemax),
-    "entmax15": Weight("entmax15", entmax15),
-    "sigmoid": Weight("sigmoid", sigmoid, normalized=False, elementwise=True),
+    "softmax": Weight("softmax", softmax, builtin=True),
+    "sparsemax": Weight("sparsemax", sparsemax, builtin=True),
+    "entmax15": Weight("entmax15", entmax15, builtin=True),
+    "sigmoid": Weight("sigmoid", sigmoid, builtin=True),
 }
 
 
@@ -186,6 +195,6 @@ def resolve(weight: str | Weight | Callable[[Tensor, Tensor | None], Tensor]) ->
             raise unknown_name("weight", weight, names())
         return _NAMED[weight]
     if callable(weight):
-        return Weight(getattr(weight, "__name__", "custom"), weight, normalized=False)
+        return Weight(getattr(weight, "__name__", "custom"), weight)
     raise AttnKitError(f"weight must be a name, an attnkit.weights.Weight or a callable; got "
                        f"{type(weight).__name__}")

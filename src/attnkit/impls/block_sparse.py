@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ..call import AttentionCall
 from ..masks import EMPTY, FULL, PARTIAL, Mask
-from ..registry import ImplSpec, register_impl
+from ..registry import AttnResult, ImplSpec, register_impl
 from ..scores import ScoreMod, apply_mods
 
 __all__ = ["block_sparse", "BlockWeights", "plan_for", "SlicePlan", "MAX_BLOCK_DENSITY", "MIN_LENGTH"]
@@ -532,7 +532,7 @@ def _options(call: AttentionCall) -> tuple[int, int, int]:
     return bq, bk, chunk
 
 
-def block_sparse(call: AttentionCall) -> Tensor | tuple[Tensor, Tensor | BlockWeights]:
+def block_sparse(call: AttentionCall) -> AttnResult:
     """Attention over the kept tiles of ``call.mask`` only.
 
     Equivalent PyTorch code (what it computes, not how)::
@@ -589,11 +589,11 @@ def block_sparse(call: AttentionCall) -> Tensor | tuple[Tensor, Tensor | BlockWe
             w_rows.append(torch.cat(ws, 1) if len(ws) > 1 else ws[0])
     out = (torch.cat(out_rows, 0) if len(out_rows) > 1 else out_rows[0]).to(call.q.dtype)
     if not call.return_weights:
-        return out
+        return AttnResult(out)
     if fmt == "blocks":
-        return out, BlockWeights(torch.cat(tiles), torch.cat(values).to(call.q.dtype), call.batch, call.heads,
-                                 call.lq, call.lk, bq, bk)
-    return out, (torch.cat(w_rows, 0) if len(w_rows) > 1 else w_rows[0]).to(call.q.dtype)
+        return AttnResult(out, BlockWeights(torch.cat(tiles), torch.cat(values).to(call.q.dtype), call.batch,
+                                            call.heads, call.lq, call.lk, bq, bk))
+    return AttnResult(out, (torch.cat(w_rows, 0) if len(w_rows) > 1 else w_rows[0]).to(call.q.dtype))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from torch import Tensor
 from ..call import AttentionCall
 from ..errors import AttnKitError
 from ..masks import EMPTY, FULL, PARTIAL, And, Causal, DenseMask, FromMod, Mask, Not, Or, Random
-from ..registry import ImplSpec, register_impl
+from ..registry import AttnResult, ImplSpec, register_impl
 from ..scores import ScoreMod, apply_mods
 from ..shapes import repeat_kv
 
@@ -393,7 +393,7 @@ def _weights(call: AttentionCall, qs: Tensor, k: Tensor, lse: Tensor) -> Tensor:
     return torch.where(allowed, w, 0.0).to(call.q.dtype)
 
 
-def blockwise(call: AttentionCall) -> Tensor | tuple[Tensor, Tensor]:
+def blockwise(call: AttentionCall) -> AttnResult:
     """Blockwise exact attention (see the module docstring). Options: ``block_q`` (query rows per
     block), ``block_k`` (key tile size used to classify the mask), ``chunk_k`` (most keys one
     matmul covers: consecutive tiles of one kind are merged up to this).
@@ -410,10 +410,10 @@ def blockwise(call: AttentionCall) -> Tensor | tuple[Tensor, Tensor]:
                        block_q=_option(call, "block_q", bq), block_k=_option(call, "block_k", bk),
                        chunk_k=_option(call, "chunk_k", ck),
                        mods=call.score_mods, weight=call.weight.name)
-    out, lse = _BlockwiseAttention.apply(qs, k_rep, v_rep, plan)
-    if not call.return_weights:
-        return out
-    return out, _weights(call, qs, k_rep, lse)
+    out, lse = _BlockwiseAttention.apply(qs, k_rep, v_rep, plan)  # (B, H, T, Dv), (B, H, T, 1)
+    return AttnResult(out,
+                      _weights(call, qs, k_rep, lse) if call.return_weights else None,
+                      lse.squeeze(-1) if call.return_lse else None)
 
 
 def _tensors_needing_grad(mods: tuple[ScoreMod, ...]) -> bool:
@@ -482,8 +482,9 @@ register_impl(ImplSpec(
     score_mods="any",
     dropout=False,
     devices=frozenset({"cpu"}),
+    returns_lse=True,
     options=frozenset({"block_q", "block_k", "chunk_k"}),
-    priority=5,
+    priority=6,
     check=_check,
     auto_check=cost_reasons,
 ))

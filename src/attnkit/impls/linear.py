@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from ..call import AttentionCall
 from ..errors import AttnKitError, ShapeError
 from ..masks import And, Causal, Full, KeyMask, Mask, Padding
-from ..registry import ImplSpec, register_impl
+from ..registry import AttnResult, ImplSpec, register_impl
 
 __all__ = ["favor_projection", "favor_features", "elu_features", "FavorProjection", "LinearMask",
            "split_mask", "linear_attention", "linear"]
@@ -324,10 +324,11 @@ def _dense_weights(pq: Tensor, pk: Tensor, offset: int | None, t: int, s: int) -
 # ----------------------------------------------------------------------------------------------
 
 
-def linear(call: AttentionCall) -> Tensor | tuple[Tensor, Tensor]:
+def linear(call: AttentionCall) -> AttnResult:
     """The ``linear`` implementation of :func:`attnkit.attention`."""
-    return linear_attention(call.q, call.k, call.v, call.mask, scale=call.scale, options=call.options,
-                            generator=call.generator, return_weights=call.return_weights)
+    res = linear_attention(call.q, call.k, call.v, call.mask, scale=call.scale, options=call.options,
+                           generator=call.generator, return_weights=call.return_weights)
+    return AttnResult(*res) if call.return_weights else AttnResult(res)
 
 
 def _check(call: AttentionCall) -> list[str]:

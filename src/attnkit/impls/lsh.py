@@ -43,7 +43,7 @@ from torch import Tensor
 from ..call import AttentionCall
 from ..errors import AttnKitError
 from ..masks import Causal, Full, KeyMask, Mask, Padding
-from ..registry import ImplSpec, register_impl
+from ..registry import AttnResult, ImplSpec, register_impl
 from ..shapes import repeat_kv
 
 __all__ = ["LSHSettings", "LSHResult", "settings_from_options", "random_rotations", "hash_vectors",
@@ -411,14 +411,12 @@ def _mask_or_none(mask: Mask | None) -> Mask | None:
 # ----------------------------------------------------------------------------------------------
 
 
-def lsh(call: AttentionCall) -> Tensor | tuple[Tensor, Tensor]:
+def lsh(call: AttentionCall) -> AttnResult:
     """The ``lsh`` implementation of :func:`attnkit.attention` (weights returned dense)."""
     res = lsh_attention(call.q, call.k, call.v, call.mask, scale=call.scale,
                         settings=settings_from_options(call.options), generator=call.generator,
                         return_weights=call.return_weights)
-    if not call.return_weights:
-        return res.out
-    return res.out, res.dense_weights(call.lk)
+    return AttnResult(res.out, res.dense_weights(call.lk) if call.return_weights else None)
 
 
 def _check(call: AttentionCall) -> list[str]:

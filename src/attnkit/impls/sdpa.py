@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..call import AttentionCall
 from ..masks import Causal
-from ..registry import ImplSpec, register_impl
+from ..registry import AttnResult, ImplSpec, register_impl
 from ..shapes import repeat_kv
 
 __all__ = ["sdpa"]
@@ -33,7 +33,7 @@ def _attn_bias(call: AttentionCall) -> tuple[Tensor | None, Tensor | None]:
         return None, None
     dense = call.mask.dense4(call.lq, call.lk, device=call.q.device) if call.mask is not None else None
     alive = dense.any(-1, keepdim=True) if dense is not None else None
-    if alive is not None and not bool(alive.all()):
+    if alive is not None:
         dense = dense | ~alive  # let dead rows attend anywhere; their output is zeroed after
     if not call.score_mods:
         return dense, alive
@@ -44,7 +44,7 @@ def _attn_bias(call: AttentionCall) -> tuple[Tensor | None, Tensor | None]:
     return bias, alive
 
 
-def sdpa(call: AttentionCall) -> Tensor:
+def sdpa(call: AttentionCall) -> AttnResult:
     """``torch.nn.functional.scaled_dot_product_attention`` with attnkit's semantics.
 
     Equivalent PyTorch code::
@@ -60,12 +60,13 @@ def sdpa(call: AttentionCall) -> Tensor:
     n_rep = call.heads // call.kv_heads
     k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
     if _is_plain_causal(call) and not call.score_mods:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=call.dropout_p, is_causal=True, scale=scale)
+        return AttnResult(F.scaled_dot_product_attention(q, k, v, dropout_p=call.dropout_p, is_causal=True,
+                                                         scale=scale))
     attn_mask, alive = _attn_bias(call)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=call.dropout_p, scale=scale)
-    if alive is not None and not bool(alive.all()):
+    if alive is not None:
         out = torch.where(alive, out, torch.zeros((), dtype=out.dtype))
-    return out
+    return AttnResult(out)
 
 
 def _check(call: AttentionCall) -> list[str]:

@@ -198,6 +198,14 @@ class Mask:
         """The primitive masks this mask is made of (itself for a primitive)."""
         yield self
 
+    def key_keep(self, lk: int, device: torch.device | str | None = None) -> Tensor | None:
+        """Keys that *no* query of a batch element may attend, as ``keep (Bm, lk)`` bool (False =
+        masked for every query and head), or None when the mask does not exclude keys that way.
+        Key-side masks (padding, key masks) answer; attention zeroes those keys and values before
+        any arithmetic, so whatever they hold (NaN, inf, stale cache entries) never reaches the
+        output or the gradients."""
+        return None
+
     # -- renderings -----------------------------------------------------------------------------
     def dense(self, lq: int, lk: int, *, device: torch.device | str | None = None) -> Tensor:
         """The boolean mask, ``True`` = attend: shape ``(lq, lk)``, or ``(B, H, lq, lk)`` when the
@@ -324,6 +332,15 @@ class And(_Combined):
             out = out & p.mod(b, h, i, j, lq, lk)
         return out
 
+    def key_keep(self, lk, device=None):
+        keeps = [k for p in self.parts if (k := p.key_keep(lk, device)) is not None]
+        if not keeps:
+            return None
+        out = keeps[0]
+        for k in keeps[1:]:
+            out = out & k
+        return out
+
     def tile_kinds(self, lq, lk, block_q, block_k, device=None):
         kinds = [p.tile_kinds(lq, lk, block_q, block_k, device) for p in self.parts]
         out = kinds[0]
@@ -347,6 +364,15 @@ class Or(_Combined):
         out = self.parts[0].mod(b, h, i, j, lq, lk)
         for p in self.parts[1:]:
             out = out | p.mod(b, h, i, j, lq, lk)
+        return out
+
+    def key_keep(self, lk, device=None):
+        keeps = [p.key_keep(lk, device) for p in self.parts]
+        if any(k is None for k in keeps):
+            return None
+        out = keeps[0]
+        for k in keeps[1:]:
+            out = out | k
         return out
 
     def tile_kinds(self, lq, lk, block_q, block_k, device=None):

@@ -105,6 +105,9 @@ class Padding(Mask):
     def mod(self, b, h, i, j, lq, lk):
         return j < self.lengths.to(j.device)[b]
 
+    def key_keep(self, lk, device=None):
+        return torch.arange(lk, device=device).view(1, -1) < self.lengths.to(device).view(-1, 1)
+
     def tile_kinds(self, lq, lk, block_q, block_k, device=None):
         c0, c1 = _tile_ranges(lk, block_k, device)
         n = self.lengths.to(device).view(-1, 1)
@@ -129,6 +132,9 @@ class KeyMask(Mask):
 
     def mod(self, b, h, i, j, lq, lk):
         return self.keep.to(j.device)[b, j]
+
+    def key_keep(self, lk, device=None):
+        return self.keep.to(device)
 
     def tile_kinds(self, lq, lk, block_q, block_k, device=None):
         nk = math.ceil(lk / block_k)
@@ -164,6 +170,12 @@ class DenseMask(Mask):
 
     def mod(self, b, h, i, j, lq, lk):
         return index_broadcast(self.tensor, b, h, i, j)
+
+    def key_keep(self, lk, device=None):
+        t = self.tensor
+        if t.shape[1] != 1 or t.shape[2] != 1:  # depends on the head or the query: not key-side
+            return None
+        return t[:, 0, 0, :].to(device).expand(t.shape[0], lk)
 
     def tile_kinds(self, lq, lk, block_q, block_k, device=None):
         """Exact kinds ``(Bm, Hm, nQ, nK)`` by reshaping the stored tensor into tiles."""
