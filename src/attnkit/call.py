@@ -20,7 +20,7 @@ from . import weights as _weights
 from .errors import AttnKitError, DTypeError, ShapeError
 from .masks import Mask, as_mask
 from .scores import Score, ScoreMod, apply_mods
-from .shapes import repeat_kv
+from .shapes import index_grid, repeat_kv
 from .weights import Weight
 
 __all__ = ["AttentionCall", "make_call", "check_qkv", "check_mask", "check_bias", "check_dropout", "check_scale"]
@@ -69,11 +69,7 @@ class AttentionCall:
     # -- steps 2 and 3 with the reference math -------------------------------------------------
     def index_grid(self, device: torch.device | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Broadcast index tensors ``b (B,1,1,1)``, ``h (1,H,1,1)``, ``i (1,1,T,1)``, ``j (1,1,1,S)``."""
-        dev = self.q.device if device is None else device
-        return (torch.arange(self.batch, device=dev).view(-1, 1, 1, 1),
-                torch.arange(self.heads, device=dev).view(1, -1, 1, 1),
-                torch.arange(self.lq, device=dev).view(1, 1, -1, 1),
-                torch.arange(self.lk, device=dev).view(1, 1, 1, -1))
+        return index_grid(self.batch, self.heads, 0, self.lq, 0, self.lk, self.q.device if device is None else device)
 
     def scores(self, q: Tensor | None = None, k: Tensor | None = None) -> Tensor:
         """Step 2: modified scores ``(B, H, T, S)`` (GQA heads expanded); ``q``/``k`` override

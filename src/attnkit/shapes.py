@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["repeat_kv", "split_heads", "merge_heads", "index_broadcast", "as_4d"]
+__all__ = ["repeat_kv", "split_heads", "merge_heads", "index_broadcast", "index_grid", "as_4d"]
 
 
 def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
@@ -41,3 +41,13 @@ def index_broadcast(t: Tensor, b: Tensor, h: Tensor, i: Tensor, j: Tensor) -> Te
 def as_4d(t: Tensor) -> Tensor:
     """Prepend size-1 dims to a 2-D or 3-D tensor so it is 4-D."""
     return t.reshape((1,) * (4 - t.dim()) + tuple(t.shape))
+
+
+def index_grid(nb: int, nh: int, i0: int, i1: int, j0: int, j1: int,
+               device: torch.device | str | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Broadcast index tensors of a tile: ``b (nb,1,1,1)``, ``h (1,nh,1,1)``, ``i (1,1,i1-i0,1)``
+    (query positions ``i0 .. i1-1``), ``j (1,1,1,j1-j0)`` (key positions ``j0 .. j1-1``)."""
+    return (torch.arange(nb, device=device).view(-1, 1, 1, 1),
+            torch.arange(nh, device=device).view(1, -1, 1, 1),
+            torch.arange(i0, i1, device=device).view(1, 1, -1, 1),
+            torch.arange(j0, j1, device=device).view(1, 1, 1, -1))
