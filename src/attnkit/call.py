@@ -227,7 +227,7 @@ def make_call(
 def _hide_masked_keys(mask: Mask, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     """Zero the keys and values that ``mask`` hides from every query (key-side masks)."""
     keep = mask.key_keep(k.shape[2], device=k.device)  # (Bm, S)
-    if keep is None or bool(keep.all()):
+    if keep is None or (not torch.compiler.is_compiling() and bool(keep.all())):
         return k, v
     keep = keep.view(keep.shape[0], 1, keep.shape[1], 1)  # (Bm, 1, S, 1)
     zero = torch.zeros((), dtype=k.dtype, device=k.device)

@@ -60,7 +60,9 @@ def softmax(scores: Tensor, mask: Tensor | None = None) -> Tensor:
     """
     s = _fill_masked(scores, mask)
     dead = s.amax(-1, keepdim=True) == -math.inf  # (B, H, T, 1) rows with no allowed key
-    if bool(dead.any()):  # give dead rows finite scores, then zero them (zero gradient too)
+    # give dead rows finite scores, then zero them (zero gradient too); compiled graphs take this
+    # branch-free path, eager calls skip it when no row is dead (one pass fewer)
+    if torch.compiler.is_compiling() or bool(dead.any()):
         return torch.where(dead, 0.0, torch.softmax(torch.where(dead, 0.0, s), dim=-1))
     return torch.softmax(s, dim=-1)
 

@@ -22,16 +22,25 @@ from ..shapes import repeat_kv
 __all__ = ["sdpa"]
 
 
-def _is_plain_causal(call: AttentionCall) -> bool:
+def _mask_kind(call: AttentionCall) -> str:
+    """``"none"`` (every key allowed), ``"causal"`` (SDPA's own ``is_causal``) or ``"dense"``."""
     m = call.mask
-    return isinstance(m, Causal) and (call.lq == call.lk or m.align == "top_left")
+    if m is None:
+        return "none"
+    if isinstance(m, Causal):
+        if m.align == "bottom_right" and call.lq == 1:  # one query (a decode step) sees every key
+            return "none"
+        if call.lq == call.lk or m.align == "top_left":
+            return "causal"
+    return "dense"
 
 
 def _attn_bias(call: AttentionCall) -> tuple[Tensor | None, Tensor | None]:
     """The SDPA ``attn_mask`` (bool or float) and the rows-alive flags ``(B|1, H|1, T, 1)``."""
-    if call.mask is None and not call.score_mods:
+    kind = _mask_kind(call)
+    if kind == "none" and not call.score_mods:
         return None, None
-    dense = call.mask.dense4(call.lq, call.lk, device=call.q.device) if call.mask is not None else None
+    dense = call.mask.dense4(call.lq, call.lk, device=call.q.device) if kind != "none" else None
     alive = dense.any(-1, keepdim=True) if dense is not None else None
     if alive is not None:
         dense = dense | ~alive  # let dead rows attend anywhere; their output is zeroed after
@@ -59,7 +68,7 @@ def sdpa(call: AttentionCall) -> AttnResult:
         scale = scale / call.score.params["temperature"]
     n_rep = call.heads // call.kv_heads
     k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
-    if _is_plain_causal(call) and not call.score_mods:
+    if _mask_kind(call) == "causal" and not call.score_mods:
         return AttnResult(F.scaled_dot_product_attention(q, k, v, dropout_p=call.dropout_p, is_causal=True,
                                                          scale=scale))
     attn_mask, alive = _attn_bias(call)

@@ -9,7 +9,7 @@ be attended), so any model that supports ``attn_implementation`` runs on attnkit
     model = AutoModel.from_pretrained(path, attn_implementation="attnkit")
     model(**batch)                                  # attention runs in attnkit.attention
     model(**batch, attnkit_impl="blockwise")        # choose the implementation per call
-    with hf.use_impl("reference"):                  # ... or for a block
+    with attnkit.use_impl("reference"):             # ... or for a block (as everywhere in attnkit)
         model(**batch)
     hf.register("attnkit_lsh", impl="lsh", options={...})   # or a name per configuration
 
@@ -19,15 +19,14 @@ and expects ``(B, T, H, D)`` back, plus the weights ``(B, H, T, S)`` when ``outp
 
 from __future__ import annotations
 
-import contextvars
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .. import masks as _masks
+from ..dispatch import use_impl
 from ..errors import AttnKitError, DTypeError
 from ..functional import attention
 from ..masks import Mask
@@ -36,20 +35,9 @@ from ..registry import get_impl
 __all__ = ["register", "use_impl", "attnkit_attention_forward", "to_attnkit_mask", "DEFAULT_NAME"]
 
 DEFAULT_NAME = "attnkit"
-_IMPL_OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar("attnkit_hf_impl", default=None)
 _CONFIGS: dict[str, dict[str, Any]] = {}
-
-
-@contextmanager
-def use_impl(impl: str) -> Iterator[None]:
-    """Within the block, every attnkit-registered transformers model runs ``impl``."""
-    if impl != "auto":
-        get_impl(impl)  # raises UnknownNameError on a typo
-    token = _IMPL_OVERRIDE.set(impl)
-    try:
-        yield
-    finally:
-        _IMPL_OVERRIDE.reset(token)
+# ``hf.use_impl`` is :func:`attnkit.use_impl` (the one way to choose an implementation), kept here
+# under its former name for one release
 
 
 def to_attnkit_mask(attention_mask: Tensor | None) -> tuple[Mask | None, Tensor | None]:
@@ -78,7 +66,7 @@ def attnkit_attention_forward(module: nn.Module, query: Tensor, key: Tensor, val
                               *, _name: str = DEFAULT_NAME, **kwargs: Any) -> tuple[Tensor, Tensor | None]:
     """The transformers attention-function signature on top of :func:`attnkit.attention`."""
     cfg = _CONFIGS.get(_name, {})
-    impl = kwargs.get("attnkit_impl") or _IMPL_OVERRIDE.get() or cfg.get("impl", "auto")
+    impl = kwargs.get("attnkit_impl") or cfg.get("impl", "auto")  # "auto" follows attnkit.use_impl blocks
     mask, bias = to_attnkit_mask(attention_mask)
     is_causal = kwargs.get("is_causal")
     is_causal = getattr(module, "is_causal", False) if is_causal is None else is_causal
@@ -94,7 +82,7 @@ def attnkit_attention_forward(module: nn.Module, query: Tensor, key: Tensor, val
     res = attention(query, key, value, mask, scale=scaling, bias=bias,
                     dropout_p=dropout if module.training else 0.0, impl=impl, return_weights=want_weights,
                     options=cfg.get("options"))
-    out, weights = res if want_weights else (res, None)
+    out, weights = res if want_weights else (res, None)  # (B, H, T, D), (B, H, T, S) | None
     return out.transpose(1, 2).contiguous(), weights  # (B, T, H, D)
 
 

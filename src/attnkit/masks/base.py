@@ -333,12 +333,11 @@ class And(_Combined):
         return out
 
     def key_keep(self, lk, device=None):
-        keeps = [k for p in self.parts if (k := p.key_keep(lk, device)) is not None]
-        if not keeps:
-            return None
-        out = keeps[0]
-        for k in keeps[1:]:
-            out = out & k
+        out = None
+        for p in self.parts:
+            keep = p.key_keep(lk, device)
+            if keep is not None:
+                out = keep if out is None else out & keep
         return out
 
     def tile_kinds(self, lq, lk, block_q, block_k, device=None):
