@@ -125,7 +125,9 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
                          f"has D={k.shape[3]}; expected equal")
     if k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
         raise ShapeError(f"k {_shape(k)} and v {_shape(v)} must agree on heads and length (dims 1, 2)")
-    if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
+    if q.shape[1] == 0 or k.shape[1] == 0:
+        raise ShapeError(f"q and k need at least one head (dim 1); got q {_shape(q)}, k {_shape(k)}")
+    if q.shape[1] % k.shape[1] != 0:
         raise ShapeError(f"query heads H={q.shape[1]} must be a multiple of key/value heads "
                          f"Hkv={k.shape[1]} (grouped-query attention); got q {_shape(q)}, k {_shape(k)}")
     if q.shape[3] == 0 or k.shape[2] == 0:
@@ -199,6 +201,12 @@ def make_call(
     check_dropout(dropout_p)
     sc = _scores.resolve(score)
     wt = _weights.resolve(weight)
+    if isinstance(score_mods, ScoreMod):
+        raise AttnKitError(f"score_mods must be a list of attnkit.scores.ScoreMod objects; got one {score_mods!r} "
+                           f"(write score_mods=[{score_mods.name}(...)])")
+    if not isinstance(score_mods, (list, tuple)):
+        raise AttnKitError(f"score_mods must be a list of attnkit.scores.ScoreMod objects; got "
+                           f"{type(score_mods).__name__}")
     mods = tuple(score_mods)
     for mod in mods:
         if not isinstance(mod, ScoreMod):

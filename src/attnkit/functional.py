@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -13,6 +14,7 @@ from torch import Tensor
 
 from .call import AttentionCall, ScoreArg, WeightArg, make_call
 from .dispatch import DispatchReport, explain, select
+from .errors import AttnKitError
 from .masks import Mask
 from .registry import AttnResult, ImplSpec
 from .scores import ScoreMod
@@ -145,4 +147,9 @@ def explain_dispatch(q: Tensor, k: Tensor, v: Tensor, mask: Mask | Tensor | None
     >>> attnkit.explain_dispatch(q, q, q, weight="sparsemax").chosen
     'reference'
     """
+    accepted = set(inspect.signature(make_call).parameters) - {"q", "k", "v", "mask"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise AttnKitError(f"explain_dispatch got unknown keyword arguments {unknown}; it takes the keyword "
+                           f"arguments of attention(): {', '.join(sorted(accepted | {'impl'}))}")
     return explain(make_call(q, k, v, mask, **kwargs), impl)

@@ -99,9 +99,10 @@ def register_impl(spec: ImplSpec) -> ImplSpec:
     return spec
 
 
-def registry_version() -> int:
-    """A number that changes whenever an implementation is registered."""
-    return _VERSION[0]
+def registry_version() -> tuple[int, int, int]:
+    """A key that changes whenever the set of registered implementations changes (also when the
+    registry is swapped, as tests do)."""
+    return id(_REGISTRY), len(_REGISTRY), _VERSION[0]
 
 
 def get_impl(name: str) -> ImplSpec:
