@@ -104,7 +104,20 @@ def _shape(t: Tensor) -> tuple[int, ...]:
 
 
 def check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
-    """q (B, H, T, D), k (B, Hkv, S, D), v (B, Hkv, S, Dv), same dtype and device, H % Hkv == 0."""
+    """q (B, H, T, D), k (B, Hkv, S, D), v (B, Hkv, S, Dv), same dtype and device, H % Hkv == 0.
+
+    The common case (all well formed) costs one pass of cheap comparisons; the detailed checks, and
+    their messages, run only when something is off."""
+    if (type(q) is Tensor and type(k) is Tensor and type(v) is Tensor and q.dim() == k.dim() == v.dim() == 4
+            and q.dtype in _FLOATS and q.dtype == k.dtype == v.dtype and q.device == k.device == v.device):
+        (bq, h, _, d), (bk, hkv, s, dk), (bv, hv, sv, _) = q.shape, k.shape, v.shape
+        if bq == bk == bv and d == dk and d > 0 and hkv == hv and s == sv and s > 0 and hkv > 0 \
+                and h > 0 and h % hkv == 0:
+            return
+    _check_qkv_in_detail(q, k, v)
+
+
+def _check_qkv_in_detail(q: Tensor, k: Tensor, v: Tensor) -> None:
     for name, t, dims in (("q", q, "(B, H, T, D)"), ("k", k, "(B, Hkv, S, D)"), ("v", v, "(B, Hkv, S, Dv)")):
         if not isinstance(t, Tensor):
             raise DTypeError(f"{name} must be a torch.Tensor {dims}; got {type(t).__name__}")

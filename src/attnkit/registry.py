@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -24,9 +24,8 @@ __all__ = ["AttnResult", "ImplSpec", "register_impl", "get_impl", "list_impls", 
 ALL_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
 
 
-@dataclass(frozen=True)
-class AttnResult:
-    """What an implementation returns.
+class AttnResult(NamedTuple):
+    """What an implementation returns (a named tuple: cheap to build on every call).
 
     ``out (B, H, T, Dv)``; ``weights (B, H, T, S)`` when the call asked for them, else None;
     ``lse (B, H, T)`` float32 (float64 for float64 inputs), the log-sum-exp of each query row's

@@ -18,6 +18,7 @@ from ..call import AttentionCall
 from ..masks import Causal
 from ..registry import AttnResult, ImplSpec, register_impl
 from ..shapes import repeat_kv
+from ._common import prepared_qk
 
 __all__ = ["sdpa"]
 
@@ -61,16 +62,15 @@ def sdpa(call: AttentionCall) -> AttnResult:
         F.scaled_dot_product_attention(q, repeat_kv(k), repeat_kv(v),
                                        attn_mask=mask.dense(T, S), scale=scale)
     """
-    q, k, v = call.q, call.k, call.v
-    scale = call.scale
-    if call.score.name == "cosine":
-        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        scale = scale / call.score.params["temperature"]
-    n_rep = call.heads // call.kv_heads
-    k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
-    if _mask_kind(call) == "causal" and not call.score_mods:
+    q, k, scale = prepared_qk(call)
+    n_rep = q.shape[1] // k.shape[1]
+    k, v = repeat_kv(k, n_rep), repeat_kv(call.v, n_rep)
+    kind = _mask_kind(call)
+    if kind == "causal" and not call.score_mods:
         return AttnResult(F.scaled_dot_product_attention(q, k, v, dropout_p=call.dropout_p, is_causal=True,
                                                          scale=scale))
+    if kind == "none" and not call.score_mods:  # the decode step and unmasked calls: nothing to build
+        return AttnResult(F.scaled_dot_product_attention(q, k, v, dropout_p=call.dropout_p, scale=scale))
     attn_mask, alive = _attn_bias(call)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=call.dropout_p, scale=scale)
     if alive is not None:
