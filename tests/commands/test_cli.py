@@ -31,17 +31,21 @@ def test_demo_prints_four_steps_and_writes_heatmap(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_demo_rejects_empty_sentence():
-    with pytest.raises(ValueError, match="at least one word"):
-        main(["demo", "--sentence", "   ", "--out", "unused.png"])
+def test_demo_rejects_empty_sentence(capsys, tmp_path):
+    assert main(["demo", "--sentence", "   ", "--out", str(tmp_path / "unused.png")]) == 2
+    assert capsys.readouterr().err == "error: --sentence '   ' is empty; expected some text\n"
+    assert not (tmp_path / "unused.png").exists()
 
 
 def test_bench_quick(capsys, tmp_path):
+    """sdpa is always timed as the baseline, also when --impls leaves it out."""
     js = tmp_path / "b.json"
-    assert main(["bench", "--lengths", "32", "--json", str(js)]) == 0
+    assert main(["bench", "--lengths", "32", "16", "--impls", "reference", "--repeats", "1", "--json", str(js)]) == 0
     out = capsys.readouterr().out
     assert "| T | causal | sdpa ms | reference ms | reference/sdpa |" in out
-    assert js.exists() and '"impl": "reference"' in js.read_text()
+    assert "| 32 | True |" in out and "| 16 | False |" in out
+    rows = __import__("json").loads(js.read_text())["rows"]
+    assert {(r["T"], r["impl"]) for r in rows} == {(t, i) for t in (32, 16) for i in ("sdpa", "reference")}
 
 
 def test_parser_builds():

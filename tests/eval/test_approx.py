@@ -94,4 +94,4 @@ def test_cli_model_without_module(monkeypatch, capsys):
 
     monkeypatch.setattr(importlib, "import_module", fake)
     rc = main(["compare", "--model", "minilm"])
-    assert rc == 2 and "attnkit.eval.model_approx" in capsys.readouterr().out
+    assert rc == 2 and "attnkit.eval.model_approx" in capsys.readouterr().err
