@@ -216,15 +216,43 @@ def test_checksum_mismatch(tmp_path):
 def test_rename_hf_key():
     from attnkit.models.bert import rename_hf_key
 
-    assert rename_hf_key("encoder.layer.3.attention.self.query.weight") == "layers.3.attn.q.weight"
+    assert rename_hf_key("encoder.layer.3.attention.self.query.weight") == "layers.3.attn.mha.q_proj.weight"
+    assert rename_hf_key("encoder.layer.3.attention.self.value.bias") == "layers.3.attn.mha.v_proj.bias"
     assert rename_hf_key("bert.encoder.layer.0.output.LayerNorm.bias") == "layers.0.ffn_norm.bias"
-    assert rename_hf_key("encoder.layer.0.attention.output.dense.weight") == "layers.0.attn.out.weight"
-    from attnkit.models.bert import fuse_qkv
-
-    fused = fuse_qkv({f"layers.0.attn.{p}.weight": torch.full((2, 2), float(i)) for i, p in enumerate("qkv")})
-    assert list(fused) == ["layers.0.attn.qkv.weight"]
-    assert fused["layers.0.attn.qkv.weight"][:, 0].tolist() == [0, 0, 1, 1, 2, 2]
+    assert rename_hf_key("encoder.layer.0.attention.output.dense.weight") == "layers.0.attn.mha.o_proj.weight"
+    assert rename_hf_key("encoder.layer.0.attention.output.LayerNorm.weight") == "layers.0.attn.norm.weight"
     assert rename_hf_key("embeddings.position_ids") is None
+
+
+def test_hf_query_key_value_load_into_the_fused_projection():
+    """A Hugging Face checkpoint's separate query/key/value land in the attention module's fused
+    qkv_proj, rows q then k then v, and the output dense in o_proj."""
+    from attnkit.models.bert import BertConfig, BertModel, load_bert_state
+
+    cfg = BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=16, max_position_embeddings=6)
+    model = BertModel(cfg)
+    hf = {k.replace("layers.", "encoder.layer.").replace(".attn.norm.", ".attention.output.LayerNorm.")
+          .replace(".ffn_in.", ".intermediate.dense.").replace(".ffn_out.", ".output.dense.")
+          .replace(".ffn_norm.", ".output.LayerNorm.").replace("embeddings.word.", "embeddings.word_embeddings.")
+          .replace("embeddings.position.", "embeddings.position_embeddings.")
+          .replace("embeddings.token_type.", "embeddings.token_type_embeddings.")
+          .replace("embeddings.norm.", "embeddings.LayerNorm.").replace("pooler.", "pooler.dense."): t.clone()
+          for k, t in model.state_dict().items() if ".mha." not in k}
+    for i, name in enumerate(("query", "key", "value")):
+        hf[f"encoder.layer.0.attention.self.{name}.weight"] = torch.full((8, 8), float(i))
+        hf[f"encoder.layer.0.attention.self.{name}.bias"] = torch.full((8,), 10.0 + i)
+    hf["encoder.layer.0.attention.output.dense.weight"] = torch.full((8, 8), 7.0)
+    hf["encoder.layer.0.attention.output.dense.bias"] = torch.full((8,), 8.0)
+    load_bert_state(model, hf)
+    mha = model.layers[0].attn.mha
+    assert mha.q_proj is None and mha.qkv_proj.weight.shape == (24, 8)
+    assert mha.qkv_proj.weight[:, 0].tolist() == [0.0] * 8 + [1.0] * 8 + [2.0] * 8
+    assert mha.qkv_proj.bias.tolist() == [10.0] * 8 + [11.0] * 8 + [12.0] * 8
+    assert (mha.o_proj.weight == 7.0).all() and (mha.o_proj.bias == 8.0).all()
+    del hf["encoder.layer.0.attention.self.key.bias"]
+    with pytest.raises(AttnKitError, match="missing"):
+        load_bert_state(BertModel(cfg), hf)
 
 
 # --------------------------------------------------------------------------- approximation cost

@@ -170,7 +170,7 @@ def test_load_state_dict_of_torch_module_with_separate_qkv_weights():
     torch.manual_seed(3)
     ref = nn.MultiheadAttention(E, H, kdim=6, vdim=10, batch_first=True).eval()
     assert "q_proj_weight" in ref.state_dict()
-    mine = MultiHeadAttention(E, H, kdim=6, vdim=10).eval()
+    mine = MultiHeadAttention(E, H, kdim=6, vdim=10, batch_first=True).eval()
     mine.load_state_dict(ref.state_dict())
     q, k, v = torch.randn(B, T, E), torch.randn(B, S, 6), torch.randn(B, S, 10)
     torch.testing.assert_close(mine(q, k, v)[0], ref(q, k, v)[0], **TOL)
@@ -180,7 +180,7 @@ def test_load_state_dict_of_torch_module_with_separate_qkv_weights():
 def test_load_torch_state_dict_nested_under_a_prefix():
     torch.manual_seed(4)
     ref = nn.Sequential(nn.MultiheadAttention(E, H, batch_first=True))
-    mine = nn.Sequential(MultiHeadAttention(E, H))
+    mine = nn.Sequential(MultiHeadAttention(E, H, batch_first=True))
     mine.load_state_dict(ref.state_dict())
     x = torch.randn(B, T, E)
     torch.testing.assert_close(mine[0](x)[0], ref[0](x, x, x)[0], **TOL)
@@ -191,7 +191,8 @@ def test_fully_masked_rows_give_zero_weights_not_nan():
     x = torch.randn(B, T, E)
     am = torch.zeros(T, T, dtype=torch.bool)
     am[1] = True  # query 1 may attend nothing
-    out, w = mine(x, attn_mask=am, average_attn_weights=False)
+    with pytest.warns(UserWarning, match="no allowed key"):
+        out, w = mine(x, attn_mask=am, average_attn_weights=False)
     assert torch.isfinite(out).all() and torch.isfinite(w).all()
     assert (w[:, :, 1] == 0).all()
     torch.testing.assert_close(out[:, 1], mine.o_proj.bias.expand(B, E))  # o_proj(0) = bias
@@ -328,7 +329,8 @@ def test_errors():
     with pytest.raises(ShapeError, match="num_kv_heads"):
         MultiHeadAttention(E, H, num_kv_heads=2).load_state_dict(nn.MultiheadAttention(E, H).state_dict())
     with pytest.raises(AttnKitError, match="build this module with add_bias_kv=True"):
-        MultiHeadAttention(E, H).load_state_dict(nn.MultiheadAttention(E, H, add_bias_kv=True).state_dict())
+        MultiHeadAttention(E, H, batch_first=False).load_state_dict(
+            nn.MultiheadAttention(E, H, add_bias_kv=True).state_dict())
     with pytest.raises(AttnKitError, match="KVCache cannot be used with add_bias_kv"):
         MultiHeadAttention(E, H, add_bias_kv=True)(x, cache=KVCache())
     with pytest.raises(attnkit.DTypeError, match="attn_mask must be bool"):
@@ -402,3 +404,73 @@ def test_every_exact_impl_inside_the_module_matches_reference():
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
         ran.append(name)
     assert "sdpa" in ran
+
+
+# -- fused q/k/v projection -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kv_heads", [H, 2])
+def test_fused_qkv_state_dict_round_trips_between_layouts(kv_heads):
+    torch.manual_seed(12)
+    sep = MultiHeadAttention(E, H, num_kv_heads=kv_heads).eval()
+    fused = MultiHeadAttention(E, H, num_kv_heads=kv_heads, fused_qkv=True).eval()
+    kv = kv_heads * (E // H)
+    assert fused.q_proj is None and fused.qkv_proj.weight.shape == (E + 2 * kv, E)
+    assert set(fused.state_dict()) == {f"{n}_proj.{p}" for n in ("qkv", "o") for p in ("weight", "bias")}
+    fused.load_state_dict(sep.state_dict())  # separate -> fused
+    torch.testing.assert_close(fused.qkv_proj.weight[E:E + kv], sep.k_proj.weight)
+    x, mem = torch.randn(B, T, E), torch.randn(B, S, E)
+    for args in ((x,), (x, mem, mem)):  # self-attention (one matmul) and cross-attention (sliced weights)
+        want = sep(*args, is_causal=True)
+        got = fused(*args, is_causal=True)
+        torch.testing.assert_close(got[0], want[0], **TOL)
+        torch.testing.assert_close(got[1], want[1], **TOL)
+    again = MultiHeadAttention(E, H, num_kv_heads=kv_heads, fused_qkv=True)
+    again.load_state_dict(fused.state_dict())  # fused -> fused
+    back = MultiHeadAttention(E, H, num_kv_heads=kv_heads)
+    back.load_state_dict(fused.state_dict())  # fused -> separate
+    for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        torch.testing.assert_close(getattr(back, n).weight, getattr(sep, n).weight, atol=0, rtol=0)
+        torch.testing.assert_close(getattr(back, n).bias, getattr(sep, n).bias, atol=0, rtol=0)
+    torch.testing.assert_close(again.qkv_proj.weight, fused.qkv_proj.weight, atol=0, rtol=0)
+
+
+def test_fused_qkv_from_torch_matches_torch():
+    ref, _ = _pair(batch_first=False)
+    fused = MultiHeadAttention.from_torch(ref, fused_qkv=True).eval()
+    torch.testing.assert_close(fused.qkv_proj.weight, ref.in_proj_weight, atol=0, rtol=0)
+    x = torch.randn(T, B, E)
+    am = nn.Transformer.generate_square_subsequent_mask(T)
+    want, got = ref(x, x, x, attn_mask=am), fused(x, attn_mask=am)
+    torch.testing.assert_close(got[0], want[0], **TOL)
+    torch.testing.assert_close(got[1], want[1], **TOL)
+
+
+def test_fused_qkv_with_a_static_cache_and_errors():
+    torch.manual_seed(13)
+    fused = MultiHeadAttention(E, H, fused_qkv=True, qk_norm=True).eval()
+    x, mem = torch.randn(B, T, E), torch.randn(B, S, E)
+    full = fused(x, mem, mem, need_weights=False)[0]
+    cache = KVCache(static=True)
+    steps = [fused(x[:, t:t + 1], mem, mem, cache=cache, need_weights=False)[0] for t in range(T)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, **TOL)
+    with pytest.raises(ShapeError, match="fused_qkv=True .* kdim == vdim == embed_dim=16; got kdim=6"):
+        MultiHeadAttention(E, H, kdim=6, fused_qkv=True)
+
+
+def test_forward_is_project_attend_o_proj():
+    """The three public stages compose to forward, and attend takes attnkit masks and options."""
+    torch.manual_seed(14)
+    mha = MultiHeadAttention(E, H, num_kv_heads=2, rope=True, fused_qkv=True).eval()
+    x = torch.randn(B, T, E)
+    win = masks.window(1)
+    want = mha(x, mask=win, need_weights=False)[0]
+    q, k, v = mha.project(x)
+    assert q.shape == (B, T, E) and k.shape == v.shape == (B, T, 2 * E // H)
+    o, w = mha.attend(q, k, v, win, impl="reference", need_weights=True)
+    assert w.shape == (B, H, T, T) and (w[..., 0, 2:] == 0).all()
+    torch.testing.assert_close(mha.o_proj(o), want, **TOL)
+    with pytest.raises(ShapeError, match=r"attend takes projected q of shape \(B, L, 16\)"):
+        mha.attend(q[..., :8], k, v)
+    with pytest.raises(AttnKitError, match="attend needs k and v"):
+        mha.attend(q, None, None)

@@ -136,3 +136,36 @@ def test_cache_is_differentiable_when_inputs_require_grad():
     x.grad = None
     mha(x, is_causal=True, need_weights=False)[0].sum().backward()
     torch.testing.assert_close(g_cached, x.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_a_cache_makes_causal_the_default():
+    """A prefill into a KVCache without is_causal attends causally (bottom-right aligned); an
+    explicit is_causal=False or a structural mask keeps the call as asked."""
+    from attnkit import masks
+    from attnkit.nn import TransformerEncoderLayer
+
+    torch.manual_seed(5)
+    mha = MultiHeadAttention(E, H, rope=True).eval()
+    x = torch.randn(B, T, E)
+    causal = mha(x, is_causal=True, need_weights=False)[0]
+    bidir = mha(x, need_weights=False)[0]
+    assert not torch.allclose(causal, bidir, atol=1e-3)
+    cache = KVCache()
+    pre = mha(x[:, :5], cache=cache, need_weights=False)[0]
+    chunk = mha(x[:, 5:], cache=cache, need_weights=False)[0]  # 4 queries over 9 keys: bottom-right
+    torch.testing.assert_close(torch.cat((pre, chunk), 1), causal, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mha(x, cache=KVCache(), is_causal=False, need_weights=False)[0], bidir,
+                               atol=1e-5, rtol=1e-5)
+    kpm = torch.zeros(B, T, dtype=torch.bool)
+    kpm[0, 0] = True  # padding keeps the causal default
+    torch.testing.assert_close(mha(x, cache=KVCache(), key_padding_mask=kpm, need_weights=False)[0],
+                               mha(x, key_padding_mask=kpm, is_causal=True, need_weights=False)[0],
+                               atol=1e-5, rtol=1e-5)
+    win = masks.window(1)  # a structural mask replaces the default (this one sees one key ahead)
+    torch.testing.assert_close(mha(x, cache=KVCache(), mask=win, need_weights=False)[0],
+                               mha(x, mask=win, need_weights=False)[0], atol=1e-5, rtol=1e-5)
+    ahead = ~torch.ones(T, T, dtype=torch.bool).tril(1)  # PyTorch convention: True = not allowed
+    torch.testing.assert_close(mha(x, cache=KVCache(), attn_mask=ahead, need_weights=False)[0],
+                               mha(x, attn_mask=ahead, need_weights=False)[0], atol=1e-5, rtol=1e-5)
+    layer = TransformerEncoderLayer(E, H, 64, rope=True).eval()  # the layers follow the same rule
+    torch.testing.assert_close(layer(x, cache=KVCache()), layer(x, is_causal=True), atol=1e-5, rtol=1e-5)

@@ -63,7 +63,7 @@ def test_encoder_layer_parity(norm_first, batch_first, activation, masking):
 def test_encoder_layer_backward_parity_in_training(norm_first):
     torch.manual_seed(2)
     ref = nn.TransformerEncoderLayer(E, H, F, dropout=0.0, batch_first=True, norm_first=norm_first)
-    mine = TransformerEncoderLayer(E, H, F, dropout=0.0, norm_first=norm_first)
+    mine = TransformerEncoderLayer(E, H, F, dropout=0.0, batch_first=True, norm_first=norm_first)
     mine.load_state_dict(ref.state_dict())
     x = torch.randn(B, T, E)
     causal = nn.Transformer.generate_square_subsequent_mask(T)
@@ -98,8 +98,9 @@ def test_stacks_parity():
     ref_dec = nn.TransformerDecoder(nn.TransformerDecoderLayer(E, H, F, batch_first=True), 2).eval()
     _randomise(ref_enc)
     _randomise(ref_dec)
-    enc = TransformerEncoder(TransformerEncoderLayer(E, H, F, norm_first=True), 2, norm=nn.LayerNorm(E)).eval()
-    dec = TransformerDecoder(TransformerDecoderLayer(E, H, F), 2).eval()
+    enc = TransformerEncoder(TransformerEncoderLayer(E, H, F, norm_first=True, batch_first=True), 2,
+                             norm=nn.LayerNorm(E)).eval()
+    dec = TransformerDecoder(TransformerDecoderLayer(E, H, F, batch_first=True), 2).eval()
     enc.load_state_dict(ref_enc.state_dict())
     dec.load_state_dict(ref_dec.state_dict())
     src, tgt = torch.randn(B, S, E), torch.randn(B, T, E)
@@ -185,7 +186,7 @@ def test_attnkit_mask_and_impl_in_layers():
     assert not torch.allclose(layer(x, mask=win), layer(x))
 
 
-def test_block_errors():
+def test_layer_errors():
     with pytest.raises(AttnKitError, match="activation"):
         TransformerEncoderLayer(E, H, F, activation="swish")
     with pytest.raises(ShapeError, match="divisible"):

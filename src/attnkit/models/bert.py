@@ -1,9 +1,10 @@
 """BERT encoders on attnkit, and the real all-MiniLM-L6-v2 sentence encoder.
 
 The model is plain PyTorch (embeddings, then per layer: self-attention + LayerNorm, GELU
-feed-forward + LayerNorm) whose attention step is :func:`attnkit.attention`, so any registered
-implementation runs it: ``impl="sdpa"``, ``"reference"``, ``"blockwise"``, a sparse pattern via
-``mask=`` (combined with the padding mask), or an approximate implementation with ``options=``.
+feed-forward + LayerNorm) whose self-attention is :class:`attnkit.nn.MultiHeadAttention` (with a
+fused q/k/v projection), so any registered implementation runs it: ``impl="sdpa"``,
+``"reference"``, ``"blockwise"``, a sparse pattern via ``mask=`` (combined with the padding
+mask), or an approximate implementation with ``options=``.
 
 >>> from attnkit.models import load_minilm          # doctest: +SKIP
 >>> model, tok = load_minilm()                       # doctest: +SKIP
@@ -28,8 +29,9 @@ from torch import Tensor, nn
 
 from .. import masks as _masks
 from ..errors import AttnKitError, DTypeError, ShapeError
-from ..functional import attention, observe
+from ..functional import observe
 from ..masks import Mask
+from ..nn import MultiHeadAttention
 from ._files import minilm_dir, read_json, verify_sha256
 
 __all__ = [
@@ -100,12 +102,6 @@ class BertOutput:
 # --------------------------------------------------------------------------- pure helpers
 
 
-def merge_heads(x: Tensor) -> Tensor:
-    """``(B, H, T, D) -> (B, T, H*D)``."""
-    b, h, t, d = x.shape
-    return x.transpose(1, 2).reshape(b, t, h * d)
-
-
 def padding_mask(attention_mask: Tensor | None, extra: Mask | None = None) -> Mask | None:
     """The attnkit mask of a padded batch: keys where ``attention_mask (B, T)`` is 0 are ignored,
     combined with ``extra``. Returns None when nothing is masked (so fused paths stay open)."""
@@ -174,34 +170,35 @@ class BertEmbeddings(nn.Module):
 
 
 class BertSelfAttention(nn.Module):
-    """Multi-head self-attention through :func:`attnkit.attention`, output projection, residual
-    and LayerNorm (post-norm, as in BERT)."""
+    """BERT's attention sublayer: :class:`attnkit.nn.MultiHeadAttention` (q/k/v projected in one
+    matmul), then residual and LayerNorm (post-norm, as in BERT).
+
+    It runs the module's stages itself (:meth:`~attnkit.nn.MultiHeadAttention.project`,
+    :meth:`~attnkit.nn.MultiHeadAttention.attend`, ``o_proj``) so that with ``packing`` the
+    projections see only the real tokens while attention runs on the padded ``(B, H, T, D)`` layout.
+    """
 
     def __init__(self, cfg: BertConfig):
         super().__init__()
         c = cfg.hidden_size
-        self.heads = cfg.num_attention_heads
-        self.qkv = nn.Linear(c, 3 * c)  # query, key and value projections in one matmul
-        self.out = nn.Linear(c, c)
+        self.mha = MultiHeadAttention(c, cfg.num_attention_heads, batch_first=True, fused_qkv=True)
         self.norm = nn.LayerNorm(c, eps=cfg.layer_norm_eps)
 
     def forward(self, x: Tensor, mask: Mask | None, settings: AttentionSettings,
                 packing: Packing | None = None) -> Tensor:
         """``x (B, T, C) -> (B, T, C)``, or ``(N, C) -> (N, C)`` for the real tokens of ``packing``."""
-        qkv = self.qkv(x)  # (B, T, 3C) or (N, 3C)
+        q, k, v = self.mha.project(x)  # each (B, T, C), or (N, C) packed
         if packing is not None:
-            qkv = packing.scatter(qkv)  # (B, T, 3C)
-        b, t, c3 = qkv.shape
-        qkv = qkv.view(b, t, 3, self.heads, c3 // (3 * self.heads))  # (B, T, 3, H, D)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D)
-        o = merge_heads(attention(q, k, v, mask, impl=settings.impl, options=settings.options))  # (B, T, C)
+            q, k, v = packing.scatter(q), packing.scatter(k), packing.scatter(v)  # each (B, T, C)
+        o, _ = self.mha.attend(q, k, v, mask, impl=settings.impl, options=settings.options)  # (B, T, C)
         if packing is not None:
             o = packing.gather(o)  # (N, C)
-        return self.norm(x + self.out(o))
+        return self.norm(x + self.mha.o_proj(o))
 
 
 class BertLayer(nn.Module):
-    """Self-attention block then GELU feed-forward block, each with residual + LayerNorm."""
+    """One encoder layer: the self-attention sublayer then the GELU feed-forward sublayer, each
+    with residual + LayerNorm."""
 
     def __init__(self, cfg: BertConfig):
         super().__init__()
@@ -280,10 +277,10 @@ class BertModel(nn.Module):
 
 _HF_RENAMES = (
     ("encoder.layer.", "layers."),
-    (".attention.self.query.", ".attn.q."),
-    (".attention.self.key.", ".attn.k."),
-    (".attention.self.value.", ".attn.v."),
-    (".attention.output.dense.", ".attn.out."),
+    (".attention.self.query.", ".attn.mha.q_proj."),
+    (".attention.self.key.", ".attn.mha.k_proj."),
+    (".attention.self.value.", ".attn.mha.v_proj."),
+    (".attention.output.dense.", ".attn.mha.o_proj."),
     (".attention.output.LayerNorm.", ".attn.norm."),
     (".intermediate.dense.", ".ffn_in."),
     (".output.dense.", ".ffn_out."),
@@ -298,8 +295,9 @@ _HF_RENAMES = (
 
 def rename_hf_key(key: str) -> str | None:
     """The :class:`BertModel` parameter name for a Hugging Face BERT checkpoint key (None: not a
-    parameter, e.g. ``embeddings.position_ids``). Query/key/value map to ``attn.q/k/v``, which
-    :func:`fuse_qkv` then joins into the fused ``attn.qkv`` projection."""
+    parameter, e.g. ``embeddings.position_ids``). Query/key/value/output map to the attention
+    module's ``q_proj``/``k_proj``/``v_proj``/``o_proj``; loading joins the first three into its
+    fused ``qkv_proj`` (see :class:`attnkit.nn.MultiHeadAttention`)."""
     key = key.removeprefix("bert.")
     if key.endswith("position_ids"):
         return None
@@ -308,18 +306,9 @@ def rename_hf_key(key: str) -> str | None:
     return key
 
 
-def fuse_qkv(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Concatenate each layer's ``attn.q/k/v`` weights and biases into ``attn.qkv`` (rows: q, k, v)."""
-    out = dict(state)
-    for key in [k for k in state if ".attn.q." in k]:
-        parts = [out.pop(key.replace(".attn.q.", f".attn.{p}.")) for p in "qkv"]
-        out[key.replace(".attn.q.", ".attn.qkv.")] = torch.cat(parts, 0)  # (3C, C) or (3C,)
-    return out
-
-
 def load_bert_state(model: BertModel, weights: Mapping[str, Tensor]) -> None:
     """Copy a Hugging Face BERT state dict into ``model`` (every parameter must be present)."""
-    state = fuse_qkv({new: t for k, t in weights.items() if (new := rename_hf_key(k)) is not None})
+    state = {new: t for k, t in weights.items() if (new := rename_hf_key(k)) is not None}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise AttnKitError(f"checkpoint does not fit the BERT architecture: missing {missing}, "

@@ -1,8 +1,9 @@
-"""Attention modules: drop-in ``MultiHeadAttention``, KV caches, positions (RoPE, ALiBi,
-sinusoidal), recurrent encoder-decoder attention and Transformer layers, all over
-:func:`attnkit.attention`."""
+"""Attention modules: ``MultiHeadAttention`` (a drop-in for ``torch.nn.MultiheadAttention``),
+KV caches, positions (RoPE, ALiBi, sinusoidal), recurrent encoder-decoder attention and
+transformer layers, all over :func:`attnkit.attention`. PyTorch's conventions are converted in
+:mod:`attnkit.nn.torch_compat`."""
 
-from .attention import MultiHeadAttention, torch_masks_to_attnkit
+from .attention import MultiHeadAttention
 from .cache import KVCache, LayerCaches
 from .positional import (
     RotaryEmbedding,
@@ -13,6 +14,7 @@ from .positional import (
     sinusoidal_encoding,
 )
 from .recurrent import AdditiveAttention, LuongAttention, Seq2SeqRNN
+from .torch_compat import torch_masks_to_attnkit
 from .transformer import (
     TransformerDecoder,
     TransformerDecoderLayer,

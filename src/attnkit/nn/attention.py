@@ -1,27 +1,29 @@
-"""``MultiHeadAttention``: a drop-in for ``torch.nn.MultiheadAttention`` over :func:`attnkit.attention`.
+"""``MultiHeadAttention``: attnkit's one multi-head attention module, over :func:`attnkit.attention`.
 
-The module is a thin shell: project, split heads, (optionally) normalise q/k and rotate them,
-append to a KV cache, then one :func:`attnkit.attention` call, merge heads, project out.
-Beyond PyTorch's module it has grouped-query attention (``num_kv_heads``), RoPE, ALiBi, q/k
-normalisation, any score/weight/implementation of attnkit, attnkit masks and a KV cache.
+A forward pass has three stages, each a public method, so that a model can put its own steps
+between them (BERT runs the projections on the real tokens of a padded batch only):
 
-Masks at the module edge follow PyTorch: a bool ``attn_mask`` is True = *not allowed*, a float
-one is added to the scores; ``key_padding_mask`` True = *ignore* this key. attnkit
-:class:`~attnkit.masks.Mask` objects (True = attend) are accepted as ``attn_mask`` or ``mask``.
-A query with no allowed key gets a zero output and zero weights (PyTorch gives NaN there).
+1. :meth:`~MultiHeadAttention.project`: the q/k/v in-projections, position-wise (one matmul with
+   ``fused_qkv=True``);
+2. :meth:`~MultiHeadAttention.attend`: split heads, q/k normalisation, RoPE, the KV cache, one
+   :func:`attnkit.attention` call (any score, weight, implementation, mask), merge heads;
+3. ``o_proj``, the output projection.
 
-Checkpoints: parameters are ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``; a state dict of
-``nn.MultiheadAttention`` (``in_proj_weight``/``in_proj_bias`` or ``q_proj_weight``,
-``k_proj_weight``, ``v_proj_weight`` when kdim/vdim differ, ``out_proj.*``) is converted on
-``load_state_dict``, also when the module sits inside a bigger model.
+:meth:`~MultiHeadAttention.forward` runs them with the calling convention of
+``torch.nn.MultiheadAttention``; the PyTorch conventions (mask polarity, ``(T, B, E)`` inputs,
+checkpoint keys, ``add_bias_kv``, ``need_weights``) are converted at the edge by
+:mod:`attnkit.nn.torch_compat`. ``docs/migration.md`` lists where the two modules differ.
+
+Checkpoint keys: ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj`` (or ``qkv_proj``, rows q then k
+then v, and ``o_proj`` with ``fused_qkv=True``); either layout loads into either module, and a
+state dict of ``nn.MultiheadAttention`` loads too (also nested in a bigger model).
 
 Shape legend: B batch, T queries, S keys, E embed_dim, H heads, Hkv key/value heads, D head dim.
 """
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -34,150 +36,30 @@ from ..errors import AttnKitError, DTypeError, ShapeError
 from ..functional import attention
 from ..masks import Mask
 from ..shapes import merge_heads, split_heads
+from . import torch_compat as _tc
 from .cache import KVCache
 from .positional import RotaryEmbedding
 
-__all__ = ["MultiHeadAttention", "torch_masks_to_attnkit", "AppendedKeys"]
+__all__ = ["MultiHeadAttention"]
 
 
-# ----------------------------------------------------------------------------------------------
-# the mask edge: PyTorch conventions -> attnkit (mask True = attend, float bias)
-# ----------------------------------------------------------------------------------------------
-
-
-def _split_float(t: Tensor) -> tuple[Tensor | None, Tensor]:
-    """A float additive mask -> (bool allowed or None when all finite, bias with -inf zeroed)."""
-    allowed = t != float("-inf")
-    if bool(allowed.all()):
-        return None, t
-    return allowed, t.masked_fill(~allowed, 0.0)
-
-
-def _attn_mask_4d(attn_mask: Tensor, batch: int, heads: int, lq: int, lk: int) -> Tensor:
-    """PyTorch's ``attn_mask`` (T, S) or (B * H, T, S) -> broadcastable (1|B, 1|H, T, S)."""
-    if attn_mask.dim() == 2 and tuple(attn_mask.shape) == (lq, lk):
-        return attn_mask.view(1, 1, lq, lk)
-    if attn_mask.dim() == 3 and tuple(attn_mask.shape) == (batch * heads, lq, lk):
-        return attn_mask.view(batch, heads, lq, lk)
-    raise ShapeError(f"attn_mask must have shape (T, S) = ({lq}, {lk}) or (B * num_heads, T, S) = "
-                     f"({batch * heads}, {lq}, {lk}); got {tuple(attn_mask.shape)}")
-
-
-def torch_masks_to_attnkit(attn_mask: Tensor | Mask | None, key_padding_mask: Tensor | None, *,
-                           batch: int, heads: int, lq: int, lk: int, is_causal: bool = False,
-                           dtype: torch.dtype = torch.float32) -> tuple[Mask | None, Tensor | None]:
-    """Convert ``nn.MultiheadAttention``'s mask arguments to an attnkit mask and a float bias.
-
-    ``attn_mask``: bool (True = not allowed) or float (added), ``(T, S)`` or ``(B * H, T, S)``, or
-    an attnkit Mask (True = attend). ``key_padding_mask``: ``(B, S)`` bool (True = ignore) or
-    float (added). ``is_causal`` without an ``attn_mask`` adds a causal mask (with one, the
-    ``attn_mask`` is taken to be that causal mask, as PyTorch does). Returns ``(mask, bias)``
-    where bias is ``(1|B, 1|H, T, S)``; ``-inf`` entries of float masks become mask entries, so
-    fully masked rows give zeros rather than NaN.
-    """
-    parts: list[Mask] = []
-    bias: Tensor | None = None
-
-    def add_float(t4: Tensor) -> None:
-        nonlocal bias
-        allowed, b = _split_float(t4)
-        if allowed is not None:
-            parts.append(_masks.from_tensor(allowed))
-        bias = b if bias is None else bias + b
-
-    if isinstance(attn_mask, Mask):
-        parts.append(attn_mask)
-    elif attn_mask is not None:
-        if not isinstance(attn_mask, Tensor):
-            raise DTypeError(f"attn_mask must be a Tensor or an attnkit Mask; got {type(attn_mask).__name__}")
-        m4 = _attn_mask_4d(attn_mask, batch, heads, lq, lk)
-        if m4.dtype == torch.bool:
-            parts.append(_masks.from_tensor(~m4))
-        elif m4.is_floating_point():
-            add_float(m4.to(dtype))
-        else:
-            raise DTypeError(f"attn_mask must be bool (True = not allowed) or float (additive); got {m4.dtype}")
-    elif is_causal:
-        parts.append(_masks.causal())
-    if key_padding_mask is not None:
-        if not isinstance(key_padding_mask, Tensor) or tuple(key_padding_mask.shape) != (batch, lk):
-            got = tuple(key_padding_mask.shape) if isinstance(key_padding_mask, Tensor) else type(key_padding_mask)
-            raise ShapeError(f"key_padding_mask must have shape (B, S) = ({batch}, {lk}); got {got}")
-        if key_padding_mask.dtype == torch.bool:
-            parts.append(_masks.from_key_padding(key_padding_mask, true_means="ignore"))
-        elif key_padding_mask.is_floating_point():
-            add_float(key_padding_mask.to(dtype).view(batch, 1, 1, lk))
-        else:
-            raise DTypeError(f"key_padding_mask must be bool (True = ignore) or float (additive); got "
-                             f"{key_padding_mask.dtype}")
-    mask = functools.reduce(lambda a, b: a & b, parts) if parts else None
-    return mask, bias
-
-
-@dataclass(frozen=True, eq=False)
-class AppendedKeys(Mask):
-    """``inner`` over the first ``S - extra`` keys; the last ``extra`` keys (the learned ``bias_k``
-    and the zero key of ``add_zero_attn``, appended after the inputs' keys as PyTorch does) are
-    attended by every query. Evaluating ``inner`` at the inputs' own length keeps its alignment
-    (e.g. a bottom-right causal mask) unchanged."""
-
-    inner: Mask
-    extra: int
-
-    @property
-    def num_batch(self) -> int:  # type: ignore[override]
-        return self.inner.num_batch
-
-    @property
-    def num_heads(self) -> int:  # type: ignore[override]
-        return self.inner.num_heads
-
-    def validate(self, lq, lk, batch, heads):
-        super().validate(lq, lk, batch, heads)
-        self.inner.validate(lq, lk - self.extra, batch, heads)
-
-    def mod(self, b, h, i, j, lq, lk):
-        s = lk - self.extra
-        return (j >= s) | self.inner.mod(b, h, i, j.clamp(max=s - 1), lq, s)
-
-
-# ----------------------------------------------------------------------------------------------
-# checkpoint keys of nn.MultiheadAttention
-# ----------------------------------------------------------------------------------------------
-
-
-def _convert_torch_state(module: MultiHeadAttention, state: dict[str, Any], prefix: str) -> None:
-    """Rewrite ``nn.MultiheadAttention`` keys under ``prefix`` to this module's keys, in place."""
-    p = prefix
-    if p + "in_proj_weight" in state:
-        qw, kw, vw = state.pop(p + "in_proj_weight").chunk(3, dim=0)
-    elif p + "q_proj_weight" in state:
-        qw, kw, vw = (state.pop(p + f"{n}_proj_weight") for n in "qkv")
-    else:
-        return
-    if module.num_kv_heads != module.num_heads:
-        raise ShapeError(f"an nn.MultiheadAttention state dict has num_kv_heads == num_heads; this module has "
-                         f"num_heads={module.num_heads}, num_kv_heads={module.num_kv_heads}")
-    for name in ("bias_k", "bias_v"):
-        if p + name in state and getattr(module, name) is None:
-            raise AttnKitError(f"the state dict has {p + name} (nn.MultiheadAttention with add_bias_kv=True); "
-                               "build this module with add_bias_kv=True to load it")
-    state[p + "q_proj.weight"], state[p + "k_proj.weight"], state[p + "v_proj.weight"] = qw, kw, vw
-    if p + "in_proj_bias" in state:
-        qb, kb, vb = state.pop(p + "in_proj_bias").chunk(3, dim=0)
-        state[p + "q_proj.bias"], state[p + "k_proj.bias"], state[p + "v_proj.bias"] = qb, kb, vb
-    for suffix in ("weight", "bias"):
-        if p + f"out_proj.{suffix}" in state:
-            state[p + f"o_proj.{suffix}"] = state.pop(p + f"out_proj.{suffix}")
+def _as_mask(mask: Mask | Tensor | None) -> Mask | None:
+    """attnkit's mask argument (True = attend): a Mask, or a bool tensor ``(T, S)`` or ``(B|1, H|1, T, S)``."""
+    if mask is None or isinstance(mask, Mask):
+        return mask
+    if not isinstance(mask, Tensor):
+        raise DTypeError(f"mask must be an attnkit Mask or a bool tensor (True = attend); got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise DTypeError(f"mask takes attnkit's convention, a bool tensor with True = attend; got dtype {mask.dtype}. "
+                         "Pass an additive float mask as attn_mask=")
+    if mask.dim() not in (2, 4):
+        raise ShapeError(f"mask tensor must be (T, S) or (B|1, H|1, T, S), True = attend; got shape "
+                         f"{tuple(mask.shape)} (a 3-D mask is ambiguous: use m[:, None] for (B, 1, T, S))")
+    return _masks.from_tensor(mask)
 
 
 def _load_hook(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-    _convert_torch_state(module, state_dict, prefix)  # type: ignore[arg-type]
-
-
-# ----------------------------------------------------------------------------------------------
-# the module
-# ----------------------------------------------------------------------------------------------
+    module._convert_state(state_dict, prefix)  # type: ignore[operator]
 
 
 class MultiHeadAttention(nn.Module):
@@ -189,7 +71,9 @@ class MultiHeadAttention(nn.Module):
         dropout: dropout on the attention weights in training.
         bias: biases in the projections.
         kdim, vdim: key / value input dims (default E).
-        batch_first: inputs ``(B, T, E)`` (default; PyTorch's default is False: ``(T, B, E)``).
+        batch_first: inputs ``(B, T, E)`` (True, the default) or ``(T, B, E)`` (False, PyTorch's
+            default). Loading an ``nn.MultiheadAttention`` state dict into a module built without
+            it warns, since the two defaults differ.
         num_kv_heads: key/value heads Hkv (grouped-query; 1 = multi-query); H must divide by it.
         impl: attnkit implementation name or ``"auto"``.
         score, weight: attnkit score / weight names (or objects).
@@ -199,20 +83,25 @@ class MultiHeadAttention(nn.Module):
         add_bias_kv: append a learned key and value (``bias_k``, ``bias_v``) to the keys/values,
             as ``nn.MultiheadAttention`` does; every query may attend to it.
         add_zero_attn: append a zero key and value (after ``bias_k``), also always attendable.
+        fused_qkv: one ``qkv_proj`` Linear ``(E + 2 * Hkv * D, E)`` instead of three (one matmul
+            for self-attention); needs ``kdim == vdim == E``.
 
-    ``forward(query, key=None, value=None, key_padding_mask=None, need_weights=True,
-    attn_mask=None, average_attn_weights=True, is_causal=False, *, mask=None, cache=None)``
-    returns ``(out, weights)``: out ``(B, T, E)`` (or ``(T, B, E)``, or ``(T, E)`` unbatched),
-    weights ``(B, T, S)`` averaged over heads, ``(B, H, T, S)`` with
-    ``average_attn_weights=False``, or None when ``need_weights=False``.
+    Example:
+        >>> import torch
+        >>> mha = MultiHeadAttention(16, 4, num_kv_heads=2)
+        >>> out, w = mha(torch.randn(2, 5, 16), is_causal=True)
+        >>> tuple(out.shape), tuple(w.shape)
+        ((2, 5, 16), (2, 5, 5))
+
+    Shape legend: B batch, T queries, S keys, E embed_dim, H heads, Hkv key/value heads, D head dim.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
-                 kdim: int | None = None, vdim: int | None = None, batch_first: bool = True,
+                 kdim: int | None = None, vdim: int | None = None, batch_first: bool | None = None,
                  num_kv_heads: int | None = None, impl: str = "auto", score: Any = "scaled_dot",
                  weight: Any = "softmax", rope: bool | RotaryEmbedding | None = None, alibi: bool = False,
                  qk_norm: bool = False, add_bias_kv: bool = False, add_zero_attn: bool = False,
-                 device: Any = None, dtype: torch.dtype | None = None):
+                 fused_qkv: bool = False, device: Any = None, dtype: torch.dtype | None = None):
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         _check_dims(embed_dim, num_heads, num_kv_heads, dropout)
@@ -220,13 +109,20 @@ class MultiHeadAttention(nn.Module):
         self.head_dim = embed_dim // num_heads
         self.kdim = embed_dim if kdim is None else kdim
         self.vdim = embed_dim if vdim is None else vdim
-        self.dropout, self.batch_first = float(dropout), batch_first
+        self.dropout = float(dropout)
+        self.batch_first = True if batch_first is None else bool(batch_first)
+        self._layout_stated = batch_first is not None
         self.impl, self.score, self.weight = impl, score, weight
         kv_out = num_kv_heads * self.head_dim
+        self._sizes = (embed_dim, kv_out, kv_out)  # rows of q, k, v in the fused projection
         fk = {"device": device, "dtype": dtype}
-        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **fk)
-        self.k_proj = nn.Linear(self.kdim, kv_out, bias=bias, **fk)
-        self.v_proj = nn.Linear(self.vdim, kv_out, bias=bias, **fk)
+        if fused_qkv and not self.kdim == self.vdim == embed_dim:
+            raise ShapeError(f"fused_qkv=True projects one input to q, k and v, so it needs kdim == vdim == "
+                             f"embed_dim={embed_dim}; got kdim={self.kdim}, vdim={self.vdim}")
+        self.qkv_proj = nn.Linear(embed_dim, sum(self._sizes), bias=bias, **fk) if fused_qkv else None
+        self.q_proj = None if fused_qkv else nn.Linear(embed_dim, embed_dim, bias=bias, **fk)
+        self.k_proj = None if fused_qkv else nn.Linear(self.kdim, kv_out, bias=bias, **fk)
+        self.v_proj = None if fused_qkv else nn.Linear(self.vdim, kv_out, bias=bias, **fk)
         self.o_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **fk)
         self.rope = RotaryEmbedding(self.head_dim) if rope is True else (rope or None)
         if self.rope is not None and self.rope.dim != self.head_dim:
@@ -235,6 +131,10 @@ class MultiHeadAttention(nn.Module):
         self.alibi = bool(alibi)
         self.q_norm = nn.RMSNorm(self.head_dim, **fk) if qk_norm else None
         self.k_norm = nn.RMSNorm(self.head_dim, **fk) if qk_norm else None
+        if (add_bias_kv or add_zero_attn) and (self.rope is not None or qk_norm):
+            raise AttnKitError("add_bias_kv / add_zero_attn (nn.MultiheadAttention's appended keys) cannot be "
+                               "combined with rope or qk_norm: the appended keys have no position and are not "
+                               "normalised")
         self.bias_k = nn.Parameter(torch.empty(1, 1, kv_out, **fk)) if add_bias_kv else None
         self.bias_v = nn.Parameter(torch.empty(1, 1, kv_out, **fk)) if add_bias_kv else None
         self.add_zero_attn = bool(add_zero_attn)
@@ -243,10 +143,11 @@ class MultiHeadAttention(nn.Module):
 
     def _reset_parameters(self) -> None:
         """PyTorch's initialisation: xavier-uniform in-projections, zero biases."""
-        for lin in (self.q_proj, self.k_proj, self.v_proj):
-            nn.init.xavier_uniform_(lin.weight)
-            if lin.bias is not None:
-                nn.init.zeros_(lin.bias)
+        for lin in (self.qkv_proj, self.q_proj, self.k_proj, self.v_proj):
+            if lin is not None:
+                nn.init.xavier_uniform_(lin.weight)
+                if lin.bias is not None:
+                    nn.init.zeros_(lin.bias)
         if self.o_proj.bias is not None:
             nn.init.zeros_(self.o_proj.bias)
         for extra in (self.bias_k, self.bias_v):
@@ -255,56 +156,109 @@ class MultiHeadAttention(nn.Module):
 
     @classmethod
     def from_torch(cls, mha: nn.MultiheadAttention, **kwargs: Any) -> MultiHeadAttention:
-        """A copy of ``mha`` (same weights, same outputs); ``kwargs`` override other options."""
-        if not isinstance(mha, nn.MultiheadAttention):
-            raise AttnKitError(f"from_torch expects an nn.MultiheadAttention; got {type(mha).__name__}")
-        ref = mha.in_proj_weight if mha.in_proj_weight is not None else mha.q_proj_weight
-        opts = dict(embed_dim=mha.embed_dim, num_heads=mha.num_heads, dropout=mha.dropout,
-                    bias=mha.in_proj_bias is not None, kdim=mha.kdim, vdim=mha.vdim,
-                    batch_first=mha.batch_first, add_bias_kv=mha.bias_k is not None,
-                    add_zero_attn=mha.add_zero_attn, device=ref.device, dtype=ref.dtype)
-        module = cls(**{**opts, **kwargs})
+        """A copy of ``mha`` (same weights, same layout, same outputs); ``kwargs`` override options."""
+        module = cls(**{**_tc.torch_mha_options(mha), **kwargs})
         module.load_state_dict(mha.state_dict())
         return module.train(mha.training)
 
-    # -- forward pieces -------------------------------------------------------------------------
-    def _to_bte(self, x: Tensor, name: str, dim: int) -> tuple[Tensor, bool]:
-        """Input -> ``(B, T, dim)``; also whether it was unbatched ``(T, dim)``."""
-        if not isinstance(x, Tensor):
-            raise DTypeError(f"{name} must be a Tensor; got {type(x).__name__}")
-        if x.dim() == 2:
-            x = x.unsqueeze(0)
-            unbatched = True
-        elif x.dim() == 3:
-            unbatched = False
-            x = x if self.batch_first else x.transpose(0, 1)
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _convert_state(self, state: dict[str, Any], prefix: str) -> None:
+        """Load-state-dict pre-hook: PyTorch keys -> ours, then the q/k/v keys to this module's
+        layout (fused ``qkv_proj`` or separate ``q_proj``/``k_proj``/``v_proj``), in place."""
+        converted = _tc.convert_torch_state(state, prefix, num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
+                                            has_bias_kv=self.bias_k is not None)
+        if converted and not self._layout_stated:
+            _tc.warn_layout_after_torch_load()
+        for suffix in ("weight", "bias"):
+            parts = [f"{prefix}{n}_proj.{suffix}" for n in "qkv"]
+            fused = f"{prefix}qkv_proj.{suffix}"
+            if self.qkv_proj is not None and all(p in state for p in parts):
+                state[fused] = torch.cat([state.pop(p) for p in parts], dim=0)  # (E + 2 Hkv D, ...)
+            elif self.qkv_proj is None and fused in state and state[fused].shape[0] == sum(self._sizes):
+                for p, t in zip(parts, state.pop(fused).split(self._sizes, dim=0)):
+                    state[p] = t
+
+    # -- the three stages -----------------------------------------------------------------------
+    def project(self, query: Tensor, key: Tensor | None = None,
+                value: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """The in-projections, position-wise over any leading dims: ``query (..., E)`` ->
+        ``q (..., H * D)``; ``key (..., kdim)``, ``value (..., vdim)`` -> ``k``, ``v (..., Hkv * D)``.
+        ``key`` defaults to ``query`` (self-attention: one matmul with ``fused_qkv``), ``value`` to ``key``."""
+        kv_in = query if key is None else key
+        v_in = kv_in if value is None else value
+        if self.qkv_proj is None:
+            assert self.q_proj is not None and self.k_proj is not None and self.v_proj is not None
+            return self.q_proj(query), self.k_proj(kv_in), self.v_proj(v_in)
+        if key is None and value is None:
+            q, k, v = self.qkv_proj(query).split(self._sizes, dim=-1)  # (..., E), (..., Hkv D) x 2
+            return q, k, v
+        ws = self.qkv_proj.weight.split(self._sizes, dim=0)
+        bs = (None,) * 3 if self.qkv_proj.bias is None else self.qkv_proj.bias.split(self._sizes, dim=0)
+        return F.linear(query, ws[0], bs[0]), F.linear(kv_in, ws[1], bs[1]), F.linear(v_in, ws[2], bs[2])
+
+    def _project_query(self, query: Tensor) -> Tensor:
+        """``query (..., E) -> q (..., H * D)`` alone (keys and values come from a static cache)."""
+        if self.q_proj is not None:
+            return self.q_proj(query)
+        assert self.qkv_proj is not None
+        e = self.embed_dim
+        b = None if self.qkv_proj.bias is None else self.qkv_proj.bias[:e]
+        return F.linear(query, self.qkv_proj.weight[:e], b)
+
+    def attend(self, q: Tensor, k: Tensor | None, v: Tensor | None, mask: Mask | Tensor | None = None, *,
+               bias: Tensor | None = None, is_causal: bool | None = None, cache: KVCache | None = None,
+               need_weights: bool = False, impl: str | None = None,
+               options: Mapping[str, Any] | None = None) -> tuple[Tensor, Tensor | None]:
+        """Attention over projected inputs, in attnkit's conventions.
+
+        Args:
+            q: projected queries ``(B, T, H * D)``.
+            k, v: projected keys and values ``(B, S, Hkv * D)``; None when a filled static
+                ``cache`` holds them.
+            mask: an attnkit mask, True = attend: a :class:`~attnkit.masks.Mask` or a bool tensor
+                ``(T, S)`` / ``(B|1, H|1, T, S)`` (S counts the cached keys too).
+            bias: float ``(1|B, 1|H, T, S)`` added to the scores.
+            is_causal: add a bottom-right causal mask (the last query sees the last key). The
+                default (None) is causal when a non-static ``cache`` is given and ``mask`` is
+                None (a decoder's cache), else not; pass False for a bidirectional cached call.
+            cache: a :class:`KVCache`; the new keys/values (rotated by RoPE at positions
+                ``cache.length ..``) are appended and all cached ones are attended.
+            need_weights: also return the weights.
+            impl, options: override the module's implementation for this call, and its options.
+
+        Returns:
+            ``(out (B, T, H * D), weights (B, H, T, S) or None)``; ``out`` is before ``o_proj``.
+        """
+        self._check_cache(cache)
+        _check_projected(q, "q", self.embed_dim)
+        q = split_heads(q, self.num_heads)  # (B, H, T, D)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+        if cache is not None and cache.static and not cache.is_empty:
+            k, v = cache.keys, cache.values  # (B, Hkv, S, D)
         else:
-            raise ShapeError(f"{name} must be 3-D ({'B, L' if self.batch_first else 'L, B'}, {dim}) or "
-                             f"unbatched (L, {dim}); got shape {tuple(x.shape)}")
-        if x.shape[-1] != dim:
-            raise ShapeError(f"{name} last dim must be {dim}; got shape {tuple(x.shape)}")
-        return x, unbatched
-
-    def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``(B, T, E)``, ``(B, S, kdim)``, ``(B, S, vdim)`` -> q ``(B, H, T, D)``, k, v ``(B, Hkv, S, D)``."""
-        q = split_heads(self.q_proj(query), self.num_heads)  # (B, H, T, D)
-        k = split_heads(self.k_proj(key), self.num_kv_heads)  # (B, Hkv, S, D)
-        v = split_heads(self.v_proj(value), self.num_kv_heads)  # (B, Hkv, S, D)
-        if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        return q, k, v
-
-    def _append_kv(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, int]:
-        """``add_bias_kv`` / ``add_zero_attn``: keys/values ``(B, Hkv, S, D)`` -> ``(B, Hkv, S + n, D)``
-        with the learned and/or zero key appended; also ``n``."""
-        b, ks, vs = k.shape[0], [k], [v]
-        if self.bias_k is not None and self.bias_v is not None:
-            ks.append(split_heads(self.bias_k.expand(b, 1, -1), self.num_kv_heads))  # (B, Hkv, 1, D)
-            vs.append(split_heads(self.bias_v.expand(b, 1, -1), self.num_kv_heads))
-        if self.add_zero_attn:
-            ks.append(k.new_zeros(*k.shape[:2], 1, k.shape[3]))
-            vs.append(v.new_zeros(*v.shape[:2], 1, v.shape[3]))
-        return torch.cat(ks, dim=2), torch.cat(vs, dim=2), len(ks) - 1
+            if k is None or v is None:
+                raise AttnKitError("attend needs k and v (B, S, Hkv * D) unless a filled static KVCache holds them")
+            _check_projected(k, "k", self._sizes[1])
+            _check_projected(v, "v", self._sizes[2])
+            k = split_heads(k, self.num_kv_heads)  # (B, Hkv, S, D)
+            v = split_heads(v, self.num_kv_heads)  # (B, Hkv, S, D)
+            if self.k_norm is not None:
+                k = self.k_norm(k)
+            q, k = self._rotate(q, k, 0 if cache is None else cache.length)
+            if cache is not None:
+                k, v = cache.update(k, v)  # (B, Hkv, S_cached + S, D)
+        m = _as_mask(mask)
+        if is_causal is None:
+            is_causal = cache is not None and not cache.static and mask is None
+        if is_causal and q.shape[2] > 1:
+            m = _masks.causal() if m is None else _masks.causal() & m
+        mods = (_scores.alibi(_scores.alibi_slopes(self.num_heads)),) if self.alibi else ()
+        res = attention(q, k, v, m, score=self.score, weight=self.weight, bias=bias, score_mods=mods,
+                        dropout_p=self.dropout if self.training else 0.0, impl=self.impl if impl is None else impl,
+                        return_weights=need_weights, options=options)
+        out, w = res if need_weights else (res, None)  # out (B, H, T, D), w (B, H, T, S)
+        return merge_heads(out), w  # (B, T, H * D)
 
     def _rotate(self, q: Tensor, k: Tensor, offset: int) -> tuple[Tensor, Tensor]:
         """RoPE: queries and new keys sit at positions ``offset .. offset + L - 1``."""
@@ -315,76 +269,101 @@ class MultiHeadAttention(nn.Module):
         k = self.rope(k, torch.arange(offset, offset + k.shape[2], device=dev))
         return q, k
 
+    def _check_cache(self, cache: Any) -> None:
+        if cache is None:
+            return
+        if not isinstance(cache, KVCache):
+            raise AttnKitError(f"cache must be an attnkit.nn.KVCache; got {type(cache).__name__}")
+        if cache.static and self.rope is not None:
+            raise AttnKitError("a static (cross-attention) KVCache cannot be used with rope: rotary positions "
+                               "apply to self-attention")
+
+    # -- the PyTorch calling convention ---------------------------------------------------------
     def forward(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None,
                 key_padding_mask: Tensor | None = None, need_weights: bool = True,
                 attn_mask: Tensor | Mask | None = None, average_attn_weights: bool = True,
-                is_causal: bool = False, *, mask: Mask | None = None,
+                is_causal: bool | None = None, *, mask: Mask | Tensor | None = None,
                 cache: KVCache | None = None) -> tuple[Tensor, Tensor | None]:
         """Attend ``query`` to ``key``/``value`` (self-attention when they are omitted).
 
-        ``mask`` is an attnkit mask (True = attend) combined with the PyTorch-style masks.
-        With ``cache``, the new keys/values are appended to it and the queries attend to all
-        cached positions (``is_causal`` then aligns the queries to the end of the keys); a
-        static cache (cross-attention) is filled on the first call and reused after.
+        Args:
+            query: ``(B, T, E)``, ``(T, B, E)`` with ``batch_first=False``, or unbatched ``(T, E)``.
+            key, value: ``(B, S, kdim)`` / ``(B, S, vdim)`` in the same layout (default: query).
+            key_padding_mask: PyTorch's convention: ``(B, S)`` bool, True = *ignore* this key,
+                or float, added.
+            need_weights: return the weights too (the default, as in PyTorch); an implementation
+                that cannot return them (e.g. ``impl="sdpa"``) needs ``need_weights=False``.
+            attn_mask: PyTorch's convention: bool, True = *not allowed*, or float, added;
+                ``(T, S)`` or ``(B * H, T, S)``. (An attnkit Mask is accepted too.)
+            average_attn_weights: average the weights over heads.
+            is_causal: a bottom-right causal mask (with ``attn_mask``, PyTorch's hint that it is
+                causal). The default (None) is causal when a non-static ``cache`` is given and
+                neither ``attn_mask`` nor ``mask`` is, else not.
+            mask: attnkit's convention: a :class:`~attnkit.masks.Mask` or a bool tensor
+                ``(T, S)`` / ``(B|1, H|1, T, S)``, True = *attend*; combined with the others.
+            cache: a :class:`KVCache` for incremental decoding (see :meth:`attend`); a static
+                cache (cross-attention) is filled on the first call and reused after.
+
+        Returns:
+            ``(out, weights)``: out in the input's layout; weights ``(B, T, S)`` averaged over
+            heads, ``(B, H, T, S)`` with ``average_attn_weights=False``, or None when
+            ``need_weights=False``. A query with no allowed key gets a zero output (PyTorch: NaN).
         """
-        x_q, unbatched = self._to_bte(query, "query", self.embed_dim)
-        if cache is not None and not isinstance(cache, KVCache):
-            raise AttnKitError(f"cache must be an attnkit.nn.KVCache; got {type(cache).__name__}")
-        static_hit = cache is not None and cache.static and not cache.is_empty
-        if cache is not None and (self.bias_k is not None or self.add_zero_attn):
+        _tc.check_need_weights(need_weights, self.impl)
+        self._check_cache(cache)
+        has_extra = self.bias_k is not None or self.add_zero_attn
+        if cache is not None and has_extra:
             raise AttnKitError("a KVCache cannot be used with add_bias_kv or add_zero_attn: the appended "
                                "keys would be cached at every step")
-        if cache is not None and cache.static and self.rope is not None:
-            raise AttnKitError("a static (cross-attention) KVCache cannot be used with rope: rotary positions "
-                               "apply to self-attention")
-        if static_hit:
-            q, k, v = self._project_query(x_q), cache.keys, cache.values
+        x_q, unbatched = _tc.to_batch_first(query, "query", self.embed_dim, self.batch_first)
+        if cache is not None and cache.static and not cache.is_empty:
+            q, k, v = self._project_query(x_q), None, None
+            lk = cache.length
         else:
+            self_attention = (key is None or key is query) and (value is None or value is key)
             key = query if key is None else key
             value = key if value is None else value
-            x_k, _ = self._to_bte(key, "key", self.kdim)
-            x_v, _ = self._to_bte(value, "value", self.vdim)
+            x_k, _ = _tc.to_batch_first(key, "key", self.kdim, self.batch_first)
+            x_v, _ = _tc.to_batch_first(value, "value", self.vdim, self.batch_first)
             if x_k.shape[:2] != x_v.shape[:2] or x_k.shape[0] != x_q.shape[0]:
                 raise ShapeError(f"key (B, S, kdim) {tuple(x_k.shape)} and value {tuple(x_v.shape)} must share "
                                  f"B and S, and B must match query {tuple(x_q.shape)}")
-            q, k, v = self._project(x_q, x_k, x_v)
-            offset = 0 if cache is None else cache.length
-            q, k = self._rotate(q, k, offset)
-            if cache is not None:
-                k, v = cache.update(k, v)
-        b, lq, lk = q.shape[0], q.shape[2], k.shape[2]
+            q, k, v = self.project(x_q) if self_attention else self.project(x_q, x_k, x_v)
+            lk = x_k.shape[1] + (0 if cache is None else cache.length)
+        b, lq = x_q.shape[:2]
         if unbatched and key_padding_mask is not None and key_padding_mask.dim() == 1:
             key_padding_mask = key_padding_mask.unsqueeze(0)
-        m, bias = torch_masks_to_attnkit(attn_mask, key_padding_mask, batch=b, heads=self.num_heads, lq=lq,
-                                         lk=lk, is_causal=is_causal and lq > 1, dtype=q.dtype)
-        if mask is not None:
-            m = mask if m is None else m & mask
-        k, v, extra = self._append_kv(k, v)
-        if extra:  # the appended keys are attended by every query, whatever the masks say
-            m = None if m is None else AppendedKeys(m, extra)
-            bias = None if bias is None else F.pad(bias, (0, extra))
-        mods = (_scores.alibi(_scores.alibi_slopes(self.num_heads)),) if self.alibi else ()
-        res = attention(q, k, v, m, score=self.score, weight=self.weight, bias=bias, score_mods=mods,
-                        dropout_p=self.dropout if self.training else 0.0, impl=self.impl,
-                        return_weights=need_weights)
-        out, w = res if need_weights else (res, None)  # out (B, H, T, D), w (B, H, T, S)
-        out = self.o_proj(merge_heads(out))  # (B, T, E)
+        if is_causal is None:
+            is_causal = cache is not None and not cache.static and attn_mask is None and mask is None
+        if not has_extra:
+            _tc.warn_if_mask_inverted(attn_mask)
+        m, bias = _tc.torch_masks_to_attnkit(attn_mask, key_padding_mask, batch=b, heads=self.num_heads, lq=lq,
+                                             lk=lk, is_causal=is_causal and lq > 1, dtype=q.dtype)
+        attnkit_mask = _as_mask(mask)
+        if attnkit_mask is not None:
+            m = attnkit_mask if m is None else m & attnkit_mask
+        if has_extra:
+            assert k is not None and v is not None
+            k, v, m, bias = _tc.append_extra_keys(k, v, self.bias_k, self.bias_v, self.add_zero_attn, m, bias)
+        out, w = self.attend(q, k, v, m, bias=bias, is_causal=False, cache=cache, need_weights=need_weights)
+        out = self.o_proj(out)  # (B, T, E)
         if w is not None and average_attn_weights:
             w = w.mean(dim=1)  # (B, T, S)
-        if unbatched:
-            return out[0], (None if w is None else w[0])
-        return (out if self.batch_first else out.transpose(0, 1)), w
-
-    def _project_query(self, x_q: Tensor) -> Tensor:
-        q = split_heads(self.q_proj(x_q), self.num_heads)  # (B, H, T, D)
-        return self.q_norm(q) if self.q_norm is not None else q
+        return _tc.from_batch_first(out, w, self.batch_first, unbatched)
 
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, "
                 f"dropout={self.dropout}, batch_first={self.batch_first}, impl={self.impl!r}, "
                 f"score={self.score!r}, weight={self.weight!r}, alibi={self.alibi}"
+                + (", fused_qkv=True" if self.qkv_proj is not None else "")
                 + (", add_bias_kv=True" if self.bias_k is not None else "")
                 + (", add_zero_attn=True" if self.add_zero_attn else ""))
+
+
+def _check_projected(t: Any, name: str, width: int) -> None:
+    if not isinstance(t, Tensor) or t.dim() != 3 or t.shape[-1] != width:
+        got = f"shape {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+        raise ShapeError(f"attend takes projected {name} of shape (B, L, {width}); got {got}")
 
 
 def _check_dims(embed_dim: int, num_heads: int, num_kv_heads: int, dropout: float) -> None:

@@ -8,6 +8,9 @@ appends) up to an optional ``max_len``.
 A *static* cache (``KVCache(static=True)``) is for cross-attention: it is filled once with the
 encoder memory's keys/values and then read unchanged by every step.
 
+A module given a (non-static) cache attends causally unless told otherwise (a mask, or
+``is_causal=False``): a cache is a decoder's, and a prompt prefilled into it must not see ahead.
+
 :class:`LayerCaches` is a list of per-layer caches for a stack of layers.
 
 Shape legend: B batch, Hkv key/value heads, S cached positions, D head dim, Dv value dim.

@@ -1,5 +1,5 @@
-"""Transformer layers and stacks over :class:`MultiHeadAttention` (pre- and post-norm), and a
-small decoder-only language model with KV-cached greedy generation.
+"""Transformer layers and stacks of them over :class:`MultiHeadAttention` (pre- and post-norm),
+and a small decoder-only language model with KV-cached greedy generation.
 
 Parameter names follow ``torch.nn.TransformerEncoderLayer`` / ``TransformerDecoderLayer``
 (``self_attn``, ``multihead_attn``, ``linear1``, ``linear2``, ``norm1``..``norm3``, stacks hold
@@ -7,7 +7,10 @@ Parameter names follow ``torch.nn.TransformerEncoderLayer`` / ``TransformerDecod
 loading, so ``layer.load_state_dict(torch_layer.state_dict())`` copies a PyTorch layer.
 
 Extra keyword arguments of the layers (``num_kv_heads``, ``rope``, ``alibi``, ``qk_norm``,
-``impl``, ``score``, ``weight``) go to every attention module.
+``impl``, ``score``, ``weight``, ``fused_qkv``) go to every attention module. ``batch_first``
+defaults to True (``(B, T, E)``); PyTorch's layers default to ``(T, B, E)``, so loading a PyTorch
+state dict into a layer built without ``batch_first`` warns. With a KV cache, self-attention is
+causal unless a mask or ``is_causal=False`` says otherwise.
 
 Shape legend: B batch, T target length, S source length, E d_model, V vocabulary.
 """
@@ -44,14 +47,14 @@ def _activation(act: Activation) -> Callable[[Tensor], Tensor]:
 
 
 class _FeedForward(nn.Module):
-    """Mixin for the position-wise feed-forward block ``linear2(dropout(act(linear1(x))))``."""
+    """Mixin for the position-wise feed-forward sublayer ``linear2(dropout(act(linear1(x))))``."""
 
     linear1: nn.Linear
     linear2: nn.Linear
     dropout: nn.Dropout
     activation: Callable[[Tensor], Tensor]
 
-    def _ff_block(self, x: Tensor, drop: nn.Dropout) -> Tensor:
+    def _feed_forward(self, x: Tensor, drop: nn.Dropout) -> Tensor:
         return drop(self.linear2(self.dropout(self.activation(self.linear1(x)))))  # (B, T, E)
 
     def _init_ff(self, d_model: int, dim_feedforward: int, dropout: float, activation: Activation, bias: bool,
@@ -81,11 +84,12 @@ def _from_torch(cls: type[nn.Module], layer: nn.Module, torch_cls: type[nn.Modul
 
 
 class TransformerEncoderLayer(_FeedForward):
-    """Self-attention + feed-forward, with the arguments of ``nn.TransformerEncoderLayer``
-    (``batch_first`` defaults to True here). ``norm_first`` selects pre-norm."""
+    """A transformer encoder layer: self-attention + feed-forward, with the arguments of
+    ``nn.TransformerEncoderLayer`` (``batch_first`` defaults to True here). ``norm_first``
+    selects pre-norm."""
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
-                 activation: Activation = "relu", layer_norm_eps: float = 1e-5, batch_first: bool = True,
+                 activation: Activation = "relu", layer_norm_eps: float = 1e-5, batch_first: bool | None = None,
                  norm_first: bool = False, bias: bool = True, device: Any = None, dtype: torch.dtype | None = None,
                  **attn_kwargs: Any):
         super().__init__()
@@ -103,30 +107,32 @@ class TransformerEncoderLayer(_FeedForward):
         """A copy of a ``torch.nn.TransformerEncoderLayer`` (same weights and options)."""
         return _from_torch(cls, layer, nn.TransformerEncoderLayer, kwargs)
 
-    def _sa_block(self, x: Tensor, attn_mask: Tensor | Mask | None, kpm: Tensor | None, is_causal: bool,
-                  mask: Mask | None, cache: KVCache | None) -> Tensor:
+    def _self_attention(self, x: Tensor, attn_mask: Tensor | Mask | None, kpm: Tensor | None,
+                        is_causal: bool | None, mask: Mask | Tensor | None, cache: KVCache | None) -> Tensor:
         out = self.self_attn(x, x, x, key_padding_mask=kpm, need_weights=False, attn_mask=attn_mask,
                              is_causal=is_causal, mask=mask, cache=cache)[0]
         return self.dropout1(out)
 
     def forward(self, src: Tensor, src_mask: Tensor | Mask | None = None,
-                src_key_padding_mask: Tensor | None = None, is_causal: bool = False, *,
-                mask: Mask | None = None, cache: KVCache | None = None) -> Tensor:
-        """``src (B, T, E)`` -> ``(B, T, E)``; masks as in :class:`MultiHeadAttention`."""
+                src_key_padding_mask: Tensor | None = None, is_causal: bool | None = None, *,
+                mask: Mask | Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+        """``src (B, T, E)`` -> ``(B, T, E)``; masks, ``is_causal`` and ``cache`` as in
+        :meth:`MultiHeadAttention.forward` (``src_mask`` is its ``attn_mask``, PyTorch's convention;
+        ``mask`` is attnkit's, True = attend)."""
         x = src
         if self.norm_first:
-            x = x + self._sa_block(self.norm1(x), src_mask, src_key_padding_mask, is_causal, mask, cache)
-            return x + self._ff_block(self.norm2(x), self.dropout2)
-        x = self.norm1(x + self._sa_block(x, src_mask, src_key_padding_mask, is_causal, mask, cache))
-        return self.norm2(x + self._ff_block(x, self.dropout2))
+            x = x + self._self_attention(self.norm1(x), src_mask, src_key_padding_mask, is_causal, mask, cache)
+            return x + self._feed_forward(self.norm2(x), self.dropout2)
+        x = self.norm1(x + self._self_attention(x, src_mask, src_key_padding_mask, is_causal, mask, cache))
+        return self.norm2(x + self._feed_forward(x, self.dropout2))
 
 
 class TransformerDecoderLayer(_FeedForward):
-    """Self-attention, cross-attention to ``memory``, feed-forward; the arguments of
-    ``nn.TransformerDecoderLayer`` (``batch_first`` defaults to True here)."""
+    """A transformer decoder layer: self-attention, cross-attention to ``memory``, feed-forward;
+    the arguments of ``nn.TransformerDecoderLayer`` (``batch_first`` defaults to True here)."""
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
-                 activation: Activation = "relu", layer_norm_eps: float = 1e-5, batch_first: bool = True,
+                 activation: Activation = "relu", layer_norm_eps: float = 1e-5, batch_first: bool | None = None,
                  norm_first: bool = False, bias: bool = True, device: Any = None, dtype: torch.dtype | None = None,
                  **attn_kwargs: Any):
         super().__init__()
@@ -148,21 +154,21 @@ class TransformerDecoderLayer(_FeedForward):
         """A copy of a ``torch.nn.TransformerDecoderLayer`` (same weights and options)."""
         return _from_torch(cls, layer, nn.TransformerDecoderLayer, kwargs)
 
-    def _sa_block(self, x: Tensor, attn_mask: Any, kpm: Tensor | None, is_causal: bool,
-                  cache: KVCache | None) -> Tensor:
+    def _self_attention(self, x: Tensor, attn_mask: Any, kpm: Tensor | None, is_causal: bool | None,
+                        cache: KVCache | None) -> Tensor:
         out = self.self_attn(x, x, x, key_padding_mask=kpm, need_weights=False, attn_mask=attn_mask,
                              is_causal=is_causal, cache=cache)[0]
         return self.dropout1(out)
 
-    def _mha_block(self, x: Tensor, memory: Tensor, attn_mask: Any, kpm: Tensor | None, is_causal: bool,
-                   cache: KVCache | None) -> Tensor:
+    def _cross_attention(self, x: Tensor, memory: Tensor, attn_mask: Any, kpm: Tensor | None, is_causal: bool,
+                         cache: KVCache | None) -> Tensor:
         out = self.multihead_attn(x, memory, memory, key_padding_mask=kpm, need_weights=False,
                                   attn_mask=attn_mask, is_causal=is_causal, cache=cache)[0]
         return self.dropout2(out)
 
     def forward(self, tgt: Tensor, memory: Tensor, tgt_mask: Tensor | Mask | None = None,
                 memory_mask: Tensor | Mask | None = None, tgt_key_padding_mask: Tensor | None = None,
-                memory_key_padding_mask: Tensor | None = None, tgt_is_causal: bool = False,
+                memory_key_padding_mask: Tensor | None = None, tgt_is_causal: bool | None = None,
                 memory_is_causal: bool = False, *, cache: KVCache | None = None,
                 memory_cache: KVCache | None = None) -> Tensor:
         """``tgt (B, T, E)``, ``memory (B, S, E)`` -> ``(B, T, E)``. ``cache`` holds the self-attention
@@ -171,12 +177,12 @@ class TransformerDecoderLayer(_FeedForward):
         sa = (tgt_mask, tgt_key_padding_mask, tgt_is_causal, cache)
         ca = (memory, memory_mask, memory_key_padding_mask, memory_is_causal, memory_cache)
         if self.norm_first:
-            x = x + self._sa_block(self.norm1(x), *sa)
-            x = x + self._mha_block(self.norm2(x), *ca)
-            return x + self._ff_block(self.norm3(x), self.dropout3)
-        x = self.norm1(x + self._sa_block(x, *sa))
-        x = self.norm2(x + self._mha_block(x, *ca))
-        return self.norm3(x + self._ff_block(x, self.dropout3))
+            x = x + self._self_attention(self.norm1(x), *sa)
+            x = x + self._cross_attention(self.norm2(x), *ca)
+            return x + self._feed_forward(self.norm3(x), self.dropout3)
+        x = self.norm1(x + self._self_attention(x, *sa))
+        x = self.norm2(x + self._cross_attention(x, *ca))
+        return self.norm3(x + self._feed_forward(x, self.dropout3))
 
 
 def _clones(layer: nn.Module, n: int) -> nn.ModuleList:
@@ -191,7 +197,8 @@ def _check_caches(caches: LayerCaches | None, n: int, name: str) -> None:
 
 
 class TransformerEncoder(nn.Module):
-    """``num_layers`` deep copies of ``encoder_layer`` and an optional final ``norm``."""
+    """A stack of transformer encoder layers: ``num_layers`` deep copies of ``encoder_layer`` and
+    an optional final ``norm``."""
 
     def __init__(self, encoder_layer: TransformerEncoderLayer, num_layers: int, norm: nn.Module | None = None):
         super().__init__()
@@ -200,7 +207,7 @@ class TransformerEncoder(nn.Module):
         self.norm = norm
 
     def forward(self, src: Tensor, mask: Tensor | Mask | None = None, src_key_padding_mask: Tensor | None = None,
-                is_causal: bool = False, *, caches: LayerCaches | None = None) -> Tensor:
+                is_causal: bool | None = None, *, caches: LayerCaches | None = None) -> Tensor:
         """``src (B, T, E)`` -> ``(B, T, E)``; ``caches``: one KVCache per layer (causal decoding)."""
         _check_caches(caches, self.num_layers, "caches")
         x = src
@@ -210,7 +217,8 @@ class TransformerEncoder(nn.Module):
 
 
 class TransformerDecoder(nn.Module):
-    """``num_layers`` deep copies of ``decoder_layer`` and an optional final ``norm``."""
+    """A stack of transformer decoder layers: ``num_layers`` deep copies of ``decoder_layer`` and
+    an optional final ``norm``."""
 
     def __init__(self, decoder_layer: TransformerDecoderLayer, num_layers: int, norm: nn.Module | None = None):
         super().__init__()
@@ -220,7 +228,7 @@ class TransformerDecoder(nn.Module):
 
     def forward(self, tgt: Tensor, memory: Tensor, tgt_mask: Tensor | Mask | None = None,
                 memory_mask: Tensor | Mask | None = None, tgt_key_padding_mask: Tensor | None = None,
-                memory_key_padding_mask: Tensor | None = None, tgt_is_causal: bool = False,
+                memory_key_padding_mask: Tensor | None = None, tgt_is_causal: bool | None = None,
                 memory_is_causal: bool = False, *, caches: LayerCaches | None = None,
                 memory_caches: LayerCaches | None = None) -> Tensor:
         """``tgt (B, T, E)``, ``memory (B, S, E)`` -> ``(B, T, E)``."""
