@@ -46,7 +46,7 @@ def _mask_cases(b: int, h: int, t: int, s: int) -> dict[str, masks.Mask | None]:
         "window": masks.window(2),
         "causal_window": masks.causal() & masks.window(3, 0),
         "dilated": masks.dilated(2, 2),
-        "global_local": masks.global_tokens([0, 2]) | masks.window(1),
+        "global_local": masks.global_tokens([0, 2] if min(t, s) > 2 else [0]) | masks.window(1),
         "random": masks.random(0.4, seed=3),
         "block_sparse": masks.block_sparse(layout, 4),
         "padding": masks.padding(lengths),

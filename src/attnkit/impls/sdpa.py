@@ -4,6 +4,11 @@ Runs scaled_dot / dot / cosine scores with softmax weights. Masks other than a p
 (which uses ``is_causal``) and additive score modifiers (bias, ALiBi) are materialised as one
 dense ``(B, H, T, S)`` mask or bias, so memory is O(T * S) for those. Rows with no allowed key
 are forced to zero output (and zero gradient), whatever the backend does with them.
+
+SDPA's kernels never expose the weights: with ``return_weights=True`` the output still comes from
+the kernel and the weights ``(B, H, T, S)`` are recomputed with the reference math (the
+materialisation the caller asked for), so a module that asks for weights by default, as
+``torch.nn.MultiheadAttention`` does, runs here unchanged.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ def _attn_bias(call: AttentionCall) -> tuple[Tensor | None, Tensor | None]:
     if not call.score_mods:
         return dense, alive
     bias = sum(m.as_bias(call.batch, call.heads, call.lq, call.lk, dtype=call.q.dtype, device=call.q.device)
-               for m in call.score_mods)
+               for m in call.score_mods).to(call.q.dtype)  # a user's mod may compute in another dtype
     if dense is not None:
         bias = bias.masked_fill(~dense, -math.inf)
     return bias, alive
@@ -62,20 +67,27 @@ def sdpa(call: AttentionCall) -> AttnResult:
         F.scaled_dot_product_attention(q, repeat_kv(k), repeat_kv(v),
                                        attn_mask=mask.dense(T, S), scale=scale)
     """
+    out = _sdpa_out(call)
+    if not call.return_weights:
+        return AttnResult(out)
+    return AttnResult(out, call.weights().to(call.q.dtype))  # recomputed: the kernel keeps its own
+
+
+def _sdpa_out(call: AttentionCall) -> Tensor:
+    """The output ``(B, H, T, Dv)`` from the fused kernel."""
     q, k, scale = prepared_qk(call)
     n_rep = q.shape[1] // k.shape[1]
     k, v = repeat_kv(k, n_rep), repeat_kv(call.v, n_rep)
     kind = _mask_kind(call)
     if kind == "causal" and not call.score_mods:
-        return AttnResult(F.scaled_dot_product_attention(q, k, v, dropout_p=call.dropout_p, is_causal=True,
-                                                         scale=scale))
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=call.dropout_p, is_causal=True, scale=scale)
     if kind == "none" and not call.score_mods:  # the decode step and unmasked calls: nothing to build
-        return AttnResult(F.scaled_dot_product_attention(q, k, v, dropout_p=call.dropout_p, scale=scale))
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=call.dropout_p, scale=scale)
     attn_mask, alive = _attn_bias(call)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=call.dropout_p, scale=scale)
     if alive is not None:
         out = torch.where(alive, out, torch.zeros((), dtype=out.dtype))
-    return AttnResult(out)
+    return out
 
 
 def _check(call: AttentionCall) -> list[str]:
@@ -91,7 +103,6 @@ register_impl(ImplSpec(
     scores=frozenset({"scaled_dot", "dot", "cosine"}),
     weights=frozenset({"softmax"}),
     score_mods="additive",
-    returns_weights=False,
     priority=10,
     check=_check,
 ))
