@@ -125,7 +125,7 @@ def test_score_errors():
         scores.additive(torch.randn(3, 5), torch.randn(4, 5), torch.randn(3))
     with pytest.raises(DTypeError, match="floating-point"):
         scores.bias(torch.ones(2, 2, dtype=torch.long))
-    with pytest.raises(AttnKitError, match="temperature must be > 0"):
+    with pytest.raises(AttnKitError, match="cosine temperature must be a finite number > 0"):
         scores.cosine(0.0)
-    with pytest.raises(AttnKitError, match="cap must be > 0"):
+    with pytest.raises(AttnKitError, match="softcap cap must be a finite number > 0"):
         scores.softcap(-1)

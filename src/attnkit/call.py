@@ -23,7 +23,8 @@ from .scores import Score, ScoreMod, apply_mods
 from .shapes import index_grid, repeat_kv
 from .weights import Weight
 
-__all__ = ["AttentionCall", "make_call", "check_qkv", "check_mask", "check_bias", "check_dropout", "check_scale"]
+__all__ = ["AttentionCall", "make_call", "hide_masked_keys", "check_qkv", "check_mask", "check_bias", "check_dropout",
+           "check_scale"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -224,6 +225,7 @@ def make_call(
     for mod in mods:
         if not isinstance(mod, ScoreMod):
             raise AttnKitError(f"score_mods must hold attnkit.scores.ScoreMod objects; got {type(mod).__name__}")
+        mod.validate(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
     if bias is not None:
         check_bias(bias, q, k)
         mods = (_scores.bias(bias), *mods)
@@ -236,7 +238,7 @@ def make_call(
         raise AttnKitError(f"return_lse=True needs weight='softmax' (the log-sum-exp normalises softmax); "
                            f"got weight {wt.name!r}")
     if m is not None:
-        k, v = _hide_masked_keys(m, k, v)
+        k, v = hide_masked_keys(m, k, v)
     return AttentionCall(
         q=q, k=k, v=v, mask=m, score=sc, weight=wt,
         scale=float(sc.default_scale(q.shape[-1]) if scale is None else scale),
@@ -245,7 +247,7 @@ def make_call(
     )
 
 
-def _hide_masked_keys(mask: Mask, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+def hide_masked_keys(mask: Mask, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     """Zero the keys and values that ``mask`` hides from every query (key-side masks)."""
     keep = mask.key_keep(k.shape[2], device=k.device)  # (Bm, S)
     if keep is None or (not torch.compiler.is_compiling() and bool(keep.all())):

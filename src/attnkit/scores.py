@@ -18,6 +18,7 @@ Shape legend: B batch, H heads, T queries, S keys, D head dim.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -128,11 +129,17 @@ def scaled_dot() -> Score:
     return Score("scaled_dot", _dot, scaled=True, builtin=True)
 
 
+def _positive(what: str, value: object) -> float:
+    """``value`` as a finite float > 0 (not a bool); else :class:`AttnKitError` naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 < value < math.inf):
+        raise AttnKitError(f"{what} must be a finite number > 0; got {value!r}")
+    return float(value)
+
+
 def cosine(temperature: float = 1.0) -> Score:
-    """Cosine similarity divided by ``temperature`` (as in Swin v2 / cosine attention)."""
-    if not temperature > 0:
-        raise AttnKitError(f"cosine temperature must be > 0; got {temperature!r}")
-    return Score("cosine", _cosine, {"temperature": float(temperature)}, builtin=True)
+    """Cosine similarity divided by ``temperature`` (a finite number > 0), as in Swin v2 /
+    cosine attention."""
+    return Score("cosine", _cosine, {"temperature": _positive("cosine temperature", temperature)}, builtin=True)
 
 
 def general(weight: Tensor) -> Score:
@@ -158,6 +165,9 @@ _NEEDS_PARAMS = {"general": "attnkit.scores.general(weight)",
                  "additive": "attnkit.scores.additive(w_q, w_k, v)"}
 
 
+_BUILT: dict[str, Score] = {"dot": dot(), "scaled_dot": scaled_dot(), "cosine": cosine()}
+
+
 def names() -> list[str]:
     """Every score name (those with learned parameters need their factory)."""
     return sorted([*_NAMED, *_NEEDS_PARAMS])
@@ -168,6 +178,8 @@ def resolve(score: str | Score | Callable[..., Tensor]) -> Score:
     if isinstance(score, Score):
         return score
     if isinstance(score, str):
+        if score in _BUILT:  # parameter-free built-ins are immutable: one shared instance each
+            return _BUILT[score]
         if score in _NAMED:
             return _NAMED[score]()
         if score in _NEEDS_PARAMS:
@@ -189,11 +201,20 @@ class ScoreMod:
 
     ``additive=True`` promises ``mod(s) - s`` does not depend on ``s`` (a bias), which lets
     implementations that only accept a bias tensor (SDPA) materialise it with :meth:`as_bias`.
+    ``check(batch, heads, lq, lk)``, when given, returns why the modifier cannot apply to a
+    problem of those sizes (or None); :meth:`validate` raises it.
     """
 
     name: str
     fn: Callable[..., Tensor]
     additive: bool = False
+    check: Callable[[int, int, int, int], str | None] | None = None
+
+    def validate(self, batch: int, heads: int, lq: int, lk: int) -> None:
+        """Raise :class:`ShapeError` if the modifier cannot apply to scores ``(batch, heads, lq, lk)``."""
+        why = None if self.check is None else self.check(batch, heads, lq, lk)
+        if why:
+            raise ShapeError(f"score modifier {self.name!r}: {why}")
 
     def __call__(self, s: Tensor, b: Tensor, h: Tensor, i: Tensor, j: Tensor, lq: int, lk: int) -> Tensor:
         return self.fn(s, b, h, i, j, lq, lk)
@@ -214,27 +235,34 @@ class ScoreMod:
 
 
 def bias(tensor: Tensor) -> ScoreMod:
-    """Add a float bias broadcastable to ``(B, H, T, S)`` (relative-position bias, T5, ...)."""
+    """Add a float bias broadcastable to ``(B, H, T, S)`` (relative-position bias, T5, ...):
+    1-D ``(S,)`` to 4-D, missing leading dims taken as 1, as in PyTorch broadcasting."""
     if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
         got = tensor.dtype if isinstance(tensor, Tensor) else type(tensor).__name__
         raise DTypeError(f"bias must be a floating-point tensor broadcastable to (B, H, T, S); got {got}")
-    if not 2 <= tensor.dim() <= 4:
-        raise ShapeError(f"bias must be 2-D to 4-D, broadcastable to (B, H, T, S); got shape "
+    if not 1 <= tensor.dim() <= 4:
+        raise ShapeError(f"bias must be 1-D to 4-D, broadcastable to (B, H, T, S); got shape "
                          f"{tuple(tensor.shape)}")
-    t4 = as_4d(tensor)
+    t4 = as_4d(tensor)  # (B|1, H|1, T|1, S|1)
 
     def fn(s, b, h, i, j, lq, lk):
         return s + index_broadcast(t4, b, h, i, j).to(s.dtype)
 
-    return ScoreMod("bias", fn, additive=True)
+    def check(batch, heads, lq, lk):
+        target = (batch, heads, lq, lk)
+        if any(n not in (1, want) for n, want in zip(t4.shape, target)):
+            return f"bias of shape {tuple(tensor.shape)} is not broadcastable to (B, H, T, S) = {target}"
+        return None
+
+    return ScoreMod("bias", fn, additive=True, check=check)
 
 
 def alibi_slopes(num_heads: int) -> Tensor:
     """ALiBi head slopes (Press et al. 2022): the geometric sequence ``2^(-8 k / n)``, k = 1..n,
     for n a power of two; otherwise the n' = 2^floor(log2 n) slopes followed by every other
     slope of the 2n' sequence."""
-    if num_heads < 1:
-        raise AttnKitError(f"num_heads must be >= 1; got {num_heads}")
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+        raise AttnKitError(f"num_heads must be an int >= 1; got {num_heads!r}")
 
     def power_of_two(n: int) -> list[float]:
         start = 2.0 ** (-8.0 / n)
@@ -249,15 +277,31 @@ def alibi_slopes(num_heads: int) -> Tensor:
 
 def alibi(slopes: Tensor | Sequence[float] | int) -> ScoreMod:
     """ALiBi: add ``-slope_h * |i' - j|`` where ``i' = i + lk - lq`` is the query's position
-    aligned to the end of the keys (as with a KV cache). ``slopes`` is a (H,) tensor or a head
-    count (then :func:`alibi_slopes`)."""
-    sl = alibi_slopes(slopes) if isinstance(slopes, int) else torch.as_tensor(slopes, dtype=torch.float32)
+    aligned to the end of the keys (as with a KV cache). ``slopes`` is a (H,) tensor or sequence
+    of finite numbers, one per query head, or a head count (then :func:`alibi_slopes`)."""
+    if isinstance(slopes, bool):
+        raise AttnKitError(f"alibi slopes must be a head count or a (H,) sequence of slopes; got {slopes!r}")
+    if isinstance(slopes, int):
+        sl = alibi_slopes(slopes)
+    else:
+        try:
+            sl = torch.as_tensor(slopes, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise AttnKitError(f"alibi slopes must be a head count or a (H,) sequence of slopes; "
+                               f"got {slopes!r:.80}") from err
+        if sl.dim() != 1 or len(sl) == 0:
+            raise ShapeError(f"alibi slopes must be 1-D (H,), one per query head; got shape {tuple(sl.shape)}")
+        if not bool(torch.isfinite(sl).all()):
+            raise AttnKitError(f"alibi slopes must be finite; got {sl.tolist()}")
 
     def fn(s, b, h, i, j, lq, lk):
         slope = sl.to(device=s.device, dtype=s.dtype)[h]
         return s - slope * (j - i - (lk - lq)).abs().to(s.dtype)
 
-    return ScoreMod("alibi", fn, additive=True)
+    def check(batch, heads, lq, lk):
+        return None if len(sl) == heads else f"has {len(sl)} slopes but the call has {heads} query heads"
+
+    return ScoreMod("alibi", fn, additive=True, check=check)
 
 
 def score_mod(fn: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor], name: str = "custom",
@@ -269,9 +313,9 @@ def score_mod(fn: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor], na
 
 
 def softcap(cap: float) -> ScoreMod:
-    """Tanh soft-capping ``cap * tanh(s / cap)`` (Gemma 2, Grok): bounds the logits smoothly."""
-    if not cap > 0:
-        raise AttnKitError(f"softcap cap must be > 0; got {cap!r}")
+    """Tanh soft-capping ``cap * tanh(s / cap)`` (Gemma 2, Grok): bounds the logits smoothly;
+    ``cap`` is a finite number > 0."""
+    cap = _positive("softcap cap", cap)
     return ScoreMod("softcap", lambda s, b, h, i, j, lq, lk: cap * torch.tanh(s / cap))
 
 

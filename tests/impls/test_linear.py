@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import attnkit
 from attnkit import masks
 from attnkit.errors import AttnKitError, UnsupportedError
-from attnkit.impls.linear import FavorProjection, favor_features, favor_projection, linear_attention
+from attnkit.impls.linear import OPTIONS, FavorProjection, favor_features, favor_projection, linear_attention
 from attnkit.shapes import repeat_kv
 
 FEATURES = {"identity": lambda x: x, "elu": lambda x: F.elu(x) + 1, "relu": F.relu}
@@ -239,3 +239,115 @@ def test_refuses_other_masks_and_is_never_auto():
         attnkit.attention(q, k, v, ~masks.causal(), impl="linear")
     assert attnkit.explain_dispatch(q, k, v).chosen != "linear"
     assert not attnkit.get_impl("linear").exact
+
+
+# ----------------------------------------------------------------------------------------------
+# non-finite inputs: propagated where attended, never leaked from hidden keys
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmap", ["elu", "favor"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_nan_query_gives_a_nan_row(fmap, causal):
+    q, k, v = qkv(t=24, s=24)
+    m = masks.causal() if causal else None
+    opts = {"feature_map": fmap, "chunk_size": 8}
+    clean = attnkit.attention(q, k, v, m, impl="linear", options=opts)
+    q[1, 3, 10] = float("nan")
+    out = attnkit.attention(q, k, v, m, impl="linear", options=opts)
+    assert torch.isnan(out[1, 3, 10]).all()
+    rest = torch.ones(out.shape[:3], dtype=torch.bool)
+    rest[1, 3, 10] = False
+    torch.testing.assert_close(out[rest], clean[rest], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("fmap", ["elu", "favor"])
+@pytest.mark.parametrize("chunk", [4, 64])
+def test_nan_key_reaches_the_queries_at_or_after_it(fmap, chunk):
+    """Causal: the queries before a NaN key never see it (whatever the chunking), the others are
+    NaN; without a mask every query attends it, so every row is NaN."""
+    q, k, v = qkv(t=24, s=24)
+    opts = {"feature_map": fmap, "chunk_size": chunk, "eps": 0.0}
+    clean = attnkit.attention(q, k, v, masks.causal(), impl="linear", options=opts)
+    k[0, 1, 10] = float("nan")  # kv head 1: query heads 2 and 3
+    out = attnkit.attention(q, k, v, masks.causal(), impl="linear", options=opts)
+    assert torch.isnan(out[0, 2:4, 10:]).all()
+    hit = torch.zeros(out.shape[:3], dtype=torch.bool)
+    hit[0, 2:4, 10:] = True
+    torch.testing.assert_close(out[~hit], clean[~hit], atol=1e-12, rtol=1e-10)
+    full = attnkit.attention(q, k, v, impl="linear", options=opts)
+    assert torch.isnan(full[0, 2:4]).all() and torch.isfinite(full[0, :2]).all() and torch.isfinite(full[1]).all()
+
+
+MASKED_NAN_CASES = {
+    "padding": lambda: masks.padding([512, 300]),
+    "causal_key_padding": lambda: masks.causal() & masks.from_key_padding(torch.arange(512).expand(2, 512) < 400),
+}
+
+
+@pytest.mark.parametrize("mask_name", list(MASKED_NAN_CASES))
+@pytest.mark.parametrize("fmap", ["elu", "favor"])
+@pytest.mark.parametrize("functional", [False, True])
+def test_nan_in_hidden_keys_never_leaks(mask_name, fmap, functional):
+    """B=2, H=4, T=S=512: NaN in every padded key and value of batch 1 changes nothing, forward
+    or backward, through attention() and through linear_attention()."""
+    m = MASKED_NAN_CASES[mask_name]()
+    q, k, v = qkv(b=2, h=4, hkv=4, t=512, s=512, d=16, dv=16, dtype=torch.float32)
+    keep = m.key_keep(512).view(2, 1, 512, 1)
+    k_nan, v_nan = (torch.where(keep, x, float("nan")) for x in (k, v))
+    opts = {"feature_map": fmap, "n_features": 64}
+
+    def run(k, v):
+        q_, k_, v_ = (x.detach().clone().requires_grad_() for x in (q, k, v))
+        if functional:
+            out = linear_attention(q_, k_, v_, m, options=opts)
+        else:
+            out = attnkit.attention(q_, k_, v_, m, impl="linear", options=opts)
+        return out, grads(out, (q_, k_, v_))
+
+    out, g = run(k_nan, v_nan)
+    out_clean, g_clean = run(k, v)
+    assert torch.isfinite(out).all() and all(torch.isfinite(x).all() for x in g)
+    torch.testing.assert_close(out, out_clean, atol=0, rtol=0)
+    for a, b in zip(g, g_clean):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# options as data
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["n_features", "chunk_size", "seed"])
+@pytest.mark.parametrize("value", [-1, 1.5, True, "8"])
+def test_bad_int_options_name_the_option(name, value):
+    q, k, v = qkv()
+    with pytest.raises(AttnKitError, match=rf"linear option '{name}'.*got {value!r}"):
+        attnkit.attention(q, k, v, impl="linear", options={name: value})
+    with pytest.raises(AttnKitError, match=rf"linear option '{name}'"):
+        linear_attention(q, k, v, options={name: value})
+
+
+@pytest.mark.parametrize("opts,match", [
+    ({"n_features": 0}, r"'n_features' must be >= 1"),
+    ({"chunk_size": 0}, r"'chunk_size' must be >= 1"),
+    ({"eps": float("nan")}, r"'eps': must be finite"),
+    ({"eps": True}, r"'eps' must be float or int"),
+    ({"feature_map": "softmax"}, r"'feature_map': must be one of \['elu', 'favor', 'relu', 'identity'\]"),
+    ({"feature_map": 3}, r"'feature_map' must be str or Callable"),
+    ({"projection": torch.ones(2, 3, 4)}, r"'projection': must be a 2-D \(F, D\) tensor, got shape \(2, 3, 4\)"),
+    ({"projection": [[1.0]]}, r"'projection' must be Tensor"),
+])
+def test_bad_option_values(opts, match):
+    q, k, v = qkv()
+    with pytest.raises(AttnKitError, match=match):
+        attnkit.attention(q, k, v, impl="linear", options=opts)
+
+
+def test_options_declared_as_data():
+    assert set(OPTIONS) == set(attnkit.get_impl("linear").options)
+    q, k, v = qkv()
+    with pytest.raises(AttnKitError, match=r"unknown linear options \['bucket_size'\]"):
+        linear_attention(q, k, v, options={"bucket_size": 4})
+    defaults = {name: opt.default for name, opt in OPTIONS.items()}
+    torch.testing.assert_close(linear_attention(q, k, v, options=defaults), linear_attention(q, k, v), atol=0, rtol=0)

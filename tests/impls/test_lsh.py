@@ -21,7 +21,14 @@ from hypothesis import strategies as st
 import attnkit
 from attnkit import masks
 from attnkit.errors import AttnKitError, UnsupportedError
-from attnkit.impls.lsh import LSHSettings, hash_vectors, lsh_attention, random_rotations
+from attnkit.impls.lsh import (
+    OPTIONS,
+    LSHSettings,
+    hash_vectors,
+    lsh_attention,
+    random_rotations,
+    settings_from_options,
+)
 from attnkit.shapes import repeat_kv
 
 
@@ -294,3 +301,189 @@ def test_functional_sparse_result():
     assert res.indices.shape == res.values.shape == (2, 4, 32, 2 * 2 * 8)
     assert torch.all((res.indices >= 0) == (res.values > 0))
     torch.testing.assert_close(res.dense_weights(32) @ repeat_kv(v, 2), res.out)
+
+
+# ----------------------------------------------------------------------------------------------
+# non-finite inputs: propagated where attended, never leaked from hidden keys
+# ----------------------------------------------------------------------------------------------
+
+LOCAL = {"n_buckets": 1, "bucket_size": 8, "n_hashes": 1}  # one bucket: chunks by position only
+
+
+def test_nan_query_gives_a_nan_row():
+    q, k, v = qkv(t=48, s=48)
+    clean = attnkit.attention(q, k, v, impl="lsh", options=LOCAL)
+    q[1, 2, 17] = math.nan
+    out = attnkit.attention(q, k, v, impl="lsh", options=LOCAL)
+    assert torch.isnan(out[1, 2, 17]).all()
+    rest = torch.ones(out.shape[:3], dtype=torch.bool)
+    rest[1, 2, 17] = False
+    torch.testing.assert_close(out[rest], clean[rest], atol=0, rtol=0)  # positions alone place the chunks
+    # with hashing the NaN query lands in some bucket: its row is NaN, every other row finite
+    hashed = attnkit.attention(q, k, v, impl="lsh", options={"bucket_size": 8, "n_hashes": 2})
+    assert torch.isnan(hashed[1, 2, 17]).all() and torch.isfinite(hashed[rest]).all()
+
+
+@pytest.mark.parametrize("where", ["k", "v"])
+def test_nan_key_reaches_exactly_the_queries_that_attend_it(where):
+    q, k, v = qkv(t=48, s=48)
+    _, w = attnkit.attention(q, k, v, impl="lsh", options=LOCAL, return_weights=True)
+    clean = attnkit.attention(q, k, v, impl="lsh", options=LOCAL)
+    {"k": k, "v": v}[where][0, 1, 20] = math.nan  # kv head 1 is read by query heads 2 and 3
+    out = attnkit.attention(q, k, v, impl="lsh", options=LOCAL)
+    attends = torch.zeros(out.shape[:3], dtype=torch.bool)
+    attends[0, 2:4] = w[0, 2:4, :, 20] > 0
+    assert 0 < int(attends.sum()) < attends.numel()
+    assert torch.isnan(out[attends]).all()
+    torch.testing.assert_close(out[~attends], clean[~attends], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("shared_qk", [False, True])
+def test_nan_key_with_hashing_is_nan_where_attended(shared_qk):
+    q, k, v = qkv(hkv=4, t=64, s=64)
+    k = q if shared_qk else k
+    k[0, 0, 30] = math.nan  # with shared_qk also a NaN query
+    opts = {"bucket_size": 8, "n_hashes": 2, "shared_qk": shared_qk}
+    out, w = attnkit.attention(q, k, v, impl="lsh", options=opts, return_weights=True)
+    nan_rows = torch.isnan(out).any(-1)
+    assert torch.equal(nan_rows, torch.isnan(out).all(-1))  # a row is NaN throughout or finite
+    assert 0 < int(nan_rows[0, 0].sum()) and not nan_rows[1].any() and not nan_rows[:, 1:].any()
+    # the finite rows are exact attention over the keys they attended, none of them the NaN key
+    fin = ~nan_rows
+    support = torch.nan_to_num(w, nan=0.0)
+    if shared_qk:
+        assert nan_rows[0, 0, 30]  # the NaN query's own row
+        keys = F.normalize(q, dim=-1)
+        sc = ((q @ keys.transpose(-1, -2)) / math.sqrt(q.shape[-1])).masked_fill(torch.eye(64, dtype=torch.bool), -1e5)
+        ref = torch.softmax(sc.masked_fill(support == 0, -math.inf), -1) @ v
+    else:
+        ref = restricted_reference(q, k, v, None, support)
+    torch.testing.assert_close(out[fin], ref[fin], atol=1e-10, rtol=1e-10)
+
+
+MASKED_NAN_CASES = {
+    "padding": lambda: masks.padding([512, 300]),
+    "causal_key_padding": lambda: masks.causal() & masks.from_key_padding(torch.arange(512).expand(2, 512) < 400),
+}
+
+
+@pytest.mark.parametrize("mask_name", list(MASKED_NAN_CASES))
+@pytest.mark.parametrize("functional", [False, True])
+def test_nan_in_hidden_keys_never_leaks(mask_name, functional):
+    """B=2, H=4, T=S=512: NaN in every padded key and value of batch 1 changes nothing, forward
+    or backward, through attention() and through lsh_attention()."""
+    m = MASKED_NAN_CASES[mask_name]()
+    q, k, v = qkv(b=2, h=4, hkv=4, t=512, s=512, d=16, dv=16, dtype=torch.float32)
+    keep = m.key_keep(512).view(2, 1, 512, 1)
+    k_nan, v_nan = (torch.where(keep, x, math.nan) for x in (k, v))
+    settings_ = LSHSettings(bucket_size=32, n_hashes=2)
+
+    def run(k, v):
+        q_, k_, v_ = (x.detach().clone().requires_grad_() for x in (q, k, v))
+        if functional:
+            out = lsh_attention(q_, k_, v_, m, settings=settings_).out
+        else:
+            out = attnkit.attention(q_, k_, v_, m, impl="lsh", options={"bucket_size": 32, "n_hashes": 2})
+        return out, grads(out, (q_, k_, v_))
+
+    out, g = run(k_nan, v_nan)
+    out_clean, g_clean = run(k, v)
+    assert torch.isfinite(out).all() and all(torch.isfinite(x).all() for x in g)
+    torch.testing.assert_close(out, out_clean, atol=0, rtol=0)
+    for a, b in zip(g, g_clean):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# log-sum-exp
+# ----------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=10, deadline=None)
+@given(t=st.integers(1, 40), bucket=st.integers(1, 12), n_hashes=st.integers(1, 4),
+       mask_name=st.sampled_from(list(mask_cases(2, 8))), seed=st.integers(0, 1000))
+def test_lse_is_the_log_sum_exp_over_the_attended_keys(t, bucket, n_hashes, mask_name, seed):
+    q, k, v = qkv(t=t, s=t + 3, seed=seed, grad=True)
+    m = mask_cases(2, t + 3)[mask_name]
+    opts = {"bucket_size": bucket, "n_hashes": n_hashes, "seed": seed}
+    out, w, lse = attnkit.attention(q, k, v, m, impl="lsh", options=opts, return_weights=True, return_lse=True)
+    support = w.detach() > 0
+    allowed = support if m is None else support & m.dense4(t, t + 3)
+    ref_out, ref_lse = attnkit.attention(q, k, v, allowed, impl="reference", return_lse=True)
+    assert lse.dtype == torch.float64 and lse.shape == out.shape[:3]
+    torch.testing.assert_close(lse, ref_lse, atol=1e-10, rtol=1e-10)  # -inf on the same dead rows
+    cot = torch.randn(lse.shape, dtype=lse.dtype, generator=torch.Generator().manual_seed(2))
+    live = torch.isfinite(ref_lse)
+    g = torch.autograd.grad((torch.where(live, lse, 0) * cot).sum(), (q, k))
+    g_ref = torch.autograd.grad((torch.where(live, ref_lse, 0) * cot).sum(), (q, k))
+    for a, r in zip(g, g_ref):
+        torch.testing.assert_close(a, r, atol=1e-10, rtol=1e-10)
+
+
+def test_lse_float32_for_half_inputs_and_merge_partials():
+    """lsh results over two halves of the keys merge into exact attention over the union of the
+    keys each half attended."""
+    q, k, v = qkv(t=40, s=64, d=16, dtype=torch.float32)
+    opts = {"bucket_size": 8, "n_hashes": 2}
+    halves = [(0, 32), (32, 64)]
+    parts, supports = [], []
+    for j0, j1 in halves:
+        out, w, lse = attnkit.attention(q, k[:, :, j0:j1], v[:, :, j0:j1], impl="lsh", options=opts,
+                                        return_weights=True, return_lse=True)
+        parts.append((out, lse))
+        supports.append(w > 0)
+    out, lse = attnkit.merge_partials(parts)
+    union = torch.cat(supports, -1)
+    ref_out, ref_lse = attnkit.attention(q, k, v, union, impl="reference", return_lse=True)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, ref_lse, atol=1e-5, rtol=1e-5)
+    _, lse_half = attnkit.attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), impl="lsh", options=opts,
+                                    return_lse=True)
+    assert lse_half.dtype == torch.float32
+    assert attnkit.get_impl("lsh").returns_lse
+
+
+def test_lse_of_a_dead_row_is_minus_inf():
+    q, k, v = qkv(t=16, s=16)
+    _, lse = attnkit.attention(q, k, v, masks.padding([0, 16]), impl="lsh", options={"bucket_size": 4},
+                               return_lse=True)
+    assert torch.all(lse[0] == -math.inf) and torch.isfinite(lse[1]).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# options as data
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["bucket_size", "n_buckets", "n_hashes", "seed"])
+@pytest.mark.parametrize("value", [-1, 1.5, True, "4"])
+def test_bad_int_options_name_the_option(name, value):
+    q, k, v = qkv()
+    with pytest.raises(AttnKitError, match=rf"lsh option '{name}'.*got {value!r}"):
+        attnkit.attention(q, k, v, impl="lsh", options={name: value})
+    with pytest.raises(AttnKitError, match=rf"lsh option '{name}'"):
+        settings_from_options({name: value})
+
+
+@pytest.mark.parametrize("opts,match", [
+    ({"bucket_size": 0}, r"'bucket_size' must be >= 1"),
+    ({"n_hashes": 0}, r"'n_hashes' must be >= 1"),
+    ({"n_buckets": 5}, r"'n_buckets': must be 1 or even"),
+    ({"dedup": 1}, r"'dedup' must be bool"),
+    ({"shared_qk": None}, r"'shared_qk' must be bool"),
+])
+def test_bad_option_values(opts, match):
+    q, k, v = qkv()
+    with pytest.raises(AttnKitError, match=match):
+        attnkit.attention(q, k, v, impl="lsh", options=opts)
+    with pytest.raises(AttnKitError, match=match):
+        LSHSettings(**opts)
+
+
+def test_options_declared_as_data():
+    assert set(OPTIONS) == set(attnkit.get_impl("lsh").options)
+    assert LSHSettings() == settings_from_options({})
+    assert all(getattr(LSHSettings(), name) == opt.default for name, opt in OPTIONS.items())
+    assert settings_from_options({"n_buckets": None, "bucket_size": 16}) == LSHSettings(bucket_size=16)
+    with pytest.raises(AttnKitError, match=r"unknown lsh options \['chunk'\]"):
+        settings_from_options({"chunk": 4})

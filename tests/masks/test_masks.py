@@ -214,7 +214,7 @@ def test_mask_errors():
         masks.random(1.5)
     with pytest.raises(AttnKitError, match="align"):
         masks.causal("middle")
-    with pytest.raises(AttnKitError, match="left must be >= 0"):
+    with pytest.raises(AttnKitError, match="window left must be an int >= 0 or math.inf; got -1"):
         masks.window(-1)
     with pytest.raises(ShapeError, match="padding lengths must be in"):
         masks.padding([5]).validate(3, 4, 1, 1)
@@ -222,7 +222,7 @@ def test_mask_errors():
         masks.padding([[1, 2]])
     with pytest.raises(ShapeError, match="covers"):
         masks.block_sparse(torch.ones(2, 2, dtype=torch.bool), 2).validate(8, 4, 1, 1)
-    with pytest.raises(ShapeError, match="key padding mask"):
+    with pytest.raises(DTypeError, match="key padding mask must be a bool tensor"):
         masks.from_key_padding(torch.ones(2, 3))
     with pytest.raises(ShapeError, match="batch size 3"):
         masks.padding([1, 2, 3]).validate(4, 4, 2, 1)

@@ -218,7 +218,7 @@ def _cases():
         "document_packed": (packed_causal_document_mod(DOCS), None,
                             masks.from_mod(packed_causal_document_mod(DOCS)), (), False),
         "document_per_batch": (per_batch_document_mod(PER_BATCH_DOCS), None,
-                               masks.from_mod(per_batch_document_mod(PER_BATCH_DOCS)), (), True),
+                               masks.from_mod(per_batch_document_mod(PER_BATCH_DOCS), batch=B), (), True),
         "global_sliding_window": (global_sliding_window_mod(3, IS_GLOBAL), None,
                                   masks.window(3) | masks.global_tokens(IS_GLOBAL.nonzero().flatten()), (), False),
         "natten": (natten_mod(6, 6, 3, 3), None, masks.from_mod(natten_mod(6, 6, 3, 3)), (), False),
@@ -241,16 +241,10 @@ def _cases():
 CASES = _cases()
 LENGTHS = {"natten": 36, "block_diffusion": 36, "shared_prefix": sum(SHARED_LENGTHS)}
 
-FROM_MOD_BATCH_BUG = ("masks.from_mod evaluates the predicate at b = 0 and h = 0 only (FromMod declares "
-                      "num_batch = num_heads = 1 and from_mod takes no sizes): a mask_mod that reads b or h "
-                      "gets batch 0's mask for every batch element")
-
-
 def _case_params():
     for name, case in CASES.items():
         for impl in EXACT:
-            marks = [pytest.mark.xfail(strict=True, reason=FROM_MOD_BATCH_BUG)] if case[4] else []
-            yield pytest.param(impl, name, id=f"{impl}-{name}", marks=marks)
+            yield pytest.param(impl, name, id=f"{impl}-{name}")
 
 
 def _problem(name):
@@ -314,15 +308,23 @@ def test_flex_agrees_with_the_dense_reference():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=[pytest.mark.xfail(strict=True, reason=FROM_MOD_BATCH_BUG)] if c[4] else [])
-    for n, c in CASES.items() if c[0] is not None])
+@pytest.mark.parametrize("name", [n for n, c in CASES.items() if c[0] is not None])
 def test_mask_grid_equals_the_mask_mod(name):
     mask_mod, _, mask, _, per_batch = CASES[name]
     n = LENGTHS.get(name, L)
     want = _grid(mask_mod, n, n, batch=B if per_batch else 1)
     got = mask.dense4(n, n).expand_as(want)
     assert torch.equal(got, want), f"{name}:\n{masks.to_string(got[0, 0])}"
+
+
+def test_a_mask_mod_reading_b_must_declare_the_batch():
+    """FlexAttention's create_block_mask takes B=; attnkit's from_mod takes batch=. A predicate that
+    reads b while declared batch-independent is refused, never evaluated at b = 0 for everyone."""
+    n = L
+    q = randn(B, H, n, D, gen=torch.Generator().manual_seed(0))
+    undeclared = masks.from_mod(per_batch_document_mod(PER_BATCH_DOCS))
+    with pytest.raises(attnkit.AttnKitError, match="depends on b .*batch="):
+        attnkit.attention(q, q, q, undeclared, impl="reference")
 
 
 @pytest.mark.parametrize("lengths", [[3, 2, 5], [1, 4, 1, 7], [6]])

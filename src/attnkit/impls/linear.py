@@ -21,6 +21,11 @@ small masked kernel matrix, across chunks a running ``(F, Dv)`` state, so memory
 O(T * F * Dv / chunk_size + T * chunk_size), not O(T * F * Dv). Masks: causal (T <= S) and key
 padding, and their ``&``. A query whose kernel mass is zero (all keys masked) gets zero output.
 
+Non-finite values propagate as in exact attention: a NaN query gives a NaN row, and a NaN key
+gives NaN to every query that attends it (every query, or with ``causal`` the queries at or
+after it). Keys hidden by a key-side mask (padding, key mask) are zeroed before any arithmetic
+and never reach an output or a gradient.
+
 Shape legend: B batch, H heads, G = H / Hkv query heads per kv head, T queries, S keys,
 D head dim, Dv value dim, F features, nC chunks, C chunk length.
 """
@@ -29,23 +34,50 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..call import AttentionCall
+from ..call import AttentionCall, hide_masked_keys
 from ..errors import AttnKitError, ShapeError
 from ..masks import And, Causal, Full, KeyMask, Mask, Padding
 from ..registry import AttnResult, ImplSpec, register_impl
+from ._common import Option, compute_dtype, read_options
 
 __all__ = ["favor_projection", "favor_features", "elu_features", "FavorProjection", "LinearMask",
            "split_mask", "linear_attention", "linear"]
 
-OPTIONS = frozenset({"feature_map", "n_features", "redraw", "chunk_size", "seed", "projection", "eps"})
 FeatureMap = Callable[[Tensor], Tensor]
+_FEATURE_MAPS = ("elu", "favor", "relu", "identity")
+
+
+def _known_feature_map(fm: str | FeatureMap) -> str | None:
+    if isinstance(fm, str) and fm not in _FEATURE_MAPS:
+        return f"must be one of {list(_FEATURE_MAPS)} or a callable phi(x (..., D)) -> (..., F)"
+    return None
+
+
+def _matrix(proj: Tensor) -> str | None:
+    return None if proj.dim() == 2 else f"must be a 2-D (F, D) tensor, got shape {tuple(proj.shape)}"
+
+
+def _finite(x: float) -> str | None:
+    return None if math.isfinite(x) else "must be finite"
+
+
+OPTIONS: dict[str, Option] = {
+    "feature_map": Option((str, Callable), "elu", "the kernel's feature map: a name or phi(x (..., D)) -> (..., F)",
+                          check=_known_feature_map),
+    "n_features": Option(int, 256, "FAVOR+ random features F", minimum=1),
+    "redraw": Option(bool, False, "FAVOR+: draw a fresh projection on every call (from generator)"),
+    "chunk_size": Option(int, 64, "causal chunk length", minimum=1),
+    "seed": Option(int, 0, "seed of the FAVOR+ projection", minimum=0),
+    "projection": Option(Tensor, None, "FAVOR+ projection (F, D) to use instead of drawing one", check=_matrix),
+    "eps": Option((float, int), 1e-4, "FAVOR+ floor added to every stabilised feature", minimum=0, check=_finite),
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,15 +115,19 @@ def favor_features(x: Tensor, projection: Tensor, *, is_query: bool, key_dims: t
     -> ``(..., N, F)``.
 
     ``c`` is a stabiliser, the maximum of ``w.x`` per row for queries and over ``key_dims`` (the
-    key positions) and features for keys; with ``eps = 0`` it cancels exactly in the attention
-    ratio. ``eps > 0`` floors every feature: keys far below the largest no longer vanish and the
+    key positions) and features for keys (the finite ``w.x`` only, so that one NaN key spoils
+    only its own features); with ``eps = 0`` it cancels exactly in the attention ratio.
+    ``eps > 0`` floors every feature: keys far below the largest no longer vanish and the
     estimator's variance is damped, at the price of a bias toward uniform weights that grows with
     ``|x|^2``. The placement of ``c`` and ``eps`` follows the Performer reference code, so the
     two agree numerically. ``x`` should already carry ``sqrt(scale)``.
     """
     proj = x @ projection.to(x.dtype).T  # (..., N, F)
-    dims = (-1,) if is_query else (-1, *key_dims)
-    stab = proj.amax(dim=dims, keepdim=True)
+    if is_query:
+        stab = proj.amax(dim=-1, keepdim=True)  # (..., N, 1)
+    else:  # over the finite projections only: a NaN or infinite key spoils its own features, no others
+        stab = proj.nan_to_num(nan=-math.inf, posinf=-math.inf).amax(dim=(-1, *key_dims), keepdim=True)
+        stab = torch.where(stab.isfinite(), stab, torch.zeros((), dtype=stab.dtype))
     if eps == 0:
         stab = stab.detach()  # it cancels: no gradient needed (with eps > 0 it does not cancel)
     half_sq = (x * x).sum(-1, keepdim=True) / 2  # (..., N, 1)
@@ -175,37 +211,27 @@ def _and_leaves(mask: Mask):
 
 @dataclass(frozen=True)
 class _Settings:
-    feature_map: str | FeatureMap = "elu"
-    n_features: int = 256
-    redraw: bool = False
-    chunk_size: int = 64
-    seed: int = 0
-    projection: Tensor | None = None
-    eps: float = 1e-4
+    """Validated ``linear`` options (see :data:`OPTIONS`); a bad value raises :class:`AttnKitError`."""
 
+    feature_map: str | FeatureMap = OPTIONS["feature_map"].default
+    n_features: int = OPTIONS["n_features"].default
+    redraw: bool = OPTIONS["redraw"].default
+    chunk_size: int = OPTIONS["chunk_size"].default
+    seed: int = OPTIONS["seed"].default
+    projection: Tensor | None = OPTIONS["projection"].default
+    eps: float = OPTIONS["eps"].default
 
-def _settings(options: Mapping[str, Any]) -> _Settings:
-    """Read and check the ``linear`` options; raises :class:`AttnKitError` naming the bad one."""
-    fm = options.get("feature_map", "elu")
-    if not callable(fm) and fm not in ("elu", "favor", "relu", "identity"):
-        raise AttnKitError(f"linear option 'feature_map' must be 'elu', 'favor', 'relu', 'identity' or a callable; "
-                           f"got {fm!r}")
-    for name, default in (("n_features", 256), ("chunk_size", 64), ("seed", 0)):
-        val = options.get(name, default)
-        if isinstance(val, bool) or not isinstance(val, int) or val < (0 if name == "seed" else 1):
-            raise AttnKitError(f"linear option {name!r} must be a positive int; got {val!r}")
-    redraw = options.get("redraw", False)
-    if not isinstance(redraw, bool):
-        raise AttnKitError(f"linear option 'redraw' must be a bool; got {redraw!r}")
-    proj = options.get("projection")
-    if proj is not None and (not isinstance(proj, Tensor) or proj.dim() != 2):
-        got = tuple(proj.shape) if isinstance(proj, Tensor) else type(proj).__name__
-        raise ShapeError(f"linear option 'projection' must be a (F, D) tensor; got {got}")
-    eps = options.get("eps", 1e-4)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
-        raise AttnKitError(f"linear option 'eps' must be a float >= 0; got {eps!r}")
-    return _Settings(fm, options.get("n_features", 256), redraw, options.get("chunk_size", 64),
-                     options.get("seed", 0), proj, float(eps))
+    def __post_init__(self):
+        for f in fields(self):
+            OPTIONS[f.name].parse("linear", f.name, getattr(self, f.name))
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> _Settings:
+        """Settings from an ``options`` mapping; raises :class:`AttnKitError` on an unknown name."""
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise AttnKitError(f"unknown linear options {unknown}; accepted: {sorted(OPTIONS)}")
+        return cls(**options)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -249,9 +275,10 @@ def _noncausal(pq: Tensor, pk: Tensor, v: Tensor) -> Tensor:
 
 
 def _exclusive_cumsum(x: Tensor, dim: int) -> Tensor:
-    """Sum of the entries strictly before each index along ``dim``."""
-    c = x.cumsum(dim)
-    return c - x
+    """Sum of the entries strictly before each index along ``dim`` (shifted, not ``cumsum - x``,
+    which would let a non-finite entry reach its own index)."""
+    c = x.cumsum(dim).narrow(dim, 0, x.shape[dim] - 1)
+    return torch.cat([torch.zeros_like(x.narrow(dim, 0, 1)), c], dim)
 
 
 def _causal_chunked(pq: Tensor, pk: Tensor, v: Tensor, chunk: int) -> Tensor:
@@ -282,14 +309,24 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, 
 
     Returns ``out (B, H, T, Dv)``, and with ``return_weights`` also the implied weights
     ``phi(q_i).phi(k_j) / sum_j' phi(q_i).phi(k_j')`` as a dense ``(B, H, T, S)`` tensor.
+    ``options`` are those of ``attention(..., impl="linear", options=...)`` (:data:`OPTIONS`).
+    NaN in a query, or in a key or value that a query attends, makes its output row NaN; keys
+    hidden by a key-side mask (padding, key mask) never reach an output or a gradient.
     """
-    st = _settings(options or {})
+    return _linear(q, k, v, mask, scale, _Settings.from_options(options or {}), generator, return_weights)
+
+
+def _linear(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, scale: float | None, st: _Settings,
+            generator: torch.Generator | None, return_weights: bool) -> Tensor | tuple[Tensor, Tensor]:
+    """:func:`linear_attention` with validated settings."""
+    if mask is not None:  # keys hidden from every query: zeroed, so NaN there cannot leak
+        k, v = hide_masked_keys(mask, k, v)
     b, h, t, d = q.shape
     hkv, s, dv = k.shape[1], k.shape[2], v.shape[3]
     g = h // hkv
     scale = d ** -0.5 if scale is None else scale
     lm = split_mask(mask, t, s)
-    work = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    work = compute_dtype(q.dtype)
     qg = q.to(work).view(b, hkv, g, t, d)  # (B, Hkv, G, T, D)
     kg = k.to(work).unsqueeze(2)  # (B, Hkv, 1, S, D)
     vg = v.to(work).unsqueeze(2)  # (B, Hkv, 1, S, Dv)
@@ -326,14 +363,14 @@ def _dense_weights(pq: Tensor, pk: Tensor, offset: int | None, t: int, s: int) -
 
 def linear(call: AttentionCall) -> AttnResult:
     """The ``linear`` implementation of :func:`attnkit.attention`."""
-    res = linear_attention(call.q, call.k, call.v, call.mask, scale=call.scale, options=call.options,
-                           generator=call.generator, return_weights=call.return_weights)
+    st = _Settings(**read_options(call, "linear", OPTIONS))
+    res = _linear(call.q, call.k, call.v, call.mask, call.scale, st, call.generator, call.return_weights)
     return AttnResult(*res) if call.return_weights else AttnResult(res)
 
 
 def _check(call: AttentionCall) -> list[str]:
     try:
-        _settings(call.options)
+        _Settings(**read_options(call, "linear", OPTIONS))
         split_mask(call.mask, call.lq, call.lk)
     except AttnKitError as err:
         return [str(err)]
@@ -350,7 +387,7 @@ register_impl(ImplSpec(
     score_mods="none",
     dropout=False,
     exact=False,
-    options=OPTIONS,
+    options=frozenset(OPTIONS),
     priority=500,
     check=_check,
 ))

@@ -20,10 +20,20 @@ Masks: causal and key padding (``padding``, ``from_key_padding``) and their ``&`
 carried through the sort and the mask is evaluated on them. Randomness: rotations come from
 ``generator`` when given, else from ``seed`` (default 0), so a call is deterministic.
 
-Options (``attention(..., impl="lsh", options={...})``):
+Options (``attention(..., impl="lsh", options={...})``, declared in :data:`OPTIONS`):
 ``bucket_size`` (chunk length, default 64), ``n_buckets`` (default: items / bucket_size,
 rounded to an even number; 1 = a single bucket), ``n_hashes`` (default 4), ``shared_qk``
 (default False), ``seed`` (default 0), ``dedup`` (default True).
+
+Non-finite values: a NaN or infinite query, or key or value that a query attends in some round,
+reaches that query's output (NaN), as in exact attention; which queries attend a key depends on
+the buckets. Keys hidden by a key-side mask (padding, key mask) are zeroed before any arithmetic,
+so whatever they hold never reaches an output or a gradient.
+
+``return_lse`` gives each query's log-sum-exp over the keys its rounds attended, the normaliser
+of its output (a key counted once with ``dedup``, once per round that found it without), so
+:func:`attnkit.merge_partials` merges lsh results over disjoint key sets into attention over the
+union of the keys each part attended.
 
 Shape legend: B batch, H heads, T queries, S keys, D head dim, Dv value dim, N sorted items,
 nC chunks, C chunk length, R hash rounds.
@@ -33,18 +43,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..call import AttentionCall
+from ..call import AttentionCall, hide_masked_keys
 from ..errors import AttnKitError
 from ..masks import Causal, Full, KeyMask, Mask, Padding
 from ..registry import AttnResult, ImplSpec, register_impl
 from ..shapes import repeat_kv
+from ._common import Option, compute_dtype, read_options
 
 __all__ = ["LSHSettings", "LSHResult", "settings_from_options", "random_rotations", "hash_vectors",
            "lsh_attention", "lsh"]
@@ -52,19 +63,40 @@ __all__ = ["LSHSettings", "LSHResult", "settings_from_options", "random_rotation
 SELF_SCORE = -1e5  # replaces q_i . k_i in shared-QK mode: used only when nothing else is allowed
 _HASH_BUDGET = 1 << 24  # elements of the rotated buffer hashed at once
 
-OPTIONS = frozenset({"bucket_size", "n_buckets", "n_hashes", "shared_qk", "seed", "dedup"})
+
+def _one_or_even(n_buckets: int) -> str | None:
+    if n_buckets > 1 and n_buckets % 2:
+        return "must be 1 or even (angular LSH uses [xR, -xR])"
+    return None
+
+
+OPTIONS: dict[str, Option] = {
+    "bucket_size": Option(int, 64, "chunk length: a query attends the keys of its chunk and the one before",
+                          minimum=1),
+    "n_buckets": Option(int, None, "buckets per round, 1 or even; None: items / bucket_size rounded to even",
+                        minimum=1, check=_one_or_even),
+    "n_hashes": Option(int, 4, "hash rounds, combined by log-sum-exp", minimum=1),
+    "shared_qk": Option(bool, False, "keys are the L2-normalised queries (the Reformer); needs T == S"),
+    "seed": Option(int, 0, "seed of the random rotations when no generator is given", minimum=0),
+    "dedup": Option(bool, True, "count a key that several rounds attend once"),
+}
 
 
 @dataclass(frozen=True)
 class LSHSettings:
-    """Validated LSH settings (see the module docstring)."""
+    """Validated LSH settings (see the module docstring and :data:`OPTIONS`); a bad value raises
+    :class:`AttnKitError` naming it."""
 
-    bucket_size: int = 64
-    n_buckets: int | None = None  # None: items // bucket_size, rounded to even
-    n_hashes: int = 4
-    shared_qk: bool = False
-    seed: int = 0
-    dedup: bool = True
+    bucket_size: int = OPTIONS["bucket_size"].default
+    n_buckets: int | None = OPTIONS["n_buckets"].default  # None: items // bucket_size, rounded to even
+    n_hashes: int = OPTIONS["n_hashes"].default
+    shared_qk: bool = OPTIONS["shared_qk"].default
+    seed: int = OPTIONS["seed"].default
+    dedup: bool = OPTIONS["dedup"].default
+
+    def __post_init__(self):
+        for f in fields(self):
+            OPTIONS[f.name].parse("lsh", f.name, getattr(self, f.name))
 
     def buckets_for(self, n_items: int) -> int:
         """The number of buckets used for ``n_items`` sorted items."""
@@ -76,16 +108,19 @@ class LSHSettings:
 
 @dataclass(frozen=True)
 class LSHResult:
-    """Output ``(B, H, T, Dv)`` and, when asked, the keys each query attended.
+    """Output ``(B, H, T, Dv)`` and, when asked, the keys each query attended and its log-sum-exp.
 
     ``indices`` ``(B, H, T, K)``: key positions (``-1`` = no key in that slot, ``K = R * 2C``);
     ``values`` ``(B, H, T, K)``: the weight each slot contributed (a key attended in several
-    rounds appears several times; its weights sum to its softmax weight over the union).
+    rounds appears several times; its weights sum to its softmax weight over the union);
+    ``lse`` ``(B, H, T)``: the log-sum-exp of each query's scores over the keys it attended
+    (float32, float64 for float64 inputs; ``-inf`` for a query with none).
     """
 
     out: Tensor
     indices: Tensor | None = None
     values: Tensor | None = None
+    lse: Tensor | None = None
 
     def dense_weights(self, num_keys: int) -> Tensor:
         """The weights as a dense ``(B, H, T, S)`` tensor (zeros on keys not attended)."""
@@ -97,32 +132,13 @@ class LSHResult:
         return dense.scatter_add(-1, idx, vals)
 
 
-def _int_option(options: Mapping[str, Any], name: str, default: int | None, minimum: int) -> int | None:
-    val = options.get(name, default)
-    if val is None:
-        return None
-    if isinstance(val, bool) or not isinstance(val, int) or val < minimum:
-        raise AttnKitError(f"lsh option {name!r} must be an int >= {minimum}; got {val!r}")
-    return val
-
-
 def settings_from_options(options: Mapping[str, Any]) -> LSHSettings:
-    """Read and check the ``lsh`` options; raises :class:`AttnKitError` naming the bad one."""
-    n_buckets = _int_option(options, "n_buckets", None, 1)
-    if n_buckets is not None and n_buckets > 1 and n_buckets % 2:
-        raise AttnKitError(f"lsh option 'n_buckets' must be 1 or even (angular LSH uses [xR, -xR]); "
-                           f"got {n_buckets}")
-    for name in ("shared_qk", "dedup"):
-        if name in options and not isinstance(options[name], bool):
-            raise AttnKitError(f"lsh option {name!r} must be a bool; got {options[name]!r}")
-    return LSHSettings(
-        bucket_size=_int_option(options, "bucket_size", 64, 1),
-        n_buckets=n_buckets,
-        n_hashes=_int_option(options, "n_hashes", 4, 1),
-        shared_qk=bool(options.get("shared_qk", False)),
-        seed=_int_option(options, "seed", 0, 0),
-        dedup=bool(options.get("dedup", True)),
-    )
+    """The ``lsh`` options of ``attention(..., options=...)`` as :class:`LSHSettings`; raises
+    :class:`AttnKitError` naming an unknown or bad option."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise AttnKitError(f"unknown lsh options {unknown}; accepted: {sorted(OPTIONS)}")
+    return LSHSettings(**options)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,13 +303,14 @@ def _sort_orders(items: _Items, buckets: Tensor, n_chunks: int, chunk: int) -> t
 
 def lsh_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, scale: float | None = None,
                   settings: LSHSettings | None = None, generator: torch.Generator | None = None,
-                  return_weights: bool = False) -> LSHResult:
+                  return_weights: bool = False, return_lse: bool = False) -> LSHResult:
     """LSH attention on ``q (B, H, T, D)``, ``k (B, Hkv, S, D)``, ``v (B, Hkv, S, Dv)``.
 
     Returns an :class:`LSHResult` with ``out (B, H, T, Dv)`` (and the attended keys and their
-    weights when ``return_weights``). A query with no allowed key among those it attended gets a
-    zero output. Differentiable in ``q``, ``k``, ``v`` (the bucket assignment is piecewise
-    constant and carries no gradient).
+    weights when ``return_weights``, the per-query log-sum-exp ``(B, H, T)`` when ``return_lse``).
+    A query with no allowed key among those it attended gets a zero output; NaN in a query, or in
+    a key or value it attends, gives a NaN output row. Differentiable in ``q``, ``k``, ``v`` (the
+    bucket assignment is piecewise constant and carries no gradient).
     """
     st = settings or LSHSettings()
     b, h, t, d = q.shape
@@ -302,7 +319,9 @@ def lsh_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, 
     if st.shared_qk and t != s:
         raise AttnKitError(f"lsh shared_qk=True needs as many queries as keys; got T={t}, S={s}")
     out_dtype = q.dtype
-    work = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    if mask is not None:  # keys hidden from every query: zeroed, so NaN there cannot leak
+        k, v = hide_masked_keys(mask, k, v)
+    work = compute_dtype(q.dtype)
     n_rep = h // k.shape[1]
     qf = q.to(work).reshape(b * h, t, d)  # (BH, T, D)
     kf = repeat_kv(k.to(work), n_rep).reshape(b * h, s, d)  # (BH, S, D)
@@ -371,23 +390,27 @@ def lsh_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, 
     factors = torch.exp(mstack - top)  # (R, BH, T, 1); 0 for rounds with no allowed key
     num = sum(f * x for f, x in zip(factors, nums))  # (BH, T, Dv)
     den = sum(f * x for f, x in zip(factors, dens))  # (BH, T, 1)
-    alive = den > 0
-    out = torch.where(alive, num / torch.where(alive, den, torch.ones((), dtype=den.dtype)),
-                      torch.zeros((), dtype=num.dtype))  # (BH, T, Dv)
-    out = out.view(b, h, t, dv).to(out_dtype)
-    if not return_weights:
-        return LSHResult(out)
+    alive = den != 0  # 0: no allowed key in any round; NaN (a NaN score) stays NaN
     safe_den = torch.where(alive, den, torch.ones((), dtype=den.dtype))  # (BH, T, 1)
+    out = torch.where(alive, num / safe_den, torch.zeros((), dtype=num.dtype))  # (BH, T, Dv)
+    out = out.view(b, h, t, dv).to(out_dtype)
+    lse = None
+    if return_lse:
+        lse = torch.where(alive, top + safe_den.log(), -math.inf).view(b, h, t)  # (B, H, T)
+    if not return_weights:
+        return LSHResult(out, lse=lse)
     idx_parts, val_parts = [], []
     for (p, kpos, rank), f in zip(tiles, factors):
         n_chunks_, k_width = kpos.shape[1], kpos.shape[2]
         kp = kpos.unsqueeze(2).expand(-1, -1, chunk, -1).reshape(b * h, n_chunks_ * chunk, k_width)
-        idx_parts.append(_gather_rows(kp, rank))  # (BH, T, K) key positions
-        val_parts.append(_gather_rows(p, rank) * f / safe_den)  # (BH, T, K)
+        p_back = _gather_rows(p, rank)  # (BH, T, K): 0 on blocked slots
+        vals = p_back * f / safe_den  # (BH, T, K)
+        attended = (p_back != 0) & (vals != 0)  # NaN counts as attended
+        idx_parts.append(torch.where(attended, _gather_rows(kp, rank), -1))  # (BH, T, K) key positions
+        val_parts.append(vals)
     idx = torch.cat(idx_parts, -1)
     vals = torch.cat(val_parts, -1)
-    idx = torch.where(vals > 0, idx, torch.full((), -1, dtype=idx.dtype))
-    return LSHResult(out, idx.view(b, h, t, -1), vals.view(b, h, t, -1).to(out_dtype))
+    return LSHResult(out, idx.view(b, h, t, -1), vals.view(b, h, t, -1).to(out_dtype), lse)
 
 
 def _slots(bh: int, slots: int, device: torch.device) -> Tensor:
@@ -414,14 +437,14 @@ def _mask_or_none(mask: Mask | None) -> Mask | None:
 def lsh(call: AttentionCall) -> AttnResult:
     """The ``lsh`` implementation of :func:`attnkit.attention` (weights returned dense)."""
     res = lsh_attention(call.q, call.k, call.v, call.mask, scale=call.scale,
-                        settings=settings_from_options(call.options), generator=call.generator,
-                        return_weights=call.return_weights)
-    return AttnResult(res.out, res.dense_weights(call.lk) if call.return_weights else None)
+                        settings=LSHSettings(**read_options(call, "lsh", OPTIONS)), generator=call.generator,
+                        return_weights=call.return_weights, return_lse=call.return_lse)
+    return AttnResult(res.out, res.dense_weights(call.lk) if call.return_weights else None, res.lse)
 
 
 def _check(call: AttentionCall) -> list[str]:
     try:
-        st = settings_from_options(call.options)
+        st = LSHSettings(**read_options(call, "lsh", OPTIONS))
     except AttnKitError as err:
         return [str(err)]
     if st.shared_qk and call.lq != call.lk:
@@ -438,8 +461,9 @@ register_impl(ImplSpec(
     mask_types=(Causal, Padding, KeyMask, Full),
     score_mods="none",
     dropout=False,
+    returns_lse=True,
     exact=False,
-    options=OPTIONS,
-    priority=500,
+    options=frozenset(OPTIONS),
+    priority=510,  # after linear (the order list_impls gave by name)
     check=_check,
 ))

@@ -4,6 +4,8 @@ seeded random patterns and user predicates (``mask_mod`` functions)."""
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -28,6 +30,18 @@ def _hash_uniform(seed: int, i: Tensor, j: Tensor) -> Tensor:
     return ((x >> 11) & ((1 << 53) - 1)).double() / float(1 << 53)
 
 
+def _int(what: str, value: object, minimum: int | None = None) -> int:
+    """``value`` as an int (not a bool, not a float), ``>= minimum`` when given; else AttnKitError."""
+    try:
+        n = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        n = None
+    if n is None or (minimum is not None and n < minimum):
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise AttnKitError(f"{what} must be an int{bound}; got {value!r}")
+    return n
+
+
 @dataclass(frozen=True)
 class Random(Mask):
     """Each (query, key) pair kept independently with probability ``density`` (seeded hash)."""
@@ -36,8 +50,11 @@ class Random(Mask):
     seed: int = 0
 
     def __post_init__(self):
-        if not 0.0 <= self.density <= 1.0:
-            raise AttnKitError(f"random mask density must be in [0, 1]; got {self.density!r}")
+        d = self.density
+        if isinstance(d, bool) or not isinstance(d, numbers.Real) or not 0.0 <= d <= 1.0:
+            raise AttnKitError(f"random mask density must be a number in [0, 1]; got {d!r}")
+        object.__setattr__(self, "density", float(d))
+        object.__setattr__(self, "seed", _int("random mask seed", self.seed))
 
     def mod(self, b, h, i, j, lq, lk):
         return _hash_uniform(self.seed, i, j) < self.density
@@ -90,7 +107,19 @@ class BlockSparse(Mask):
 class Padding(Mask):
     """Key padding by lengths: in batch ``b`` only keys ``j < lengths[b]`` are attended."""
 
-    lengths: Tensor
+    lengths: Tensor  # (B,) int64, each >= 0
+
+    def __post_init__(self):
+        t = self.lengths
+        if not isinstance(t, Tensor) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            got = t.dtype if isinstance(t, Tensor) else type(t).__name__
+            raise DTypeError(f"padding lengths must be integers (valid keys per batch element, (B,)); got {got}")
+        if t.dim() != 1 or len(t) == 0:
+            raise ShapeError(f"padding lengths must be a 1-D integer sequence (B,) with B >= 1; got shape "
+                             f"{tuple(t.shape)}")
+        if bool((t < 0).any()):
+            raise AttnKitError(f"padding lengths must be >= 0; got {t.tolist()}")
+        object.__setattr__(self, "lengths", t.to(torch.int64))
 
     @property
     def num_batch(self) -> int:  # type: ignore[override]
@@ -98,6 +127,8 @@ class Padding(Mask):
 
     def validate(self, lq, lk, batch, heads):
         super().validate(lq, lk, batch, heads)
+        if torch.compiler.is_compiling():  # reading the lengths would break the graph; checked eagerly
+            return
         if len(self.lengths) and (int(self.lengths.max()) > lk or int(self.lengths.min()) < 0):
             raise ShapeError(f"padding lengths must be in [0, {lk}] (the key length); got "
                              f"{self.lengths.tolist()}")
@@ -119,7 +150,17 @@ class Padding(Mask):
 class KeyMask(Mask):
     """Key padding from a boolean tensor ``keep`` of shape ``(B, S)``, True = attend that key."""
 
-    keep: Tensor
+    keep: Tensor  # (B, S) bool
+
+    def __post_init__(self):
+        keep = self.keep
+        if not isinstance(keep, Tensor):
+            raise DTypeError(f"key padding mask must be a bool tensor of shape (B, S); got {type(keep).__name__}")
+        if keep.dtype != torch.bool:
+            raise DTypeError(f"key padding mask must be a bool tensor of shape (B, S); got dtype {keep.dtype} "
+                             "(for a 0/1 tensor with 1 = attend, pass keep.bool())")
+        if keep.dim() != 2:
+            raise ShapeError(f"key padding mask must be a bool tensor of shape (B, S); got shape {tuple(keep.shape)}")
 
     @property
     def num_batch(self) -> int:  # type: ignore[override]
@@ -190,10 +231,41 @@ class DenseMask(Mask):
 
 @dataclass(frozen=True, eq=False)
 class FromMod(Mask):
-    """A user predicate ``fn(b, h, q_idx, kv_idx) -> bool tensor`` (FlexAttention ``mask_mod``)."""
+    """A user predicate ``fn(b, h, q_idx, kv_idx) -> bool tensor`` (FlexAttention ``mask_mod``),
+    evaluated for ``batch`` batch elements and ``heads`` heads (1: the same for all of them)."""
 
     fn: ModFn
     name: str = "custom"
+    batch: int = 1
+    heads: int = 1
+
+    @property
+    def num_batch(self) -> int:  # type: ignore[override]
+        return self.batch
+
+    @property
+    def num_heads(self) -> int:  # type: ignore[override]
+        return self.heads
+
+    def validate(self, lq, lk, batch, heads):
+        super().validate(lq, lk, batch, heads)
+        if torch.compiler.is_compiling() or (self.batch, self.heads) == (batch, heads):
+            return
+        # a predicate declared batch/head-independent must not read b or h: probe a strided sample
+        # of positions for every batch element and head and refuse if the answers differ
+        i = torch.linspace(0, lq - 1, min(lq, 48)).round().long().view(1, 1, -1, 1)
+        j = torch.linspace(0, lk - 1, min(lk, 48)).round().long().view(1, 1, 1, -1)
+        b = torch.arange(batch if self.batch == 1 else 1).view(-1, 1, 1, 1)
+        h = torch.arange(heads if self.heads == 1 else 1).view(1, -1, 1, 1)
+        try:
+            grid = self.fn(b, h, i, j).expand(b.shape[0], h.shape[1], i.shape[2], j.shape[3])
+        except (IndexError, RuntimeError) as exc:
+            raise ShapeError(f"mask_mod {self.name!r} fails for batch {batch} x heads {heads} ({exc}); declare "
+                             f"the sizes it covers with masks.from_mod(fn, batch=..., heads=...)") from exc
+        for dim, what, size in ((0, "b (the batch index)", "batch"), (1, "h (the head index)", "heads")):
+            if grid.shape[dim] > 1 and not bool((grid == grid.narrow(dim, 0, 1)).all()):
+                raise ShapeError(f"mask_mod {self.name!r} depends on {what} but was declared the same for every "
+                                 f"one; pass masks.from_mod(fn, {size}=...) so it is evaluated for each")
 
     def mod(self, b, h, i, j, lq, lk):
         return self.fn(b, h, i, j)
@@ -201,9 +273,10 @@ class FromMod(Mask):
 
 
 def random(density: float, seed: int = 0) -> Mask:
-    """Each (query, key) pair kept with probability ``density``, from a counter-based hash of
-    ``(seed, i, j)``: the same seed gives the same mask at any size, tile by tile."""
-    return Random(float(density), int(seed))
+    """Each (query, key) pair kept with probability ``density`` (a number in [0, 1]), from a
+    counter-based hash of ``(seed, i, j)`` (``seed`` an int): the same seed gives the same mask
+    at any size, tile by tile."""
+    return Random(density, seed)
 
 
 def block_sparse(layout: Tensor, block_size: int | tuple[int, int]) -> Mask:
@@ -221,32 +294,35 @@ def block_sparse(layout: Tensor, block_size: int | tuple[int, int]) -> Mask:
     if layout.dim() not in (2, 3):
         raise ShapeError(f"block_sparse layout must be (nQB, nKB) or (H, nQB, nKB); got shape "
                          f"{tuple(layout.shape)}")
-    bq, bk = (block_size, block_size) if isinstance(block_size, int) else block_size
-    if bq < 1 or bk < 1:
-        raise AttnKitError(f"block_size must be >= 1; got {block_size!r}")
+    pair = block_size if isinstance(block_size, (tuple, list)) else (block_size, block_size)
+    if len(pair) != 2:
+        raise AttnKitError(f"block_size must be an int or (block_q, block_k); got {block_size!r}")
+    bq, bk = (_int("block_sparse block_size", b, minimum=1) for b in pair)
     lay = layout.to(torch.bool)
-    return BlockSparse(lay if lay.dim() == 3 else lay.unsqueeze(0), int(bq), int(bk))
+    return BlockSparse(lay if lay.dim() == 3 else lay.unsqueeze(0), bq, bk)
 
 
 def padding(lengths: Sequence[int] | Tensor) -> Mask:
-    """Key padding by valid lengths ``(B,)``: batch ``b`` attends keys ``j < lengths[b]``.
-    ``padding([3, 1])`` with 4 keys renders ``(B, 1, lq, 4)`` rows ``1 1 1 0`` and ``1 0 0 0``."""
-    t = torch.as_tensor(lengths)
-    if t.dim() != 1 or t.is_floating_point() or t.dtype == torch.bool:
-        raise ShapeError(f"padding lengths must be a 1-D integer sequence (B,); got dtype {t.dtype}, "
-                         f"shape {tuple(t.shape)}")
-    return Padding(t.to(torch.int64))
+    """Key padding by valid lengths ``(B,)`` (non-negative ints): batch ``b`` attends keys
+    ``j < lengths[b]``. ``padding([3, 1])`` with 4 keys renders ``(B, 1, lq, 4)`` rows
+    ``1 1 1 0`` and ``1 0 0 0``."""
+    try:
+        t = torch.as_tensor(lengths)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise AttnKitError(f"padding lengths must be a 1-D integer sequence (B,); got {lengths!r:.80}") from err
+    if t.dim() != 1 or len(t) == 0:
+        raise ShapeError(f"padding lengths must be a 1-D integer sequence (B,) with B >= 1; got shape "
+                         f"{tuple(t.shape)}")
+    return Padding(t)
 
 
 def from_key_padding(keep: Tensor, *, true_means: Literal["attend", "ignore"] = "attend") -> Mask:
     """Key padding from a boolean ``(B, S)`` tensor. attnkit's convention is True = attend;
     pass ``true_means="ignore"`` for PyTorch's ``key_padding_mask`` convention."""
-    if not isinstance(keep, Tensor) or keep.dtype != torch.bool or keep.dim() != 2:
-        got = f"dtype {keep.dtype}, shape {tuple(keep.shape)}" if isinstance(keep, Tensor) else type(keep).__name__
-        raise ShapeError(f"key padding mask must be a bool tensor of shape (B, S); got {got}")
     if true_means not in ("attend", "ignore"):
         raise AttnKitError(f"true_means must be 'attend' or 'ignore'; got {true_means!r}")
-    return KeyMask(keep if true_means == "attend" else ~keep)
+    mask = KeyMask(keep)  # checks dtype and shape
+    return mask if true_means == "attend" else KeyMask(~keep)
 
 
 def from_tensor(mask: Tensor) -> Mask:
@@ -263,9 +339,15 @@ def from_tensor(mask: Tensor) -> Mask:
     return DenseMask(as_4d(mask))
 
 
-def from_mod(fn: ModFn, name: str = "custom") -> Mask:
+def from_mod(fn: ModFn, name: str = "custom", *, batch: int = 1, heads: int = 1) -> Mask:
     """A mask from a predicate ``fn(b, h, q_idx, kv_idx) -> bool tensor`` over broadcast int64
-    index tensors (the FlexAttention ``mask_mod`` signature)."""
+    index tensors (the FlexAttention ``mask_mod`` signature). A predicate that reads ``b`` or ``h``
+    (a per-sequence document mask, a per-head pattern) declares how many it covers with ``batch`` /
+    ``heads``, as FlexAttention's ``create_block_mask(B=, H=)`` does; one that reads them while
+    declared batch- and head-independent is refused when the call is checked."""
     if not callable(fn):
         raise AttnKitError(f"from_mod expects a callable; got {type(fn).__name__}")
-    return FromMod(fn, name)
+    for arg, val in (("batch", batch), ("heads", heads)):
+        if not isinstance(val, int) or isinstance(val, bool) or val < 1:
+            raise AttnKitError(f"from_mod {arg} must be an int >= 1; got {val!r}")
+    return FromMod(fn, name, batch, heads)

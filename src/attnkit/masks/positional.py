@@ -4,14 +4,33 @@ its tiles analytically, so block-skipping costs no ``lq x lk`` buffer."""
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..errors import AttnKitError
+from ..errors import AttnKitError, DTypeError, ShapeError
 from .base import EMPTY, FULL, PARTIAL, Align, Mask, _band_kinds, _check_align, _offset, _range_counts, _tile_ranges
+
+
+def _whole(what: str, value: object, *, minimum: int = 0, allow_inf: bool = False) -> int | float:
+    """``value`` as an int ``>= minimum`` (a whole float such as ``2.0`` is taken as ``2``), or
+    ``math.inf`` when ``allow_inf``; anything else (bools, fractions, NaN, strings) raises
+    :class:`AttnKitError` naming ``what``."""
+    if not isinstance(value, bool):
+        if allow_inf and isinstance(value, float) and value == math.inf:
+            return math.inf
+        n = int(value) if isinstance(value, float) and value.is_integer() else value
+        try:
+            n = operator.index(n)
+        except TypeError:
+            n = None
+        if n is not None and n >= minimum:
+            return n
+    expected = f"an int >= {minimum}" + (" or math.inf" if allow_inf else "")
+    raise AttnKitError(f"{what} must be {expected}; got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -41,9 +60,7 @@ class Window(Mask):
     def __post_init__(self):
         _check_align(self.align)
         for name in ("left", "right"):
-            val = getattr(self, name)
-            if not (val >= 0):
-                raise AttnKitError(f"window {name} must be >= 0 (or math.inf); got {val!r}")
+            object.__setattr__(self, name, _whole(f"window {name}", getattr(self, name), allow_inf=True))
 
     def mod(self, b, h, i, j, lq, lk):
         d = j - (i + _offset(self.align, lq, lk))
@@ -65,9 +82,10 @@ class Dilated(Mask):
 
     def __post_init__(self):
         _check_align(self.align)
-        if self.window < 0 or self.dilation < 1:
-            raise AttnKitError(f"dilated needs window >= 0 and dilation >= 1; got window={self.window}, "
-                               f"dilation={self.dilation}")
+        object.__setattr__(self, "window", _whole("dilated window", self.window, allow_inf=True))
+        object.__setattr__(self, "dilation", _whole("dilated dilation", self.dilation, minimum=1))
+        if not isinstance(self.causal, bool):
+            raise AttnKitError(f"dilated causal must be True or False; got {self.causal!r}")
 
     def _band(self) -> tuple[float, float]:
         reach = self.window * self.dilation
@@ -90,8 +108,28 @@ class Dilated(Mask):
 class GlobalTokens(Mask):
     """Global tokens (Longformer): they attend to every key and every query attends to them."""
 
-    indices: Tensor
+    indices: Tensor  # (G,) int64 positions, each >= 0
     align: Align = "bottom_right"
+
+    def __post_init__(self):
+        _check_align(self.align)
+        idx = self.indices
+        if not isinstance(idx, Tensor) or idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+            got = idx.dtype if isinstance(idx, Tensor) else type(idx).__name__
+            raise DTypeError(f"global_tokens indices must be integers; got {got}")
+        if idx.dim() != 1:
+            raise ShapeError(f"global_tokens indices must be 1-D (G,); got shape {tuple(idx.shape)}")
+        if bool((idx < 0).any()):
+            raise AttnKitError(f"global_tokens indices must be >= 0 (positions); got {idx.tolist()}")
+        object.__setattr__(self, "indices", idx.to(torch.int64))
+
+    def validate(self, lq, lk, batch, heads):
+        super().validate(lq, lk, batch, heads)
+        end = max(lk, _offset(self.align, lq, lk) + lq)  # one past the last query or key position
+        bad = self.indices[self.indices >= end]
+        if len(bad):
+            raise ShapeError(f"global_tokens indices {bad.tolist()} are out of range for lq={lq}, lk={lk} "
+                             f"(align={self.align!r}): valid positions are 0 .. {end - 1}")
 
     def mod(self, b, h, i, j, lq, lk):
         g = self.indices.to(j.device)
@@ -136,9 +174,10 @@ def causal(align: Align = "bottom_right") -> Mask:
     return Causal(align)
 
 
-def window(left: float, right: float | None = None, *, align: Align = "bottom_right") -> Mask:
+def window(left: int | float, right: int | float | None = None, *, align: Align = "bottom_right") -> Mask:
     """Sliding window: query at key position ``i'`` attends ``i' - left <= j <= i' + right``
-    (inclusive; ``right`` defaults to ``left``; ``math.inf`` for unbounded). ``window(1)``::
+    (inclusive; ``right`` defaults to ``left``). Each side is an int ``>= 0`` or ``math.inf``
+    (unbounded). ``window(1)``::
 
         1 1 0 0
         1 1 1 0
@@ -151,9 +190,10 @@ def window(left: float, right: float | None = None, *, align: Align = "bottom_ri
     return Window(left, left if right is None else right, align)
 
 
-def dilated(window: int, dilation: int, *, causal: bool = False, align: Align = "bottom_right") -> Mask:
+def dilated(window: int | float, dilation: int, *, causal: bool = False, align: Align = "bottom_right") -> Mask:
     """Dilated sliding window (Longformer): keys ``j = i' + k * dilation`` for
-    ``-window <= k <= window`` (``k <= 0`` when ``causal``). ``dilated(1, 2)`` on 5 x 5::
+    ``-window <= k <= window`` (``k <= 0`` when ``causal``); ``window`` is an int ``>= 0`` or
+    ``math.inf``, ``dilation`` an int ``>= 1``. ``dilated(1, 2)`` on 5 x 5::
 
         1 0 1 0 0
         0 1 0 1 0
@@ -164,7 +204,7 @@ def dilated(window: int, dilation: int, *, causal: bool = False, align: Align = 
     return Dilated(window, dilation, causal, align)
 
 
-def global_tokens(indices: Sequence[int] | Tensor, *, align: Align = "bottom_right") -> Mask:
+def global_tokens(indices: Sequence[int] | Tensor | int, *, align: Align = "bottom_right") -> Mask:
     """Global tokens (Longformer): the given positions attend everywhere and are attended by
     every query. Combine with ``|`` onto a local pattern. ``global_tokens([0])`` on 4 x 4::
 
@@ -172,7 +212,17 @@ def global_tokens(indices: Sequence[int] | Tensor, *, align: Align = "bottom_rig
         1 0 0 0
         1 0 0 0
         1 0 0 0
-    """
-    idx = torch.as_tensor(indices, dtype=torch.int64).flatten()
-    return GlobalTokens(idx, align)
 
+    ``indices`` are non-negative integer positions in key coordinates (queries aligned as in
+    :func:`causal`); a call whose sizes leave one of them outside every query and key position
+    is refused.
+    """
+    try:
+        idx = torch.as_tensor(indices)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise AttnKitError(f"global_tokens indices must be a sequence of ints; got {indices!r:.80}") from err
+    if idx.numel() == 0:
+        idx = idx.to(torch.int64)  # an empty list: no global tokens
+    if idx.dim() == 0:
+        idx = idx.view(1)
+    return GlobalTokens(idx, align)
