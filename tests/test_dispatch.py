@@ -37,7 +37,7 @@ def test_auto_prefers_fast_impl_and_explains():
 
 @pytest.mark.parametrize("kwargs,refusal", [
     (dict(weight="entmax15"), "weight 'entmax15' not in ['softmax']"),
-    (dict(return_weights=True), "cannot return weights"),
+    (dict(return_weights=True), "weights would be recomputed"),
     (dict(score_mods=(attnkit.scores.softcap(2.0),)), "only additive score modifiers"),
 ])
 def test_auto_falls_to_capable_impl_with_reasons(kwargs, refusal):

@@ -49,8 +49,8 @@ BAD = [
      r"unknown options \['block'\] \(accepts \['reorder_ops', 'upcast'\]\)"),
     ("pinned impl refuses", lambda q, k, v: dict(impl="sdpa", weight="sparsemax"), UnsupportedError,
      "(?s)impl 'sdpa' cannot run this call:.*weight 'sparsemax' not in \\['softmax'\\]"),
-    ("pinned impl weights", lambda q, k, v: dict(impl="sdpa", return_weights=True), UnsupportedError,
-     "cannot return weights"),
+    ("pinned impl lse", lambda q, k, v: dict(impl="sdpa", return_lse=True), UnsupportedError,
+     "cannot return the log-sum-exp"),
 ]
 
 

@@ -18,7 +18,7 @@ from torch import Tensor
 from . import scores as _scores
 from . import weights as _weights
 from .errors import AttnKitError, DTypeError, ShapeError
-from .masks import Mask, as_mask
+from .masks import BlockMask, Mask, as_mask
 from .scores import Score, ScoreMod, apply_mods
 from .shapes import index_grid, repeat_kv
 from .weights import Weight
@@ -148,7 +148,7 @@ def _check_qkv_in_detail(q: Tensor, k: Tensor, v: Tensor) -> None:
         raise ShapeError(f"head dim and key length must be non-zero; got q {_shape(q)}, k {_shape(k)}")
 
 
-def check_mask(mask: Mask | Tensor | None, q: Tensor, k: Tensor) -> Mask | None:
+def check_mask(mask: Mask | BlockMask | Tensor | None, q: Tensor, k: Tensor) -> Mask | None:
     """Normalise ``mask`` to a :class:`Mask` and check it fits (B, H, T, S)."""
     m = as_mask(mask)
     if m is not None:
@@ -191,7 +191,7 @@ def make_call(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    mask: Mask | Tensor | None = None,
+    mask: Mask | BlockMask | Tensor | None = None,
     *,
     score: ScoreArg = "scaled_dot",
     weight: WeightArg = "softmax",

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import dataclasses
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,57 +28,15 @@ import torch
 
 from .call import AttentionCall
 from .errors import AttnKitError, UnsupportedError
-from .masks import And, Mask, Not, Or
-from .registry import ImplSpec, get_impl, list_impls, registry_version
+from .masks import Mask
+from .masks.base import mask_key
+from .registry import ImplSpec, get_impl, list_impls, not_supported_reasons, registry_version
 
 __all__ = ["not_supported_reasons", "auto_reasons", "select", "use_impl", "use_impls", "DispatchReport", "explain"]
 
 # the active choice: None (auto), ("pin", name) or ("restrict", names)
 _CHOICE: contextvars.ContextVar[tuple[str, tuple[str, ...]] | None] = contextvars.ContextVar(
     "attnkit_impl_choice", default=None)
-
-
-def not_supported_reasons(spec: ImplSpec, call: AttentionCall) -> list[str]:
-    """Every reason ``spec`` cannot run ``call`` (empty list: it can)."""
-    reasons: list[str] = []
-    if spec.available is not None and (why := spec.available()):
-        return [why]
-    if call.q.device.type not in spec.devices:
-        reasons.append(f"device {call.q.device.type} not in {sorted(spec.devices)}")
-    if call.q.dtype not in spec.dtypes:
-        reasons.append(f"dtype {call.q.dtype} not supported")
-    if spec.max_head_dim is not None and max(call.head_dim, call.v_dim) > spec.max_head_dim:
-        reasons.append(f"head dim {max(call.head_dim, call.v_dim)} > {spec.max_head_dim}")
-    for what, part, supported in (("score", call.score, spec.scores), ("weight", call.weight, spec.weights)):
-        if supported is None or part.kind in supported:
-            continue
-        if part.builtin:
-            reasons.append(f"{what} {part.name!r} not in {sorted(supported)}")
-        else:
-            reasons.append(f"{what} {part.name!r} is a user function (built-ins are known by identity, not by name)")
-    if call.mask is not None and spec.mask_types is not None:
-        bad = sorted({type(m).__name__ for m in call.mask.leaves() if not isinstance(m, spec.mask_types)})
-        if bad:
-            reasons.append(f"mask kinds {bad} not supported")
-    if call.score_mods:
-        if spec.score_mods == "none":
-            reasons.append("score modifiers / bias not supported")
-        elif spec.score_mods == "additive" and not all(m.additive for m in call.score_mods):
-            reasons.append("only additive score modifiers (bias, alibi) supported")
-    if call.dropout_p > 0 and not spec.dropout:
-        reasons.append("dropout not supported")
-    if call.requires_grad and not spec.grad:
-        reasons.append("no backward (inputs require grad)")
-    if call.return_weights and not spec.returns_weights:
-        reasons.append("cannot return weights")
-    if call.return_lse and not spec.returns_lse:
-        reasons.append("cannot return the log-sum-exp (return_lse)")
-    unknown = set(call.options) - spec.options
-    if unknown:
-        reasons.append(f"unknown options {sorted(unknown)} (accepts {sorted(spec.options) or 'none'})")
-    if spec.check is not None:
-        reasons += spec.check(call)
-    return reasons
 
 
 def auto_reasons(spec: ImplSpec, call: AttentionCall) -> list[str]:
@@ -191,16 +148,18 @@ _DECISIONS_MAX = 512
 
 def _mask_key(mask: Mask | None) -> Hashable | None:
     """A value key for a mask built from structured parts; None for masks holding tensors or
-    functions (padding lengths, dense masks, predicates), which are compared by identity and would
-    otherwise be kept alive by the memo."""
+    functions (padding lengths, dense masks, predicates): those are compared by identity, and the
+    memo would keep them alive."""
     if mask is None:
         return ()
-    if isinstance(mask, (And, Or, Not)):
-        parts = tuple(_mask_key(p) for p in mask.parts)
-        return None if any(p is None for p in parts) else (type(mask).__name__, parts)
-    if type(mask).__hash__ is object.__hash__ or not dataclasses.is_dataclass(mask):
-        return None
-    return mask
+    key = mask_key(mask)
+    return None if _by_identity(key) else key
+
+
+def _by_identity(key: Hashable) -> bool:
+    if isinstance(key, tuple) and key[:1] == ("id",):
+        return True
+    return isinstance(key, tuple) and any(_by_identity(part) for part in key if isinstance(part, tuple))
 
 
 def _signature(call: AttentionCall, impl: str) -> Hashable | None:

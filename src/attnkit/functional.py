@@ -15,7 +15,7 @@ from torch import Tensor
 from .call import AttentionCall, ScoreArg, WeightArg, make_call
 from .dispatch import DispatchReport, explain, select
 from .errors import AttnKitError
-from .masks import Mask
+from .masks import BlockMask, Mask
 from .registry import AttnResult, ImplSpec
 from .scores import ScoreMod
 
@@ -43,7 +43,7 @@ def attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    mask: Mask | Tensor | None = None,
+    mask: Mask | BlockMask | Tensor | None = None,
     *,
     score: ScoreArg = "scaled_dot",
     weight: WeightArg = "softmax",
@@ -63,8 +63,9 @@ def attention(
         q: queries ``(B, H, T, D)``.
         k: keys ``(B, Hkv, S, D)``; ``H`` must be a multiple of ``Hkv`` (grouped-query attention).
         v: values ``(B, Hkv, S, Dv)``.
-        mask: an :mod:`attnkit.masks` object or a bool tensor broadcastable to ``(B, H, T, S)``;
-            True = attend. A query with no allowed key gets zero weights and a zero output.
+        mask: an :mod:`attnkit.masks` object, a bool tensor broadcastable to ``(B, H, T, S)``
+            (True = attend) or a tile plan (``BlockMask``, e.g. ``masks.from_flex(...)``). A query
+            with no allowed key gets zero weights and a zero output.
         score: ``"scaled_dot"`` (default), ``"dot"``, ``"cosine"``, or a
             :class:`~attnkit.scores.Score` such as ``scores.general(W)`` / ``scores.additive(...)``.
         weight: ``"softmax"`` (default), ``"sparsemax"``, ``"entmax15"``, ``"sigmoid"`` or a callable.
@@ -137,7 +138,7 @@ def _run(spec: ImplSpec, call: AttentionCall) -> AttnResult:
     return res
 
 
-def explain_dispatch(q: Tensor, k: Tensor, v: Tensor, mask: Mask | Tensor | None = None, *,
+def explain_dispatch(q: Tensor, k: Tensor, v: Tensor, mask: Mask | BlockMask | Tensor | None = None, *,
                      impl: str = "auto", **kwargs: Any) -> DispatchReport:
     """Which implementation :func:`attention` would run with these arguments, and why each other
     was not chosen. Takes the same arguments as :func:`attention`.

@@ -19,7 +19,7 @@ from torch import Tensor
 from .call import AttentionCall
 from .errors import unknown_name
 
-__all__ = ["AttnResult", "ImplSpec", "register_impl", "get_impl", "list_impls", "impl_table"]
+__all__ = ["AttnResult", "ImplSpec", "not_supported_reasons", "register_impl", "get_impl", "list_impls", "impl_table"]
 
 ALL_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
 
@@ -123,3 +123,46 @@ def impl_table() -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(r[c] for c in cols) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def not_supported_reasons(spec: ImplSpec, call: AttentionCall) -> list[str]:
+    """Every reason ``spec`` cannot run ``call`` (empty list: it can)."""
+    reasons: list[str] = []
+    if spec.available is not None and (why := spec.available()):
+        return [why]
+    if call.q.device.type not in spec.devices:
+        reasons.append(f"device {call.q.device.type} not in {sorted(spec.devices)}")
+    if call.q.dtype not in spec.dtypes:
+        reasons.append(f"dtype {call.q.dtype} not supported")
+    if spec.max_head_dim is not None and max(call.head_dim, call.v_dim) > spec.max_head_dim:
+        reasons.append(f"head dim {max(call.head_dim, call.v_dim)} > {spec.max_head_dim}")
+    for what, part, supported in (("score", call.score, spec.scores), ("weight", call.weight, spec.weights)):
+        if supported is None or part.kind in supported:
+            continue
+        if part.builtin:
+            reasons.append(f"{what} {part.name!r} not in {sorted(supported)}")
+        else:
+            reasons.append(f"{what} {part.name!r} is a user function (built-ins are known by identity, not by name)")
+    if call.mask is not None and spec.mask_types is not None:
+        bad = sorted({type(m).__name__ for m in call.mask.leaves() if not isinstance(m, spec.mask_types)})
+        if bad:
+            reasons.append(f"mask kinds {bad} not supported")
+    if call.score_mods:
+        if spec.score_mods == "none":
+            reasons.append("score modifiers / bias not supported")
+        elif spec.score_mods == "additive" and not all(m.additive for m in call.score_mods):
+            reasons.append("only additive score modifiers (bias, alibi) supported")
+    if call.dropout_p > 0 and not spec.dropout:
+        reasons.append("dropout not supported")
+    if call.requires_grad and not spec.grad:
+        reasons.append("no backward (inputs require grad)")
+    if call.return_weights and not spec.returns_weights:
+        reasons.append("cannot return weights")
+    if call.return_lse and not spec.returns_lse:
+        reasons.append("cannot return the log-sum-exp (return_lse)")
+    unknown = set(call.options) - spec.options
+    if unknown:
+        reasons.append(f"unknown options {sorted(unknown)} (accepts {sorted(spec.options) or 'none'})")
+    if spec.check is not None:
+        reasons += spec.check(call)
+    return reasons

@@ -210,6 +210,21 @@ def test_plan_skips_empty_tiles_and_masks_only_partial_ones():
     assert [c for c in full.rows[0]] == [(0, 32, False), (32, 64, False), (64, 70, False)]
 
 
+@pytest.mark.parametrize("mask", [masks.causal(), masks.window(100, 20), masks.causal() & masks.padding([300, 90]),
+                                  masks.random(0.01, seed=2)], ids=["causal", "window", "causal_padding", "random"])
+def test_steps_of_two_tile_rows_equal_a_plan_with_taller_tiles(mask):
+    """The default schedule steps 2 * DEFAULT_BLOCK query rows over the shared DEFAULT_BLOCK tile
+    plan; it must equal the chunks of a plan classified with tiles that tall."""
+    from attnkit.impls import blockwise as bw
+    from attnkit.masks.base import DEFAULT_BLOCK
+
+    lq, lk = 333, 300
+    plan = plan_blocks(lq, lk, mask, block_q=2 * DEFAULT_BLOCK, block_k=DEFAULT_BLOCK, chunk_k=256)
+    assert (plan.blocks.block_q, plan.blocks.block_k) == (DEFAULT_BLOCK, DEFAULT_BLOCK)  # the shared tiles
+    tall = bw._rows(mask.blocks(lq, lk, 2 * DEFAULT_BLOCK, DEFAULT_BLOCK), 1, 256)
+    assert plan.rows == tall.rows and plan.tiles_visited() == tall.tiles
+
+
 def test_tiles_outside_the_mask_are_never_computed():
     """Keys in skipped tiles cannot influence anything: make them NaN and the result stays exact."""
     q, k, v = _inputs(1, 2, 2, 64, 64, 8, 8, torch.float64)
@@ -280,7 +295,7 @@ def test_auto_prefers_blockwise_where_sdpa_needs_a_dense_mask_and_explains_other
         fused = attnkit.explain_dispatch(q, q, q, masks.causal())
         assert fused.chosen == "sdpa" and "faster" in " ".join(fused.reasons["blockwise"])
         arbitrary = attnkit.explain_dispatch(q, q, q, masks.random(0.5))
-        assert arbitrary.chosen == "sdpa" and "arbitrary mask" in " ".join(arbitrary.reasons["blockwise"])
+        assert arbitrary.chosen == "sdpa" and "few tiles to skip" in " ".join(arbitrary.reasons["blockwise"])
         small = attnkit.explain_dispatch(q[:, :, :32], q[:, :, :32], q[:, :, :32], masks.window(4))
         assert small.chosen == "sdpa" and "small problem" in " ".join(small.reasons["blockwise"])
     # naming the implementation bypasses the cost model

@@ -1,20 +1,24 @@
 """``block_sparse``: attention computed only on the ``(block_q, block_k)`` tiles the mask keeps.
 
-The mask is classified into tiles (``mask.blocks``, analytic for structured masks, so no
-``T x S`` buffer). The kept tiles of each query-block row are packed into *segments* of at most
-``C`` tiles; a chunk of segments is one batched gather of key/value blocks and two batched
-matmuls. Full tiles run unmasked, partial tiles apply their dense sub-mask, and a row split
-over several segments is merged with the log-sum-exp (online softmax) rule. The backward pass
+The mask's tiles come from the shared tile plan (:func:`attnkit.masks.base.tile_plan`, analytic
+for structured masks, so no ``T x S`` buffer). The kept tiles of each query-block row are packed
+into *segments* of at most ``C`` tiles; a chunk of segments is one batched gather of key/value
+blocks and two batched matmuls. Full tiles run unmasked, partial tiles apply their dense
+sub-mask, and a row split over several segments is merged with the log-sum-exp (online
+softmax) rule. The backward pass
 recomputes the scores per chunk from the saved log-sum-exp (as FlashAttention does) and
 scatters the key/value gradients back with ``index_add_``. Cost: proportional to the number of
 kept tiles; memory: O(kept tiles) for the plan plus O(chunk) for the work space.
 
 Grouped-query attention folds the query heads that share a kv head into the rows of one matmul.
-Half-precision inputs are computed in float32. Rows whose keys are all masked give zeros.
+Half-precision inputs are computed in float32. Rows whose keys are all masked give zeros; a NaN
+or infinite score in an allowed position gives NaN for its row, as in PyTorch.
 
-Options: ``block_q`` / ``block_k`` / ``block`` (tile sizes, default 64), ``chunk`` (score elements
-per chunk) and ``weights_format`` (``"dense"`` or ``"blocks"`` for ``return_weights``). The cost
-model (``cost_reasons``) only steers ``impl="auto"``; ``impl="block_sparse"`` always runs.
+Options: ``block_q`` / ``block_k`` / ``block`` (tile sizes, default
+:data:`attnkit.masks.base.DEFAULT_BLOCK`), ``chunk`` (score elements per chunk) and
+``weights_format`` (``"dense"`` or ``"blocks"`` for ``return_weights``). With ``return_lse`` it
+returns the per-row log-sum-exp, differentiable. The cost model (``cost_reasons``) only steers
+``impl="auto"``; ``impl="block_sparse"`` always runs.
 
 Shape legend: B batch, H query heads, Hkv kv heads, T queries, S keys, D head dim, Dv value dim,
 nQ / nK query / key blocks, nS segments, C tiles per segment, R = (H / Hkv) * block_q rows.
@@ -23,7 +27,6 @@ nQ / nK query / key blocks, nS segments, C tiles per segment, R = (H / Hkv) * bl
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -32,16 +35,25 @@ from torch import Tensor
 
 from ..call import AttentionCall
 from ..masks import EMPTY, FULL, PARTIAL, Mask
+from ..masks.base import DEFAULT_BLOCK, BlockMask, tile_plan
 from ..registry import AttnResult, ImplSpec, register_impl
 from ..scores import ScoreMod, apply_mods
+from ._common import Option, compute_dtype, holds_grad_tensor, prepared_qk, read_options
 
-__all__ = ["block_sparse", "BlockWeights", "plan_for", "SlicePlan", "MAX_BLOCK_DENSITY", "MIN_LENGTH"]
+__all__ = ["block_sparse", "BlockWeights", "plan_for", "SlicePlan", "OPTIONS", "MAX_BLOCK_DENSITY", "MIN_LENGTH"]
 
-DEFAULT_BLOCK = 64
 DEFAULT_CHUNK = 1 << 20  # score elements per chunk and head (4 MiB in float32; measured best at T = 16k)
 MAX_SEG_TILES = 64  # at most this many tiles per segment
-MAX_BLOCK_DENSITY = 0.5  # above: auto prefers dense sdpa (break-even ~0.6 at T = 4k, results/block_sparse_4k.json)
+MAX_BLOCK_DENSITY = 0.5  # above: auto prefers dense sdpa (break-even measured near 0.6 at T = 4k)
 MIN_LENGTH = 1024  # below this many keys auto prefers dense sdpa (overheads dominate)
+
+OPTIONS = {
+    "block": Option(int, DEFAULT_BLOCK, "tile size of queries and keys", minimum=1),
+    "block_q": Option(int, None, "query rows per tile (default: block)", minimum=1),
+    "block_k": Option(int, None, "keys per tile (default: block)", minimum=1),
+    "chunk": Option(int, DEFAULT_CHUNK, "score elements per chunk and head", minimum=1),
+    "weights_format": Option(str, "dense", "layout of return_weights", choices=("dense", "blocks")),
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,11 +117,12 @@ def _segments(qi: Tensor, n_q: int, cap: int) -> tuple[Tensor, Tensor, Tensor, i
     return seg, pos % c, seg_q, c
 
 
-def build_plan(mask: Mask, kinds: Tensor, bm: int, hm: int, lq: int, lk: int, bq: int, bk: int) -> SlicePlan:
-    """The plan for slice ``(bm, hm)`` of ``kinds (Bm, Hm, nQ, nK)``: partial tiles are evaluated
-    once (their sub-masks become the ``blocked`` library), empty ones dropped."""
-    n_q, n_k = kinds.shape[-2:]
-    k2 = kinds[bm, hm]
+def build_plan(bm: BlockMask, b: int, h: int) -> SlicePlan:
+    """The plan of slice ``(b, h)`` of the tile plan ``bm`` (kinds ``(Bm, Hm, nQ, nK)``): partial
+    tiles are evaluated once (their sub-masks become the ``blocked`` library), empty ones dropped."""
+    lq, lk, bq, bk = bm.lq, bm.lk, bm.block_q, bm.block_k
+    n_q, n_k = bm.shape
+    k2 = bm.kinds[b, h]
     tiles = (k2 != EMPTY).nonzero()  # (n, 2) rows (qi, ki), sorted by qi then ki
     kind = k2[tiles[:, 0], tiles[:, 1]]
     lib_id = torch.ones(len(tiles), dtype=torch.int64)  # 1: nothing masked
@@ -121,9 +134,9 @@ def build_plan(mask: Mask, kinds: Tensor, bm: int, hm: int, lq: int, lk: int, bq
     part = (kind == PARTIAL).nonzero().flatten()
     keep = torch.ones(len(tiles), dtype=torch.bool)
     if len(part):
-        rows = torch.stack([torch.full_like(part, bm), torch.full_like(part, hm),
+        rows = torch.stack([torch.full_like(part, b), torch.full_like(part, h),
                             tiles[part, 0], tiles[part, 1]], 1)  # (nP, 4)
-        sub = _eval(mask, rows, lq, lk, bq, bk)  # (nP, bq, bk) True = attend
+        sub = bm.tile_mask(rows)  # (nP, bq, bk) True = attend
         keep[part[~sub.flatten(1).any(-1)]] = False  # partial by bounds, empty in fact
         lib_id[part] = sum(len(x) for x in library) + torch.arange(len(part))
         library.append(~sub)
@@ -147,42 +160,15 @@ def build_plan(mask: Mask, kinds: Tensor, bm: int, hm: int, lq: int, lk: int, bq
                      len(tiles), int((lib_id == 1).sum()))
 
 
-def _eval(mask: Mask, rows: Tensor, lq: int, lk: int, bq: int, bk: int) -> Tensor:
-    """Dense sub-masks ``(n, bq, bk)`` of the tiles ``rows (n, 4)``; False past ``lq`` / ``lk``."""
-    from ..masks.base import _eval_tiles
-
-    return _eval_tiles(mask, lq, lk, bq, bk, rows)
+def _slice_plans(bm: BlockMask) -> list[list[SlicePlan]]:
+    return [[build_plan(bm, b, h) for h in range(bm.kinds.shape[1])] for b in range(bm.kinds.shape[0])]
 
 
-_CACHE: OrderedDict[tuple, object] = OrderedDict()
-_CACHE_SIZE = 16
-
-
-def _cached(key: tuple, make):
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
-    val = make()
-    _CACHE[key] = val
-    if len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return val
-
-
-def tile_kinds(mask: Mask, lq: int, lk: int, bq: int, bk: int) -> Tensor:
-    """``(Bm, Hm, nQ, nK)`` int8 tile kinds of ``mask`` (cached per mask object and size)."""
-    return _cached(("kinds", mask, lq, lk, bq, bk), lambda: mask.blocks(lq, lk, bq, bk, refine=False).kinds)
-
-
-def plan_for(mask: Mask, lq: int, lk: int, bq: int = DEFAULT_BLOCK, bk: int = DEFAULT_BLOCK) -> list[list[SlicePlan]]:
-    """Plans ``[bm][hm]`` for every slice of ``mask`` (cached per mask object and size)."""
-
-    def make():
-        kinds = tile_kinds(mask, lq, lk, bq, bk)
-        return [[build_plan(mask, kinds, b, h, lq, lk, bq, bk) for h in range(kinds.shape[1])]
-                for b in range(kinds.shape[0])]
-
-    return _cached(("plan", mask, lq, lk, bq, bk), make)
+def plan_for(mask: Mask | None, lq: int, lk: int, bq: int = DEFAULT_BLOCK,
+             bk: int = DEFAULT_BLOCK) -> list[list[SlicePlan]]:
+    """Plans ``[bm][hm]`` for every slice of ``mask``: a view of the shared tile plan
+    (:func:`attnkit.masks.base.tile_plan`), derived once and kept with it."""
+    return tile_plan(mask, lq, lk, bq, bk).derive(("block_sparse",), _slice_plans)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -320,7 +306,8 @@ def _heads(qp: Tensor):
 
 
 def _forward(pb: _Problem, qp: Tensor, kp: Tensor, vp: Tensor, need_lse: bool = True) -> tuple[Tensor, Tensor]:
-    """Output ``(Bs, Hkv, nQ, R, Dv)`` and per-row log-sum-exp ``(Bs, Hkv, nQ, R)`` (+inf: dead row).
+    """Output ``(Bs, Hkv, nQ, R, Dv)`` and per-row log-sum-exp ``(Bs, Hkv, nQ, R)`` (+inf: dead row,
+    NaN: a row that met a NaN or +inf score).
 
     Without ``need_lse`` (inference), one-segment rows with no dead row take one fused softmax and
     the log-sum-exp is not returned (an empty tensor instead)."""
@@ -359,7 +346,7 @@ def _forward(pb: _Problem, qp: Tensor, kp: Tensor, vp: Tensor, need_lse: bool = 
     sq = plan.seg_q.to(qp.device)
     if plan.single:  # one segment per query block: nothing to merge, only to put in place
         out = torch.empty_like(o_seg).index_copy_(2, sq, o_seg.div_(l_seg.clamp(min=tiny).unsqueeze(-1)))
-        lse = torch.where(l_seg > 0, m_seg + torch.log(l_seg.clamp(min=tiny)), math.inf)
+        lse = torch.where(l_seg == 0, math.inf, m_seg + torch.log(l_seg.clamp(min=tiny)))  # NaN stays NaN
         return out, torch.empty_like(lse).index_copy_(2, sq, lse)
     # online softmax across the segments of a row: rescale each to the row maximum and add up
     idx = sq.view(1, 1, -1, 1).expand_as(m_seg)
@@ -368,13 +355,16 @@ def _forward(pb: _Problem, qp: Tensor, kp: Tensor, vp: Tensor, need_lse: bool = 
     l_row = qp.new_zeros(bs, hkv, n_q, r).index_add_(2, sq, l_seg * factor)
     out = qp.new_zeros(bs, hkv, n_q, r, dv).index_add_(2, sq, o_seg * factor.unsqueeze(-1))
     out /= l_row.clamp(min=tiny).unsqueeze(-1)
-    lse = torch.where(l_row > 0, m_row + torch.log(l_row.clamp(min=tiny)), math.inf)
+    lse = torch.where(l_row == 0, math.inf, m_row + torch.log(l_row.clamp(min=tiny)))  # NaN stays NaN
     return out, lse
 
 
-def _backward(pb: _Problem, qp, kp, vp, out, lse, d_out) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients for ``qp``, ``kp``, ``vp`` by recomputing each chunk's probabilities from ``lse``."""
+def _backward(pb: _Problem, qp, kp, vp, out, lse, d_out, d_lse) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients for ``qp``, ``kp``, ``vp`` by recomputing each chunk's probabilities from ``lse``;
+    ``d_lse`` (or None) is the gradient of the returned log-sum-exp (``d lse / d s = p``)."""
     delta = (d_out * out).sum(-1)  # (Bs, Hkv, nQ, R)
+    if d_lse is not None:
+        delta = delta - d_lse
     dq, dk, dv = torch.zeros_like(qp), torch.zeros_like(kp), torch.zeros_like(vp)
     nonadditive = any(not m.additive for m in pb.mods)
     chunks = _chunks(pb, qp.shape[3])
@@ -407,19 +397,24 @@ def _backward(pb: _Problem, qp, kp, vp, out, lse, d_out) -> tuple[Tensor, Tensor
 
 
 class _BlockSparseFn(torch.autograd.Function):
+    """``(qp, kp, vp) -> (out, lse)`` in the layouts of :func:`_layout_q` / :func:`_layout_kv`;
+    ``lse`` is +inf on dead rows (the caller turns that into -inf) and empty without ``need_lse``."""
+
     @staticmethod
     def forward(ctx, qp, kp, vp, pb, need_lse):
         out, lse = _forward(pb, qp, kp, vp, need_lse)
         ctx.save_for_backward(qp, kp, vp, out, lse)
         ctx.pb = pb
-        ctx.mark_non_differentiable(lse)
+        ctx.set_materialize_grads(False)
         return out, lse
 
     @staticmethod
-    def backward(ctx, d_out, _d_lse):
+    def backward(ctx, d_out, d_lse):
         qp, kp, vp, out, lse = ctx.saved_tensors
-        dq, dk, dv = _backward(ctx.pb, qp, kp, vp, out, lse, d_out.contiguous())
+        d_out = torch.zeros_like(out) if d_out is None else d_out.contiguous()
+        dq, dk, dv = _backward(ctx.pb, qp, kp, vp, out, lse, d_out, d_lse)
         return dq, dk, dv, None, None
+
 
 # ----------------------------------------------------------------------------------------------
 # layouts, weights, the implementation entry point
@@ -519,17 +514,17 @@ def _block_weights(pb: _Problem, qp: Tensor, kp: Tensor, lse: Tensor) -> tuple[T
     return torch.cat(tiles), torch.cat(values)
 
 
-def _options(call: AttentionCall) -> tuple[int, int, int]:
-    opts = call.options
-    bq = int(opts.get("block_q", opts.get("block", DEFAULT_BLOCK)))
-    bk = int(opts.get("block_k", opts.get("block", DEFAULT_BLOCK)))
-    chunk = int(opts.get("chunk", DEFAULT_CHUNK))
-    if bq < 1 or bk < 1 or chunk < 1:
-        from ..errors import AttnKitError
+def _blocks(call: AttentionCall) -> tuple[int, int, int, str]:
+    """``(block_q, block_k, chunk, weights_format)`` from the call's options."""
+    opts = read_options(call, "block_sparse", OPTIONS)
+    bq = opts["block"] if opts["block_q"] is None else opts["block_q"]
+    bk = opts["block"] if opts["block_k"] is None else opts["block_k"]
+    return bq, bk, opts["chunk"], opts["weights_format"]
 
-        raise AttnKitError(f"block_sparse options block_q, block_k, chunk must be >= 1; got "
-                           f"block_q={bq}, block_k={bk}, chunk={chunk}")
-    return bq, bk, chunk
+
+def _unlayout_rows(x: Tensor, heads: int, t: int) -> Tensor:
+    """``(Bs, Hkv, nQ, rep * bq)`` -> ``(Bs, H, T)``: per-row values (the log-sum-exp)."""
+    return _unlayout(x.unsqueeze(-1), heads, t).squeeze(-1)
 
 
 def block_sparse(call: AttentionCall) -> AttnResult:
@@ -540,30 +535,20 @@ def block_sparse(call: AttentionCall) -> AttnResult:
         s = (q @ repeat_kv(k).transpose(-2, -1)) * scale        # only on kept tiles
         out = softmax(s.masked_fill(~mask.dense(T, S), -inf)) @ repeat_kv(v)
     """
-    from ..errors import AttnKitError
-    from ..masks import full
-
-    bq, bk, chunk = _options(call)
-    fmt = call.options.get("weights_format", "dense")
-    if fmt not in ("dense", "blocks"):
-        raise AttnKitError(f"block_sparse option weights_format must be 'dense' or 'blocks'; got {fmt!r}")
-    q, k, v, scale = call.q, call.k, call.v, call.scale
-    if call.score.name == "cosine":
-        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        scale = scale / call.score.params["temperature"]
-    if q.dtype in (torch.float16, torch.bfloat16):
-        q, k, v = q.float(), k.float(), v.float()
+    bq, bk, chunk, fmt = _blocks(call)
+    dtype = compute_dtype(call.q.dtype)
+    q, k, scale = prepared_qk(call, dtype)
+    v = call.v.to(dtype)
     if not any(not m.additive for m in call.score_mods):  # fold the scale into q (one pass fewer)
         q, scale = q * scale, 1.0
-    mask = call.mask if call.mask is not None else full()
-    plans = plan_for(mask, call.lq, call.lk, bq, bk)
+    plans = plan_for(call.mask, call.lq, call.lk, bq, bk)
     n_q, n_k = plans[0][0].n_q, plans[0][0].n_k
     rep = call.heads // call.kv_heads
     all_b, all_h = torch.arange(call.batch), torch.arange(call.heads).view(call.kv_heads, rep)
-    out_rows, w_rows, tiles, values = [], [], [], []
+    out_rows, lse_rows, w_rows, tiles, values = [], [], [], [], []
     for bm, row in enumerate(plans):
         bsel = slice(bm, bm + 1) if len(plans) > 1 else slice(None)
-        outs, ws = [], []
+        outs, lses, ws = [], [], []
         for hm, plan in enumerate(row):
             if len(row) > 1:  # head-dependent mask: one query head with its kv head
                 qs, ks, vs = q[bsel, hm:hm + 1], k[bsel, hm // rep:hm // rep + 1], v[bsel, hm // rep:hm // rep + 1]
@@ -572,28 +557,35 @@ def block_sparse(call: AttentionCall) -> AttnResult:
                 qs, ks, vs, h_ids = q[bsel], k[bsel], v[bsel], all_h
             pb = _Problem(plan, scale, call.score_mods, all_b[bsel], h_ids, call.lq, call.lk, bq, bk, chunk)
             qp, kp, vp = _layout_q(qs, ks.shape[1], bq, n_q), _layout_kv(ks, bk, n_k), _layout_kv(vs, bk, n_k)
-            need_lse = call.return_weights or (torch.is_grad_enabled() and any(
+            need_lse = call.return_weights or call.return_lse or (torch.is_grad_enabled() and any(
                 x.requires_grad for x in (qp, kp, vp)))
             out_p, lse = _BlockSparseFn.apply(qp, kp, vp, pb, need_lse)
             outs.append(_unlayout(out_p, qs.shape[1], call.lq))
+            if call.return_lse:
+                lses.append(_unlayout_rows(lse, qs.shape[1], call.lq))
             if call.return_weights:
                 with torch.no_grad():
                     if fmt == "dense":
-                        ws.append(_dense_weights(pb, qp.detach(), kp.detach(), lse))
+                        ws.append(_dense_weights(pb, qp.detach(), kp.detach(), lse.detach()))
                     else:
-                        t, val = _block_weights(pb, qp.detach(), kp.detach(), lse)
+                        t, val = _block_weights(pb, qp.detach(), kp.detach(), lse.detach())
                         tiles.append(t)
                         values.append(val)
-        out_rows.append(torch.cat(outs, 1) if len(outs) > 1 else outs[0])
-        if ws:
-            w_rows.append(torch.cat(ws, 1) if len(ws) > 1 else ws[0])
-    out = (torch.cat(out_rows, 0) if len(out_rows) > 1 else out_rows[0]).to(call.q.dtype)
+        for rows, parts in ((out_rows, outs), (lse_rows, lses), (w_rows, ws)):
+            if parts:
+                rows.append(torch.cat(parts, 1) if len(parts) > 1 else parts[0])
+    cat = lambda rows: torch.cat(rows, 0) if len(rows) > 1 else rows[0]  # noqa: E731
+    out = cat(out_rows).to(call.q.dtype)
+    lse = None
+    if call.return_lse:
+        lse = cat(lse_rows)
+        lse = torch.where(lse == math.inf, -math.inf, lse)  # dead rows: -inf, with zero gradient
     if not call.return_weights:
-        return AttnResult(out)
+        return AttnResult(out, None, lse)
     if fmt == "blocks":
         return AttnResult(out, BlockWeights(torch.cat(tiles), torch.cat(values).to(call.q.dtype), call.batch,
-                                            call.heads, call.lq, call.lk, bq, bk))
-    return AttnResult(out, (torch.cat(w_rows, 0) if len(w_rows) > 1 else w_rows[0]).to(call.q.dtype))
+                                            call.heads, call.lq, call.lk, bq, bk), lse)
+    return AttnResult(out, cat(w_rows).to(call.q.dtype), lse)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -601,34 +593,23 @@ def block_sparse(call: AttentionCall) -> AttnResult:
 # ----------------------------------------------------------------------------------------------
 
 
-def _captures_grad_tensor(mod: ScoreMod) -> bool:
-    """Whether a score modifier's function closes over a tensor that requires grad (e.g. a
-    learnable bias): block_sparse returns gradients for q, k, v only."""
-    cells = getattr(mod.fn, "__closure__", None) or ()
-    return any(isinstance(c.cell_contents, Tensor) and c.cell_contents.requires_grad for c in cells)
-
-
 def _check(call: AttentionCall) -> list[str]:
-    reasons = []
-    if torch.is_grad_enabled() and any(_captures_grad_tensor(m) for m in call.score_mods):
-        reasons.append("a score modifier holds a tensor that requires grad; block_sparse differentiates "
-                       "q, k, v only")
-    return reasons
+    if call.score_mods and torch.is_grad_enabled() and holds_grad_tensor(call.score_mods):
+        return ["a score modifier holds a tensor that requires grad; block_sparse differentiates q, k, v only"]
+    return []
 
 
 def cost_reasons(call: AttentionCall) -> list[str]:
-    """Why ``impl="auto"`` should prefer dense sdpa (thresholds from benchmarks/bench_block_sparse.py)."""
+    """Why ``impl="auto"`` should prefer dense sdpa (thresholds measured with
+    benchmarks/bench_block_sparse.py; the numbers are in docs/sparse.md)."""
     if call.mask is None:
-        return ["no mask: every tile is kept, dense sdpa is faster (cost model)"]
+        return ["no mask: every tile is kept, dense sdpa is faster"]
     if call.lk < MIN_LENGTH:
-        return [f"S = {call.lk} < {MIN_LENGTH}: dense sdpa is faster at this size "
-                "(cost model, benchmarks/bench_block_sparse.py)"]
-    bq, bk, _ = _options(call)
-    kinds = tile_kinds(call.mask, call.lq, call.lk, bq, bk)
-    dens = float((kinds != EMPTY).float().mean())
+        return [f"S = {call.lk} < {MIN_LENGTH}: dense sdpa is faster at this size"]
+    bq, bk, _, _ = _blocks(call)
+    dens = tile_plan(call.mask, call.lq, call.lk, bq, bk).density()
     if dens > MAX_BLOCK_DENSITY:
-        return [f"block density {dens:.2f} > {MAX_BLOCK_DENSITY}: dense sdpa is faster here "
-                "(cost model, benchmarks/bench_block_sparse.py)"]
+        return [f"block density {dens:.2f} > {MAX_BLOCK_DENSITY}: dense sdpa is faster here"]
     return []
 
 
@@ -640,7 +621,8 @@ register_impl(ImplSpec(
     weights=frozenset({"softmax"}),
     score_mods="any",
     dropout=False,
-    options=frozenset({"block", "block_q", "block_k", "chunk", "weights_format"}),
+    returns_lse=True,
+    options=frozenset(OPTIONS),
     priority=5,
     check=_check,
     auto_check=cost_reasons,

@@ -4,13 +4,16 @@ The score matrix is never materialised. Queries are processed ``block_q`` rows a
 each query block the keys are visited in chunks with a running row maximum ``m``, running sum
 ``l`` and output accumulator (the *online softmax*). Only the output and the per-row
 log-sum-exp ``lse = m + log l`` are saved; the backward pass recomputes every score tile from
-``q``, ``k`` and ``lse`` (FlashAttention-2: ``dV += P^T dO``, ``dS = P * (dO V^T - rowsum(dO * O))``,
-``dQ += dS K``, ``dK += dS^T Q``), so memory is ``O(B * H * ((T + S) * D + block_q * chunk_k))``.
+``q``, ``k`` and ``lse`` (FlashAttention-2: ``dV += P^T dO``, ``dS = P * (dO V^T - delta)`` with
+``delta = rowsum(dO * O) - dlse``, ``dQ += dS K``, ``dK += dS^T Q``), so memory is
+``O(B * H * ((T + S) * D + block_q * chunk_k))``.
 
-Masks are honoured through their tile classification (``mask.blocks``): empty tiles are
-skipped, runs of full tiles are computed without a mask, partial tiles get the dense sub-mask
-of just that tile range. Score modifiers are applied tile by tile with the tile's indices;
-non-additive ones (soft-capping) are differentiated through with autograd on the tile.
+Masks are honoured through the shared tile plan (:func:`attnkit.masks.base.tile_plan`): empty
+tiles are skipped, runs of full tiles are computed without a mask, partial tiles get the dense
+sub-mask of just that tile range. Score modifiers are applied tile by tile with the tile's
+indices; non-additive ones (soft-capping) are differentiated through with autograd on the tile.
+Scores, sums and accumulators are float32 (float64 for float64 inputs), whatever the inputs;
+bfloat16 inputs keep bfloat16 for the ``p @ v`` and gradient products (:func:`product_dtype`).
 
 Weights: ``softmax`` (online) and ``sigmoid`` (elementwise, no running statistics).
 Scores: ``scaled_dot``, ``dot`` and ``cosine`` (``q`` and ``k`` are normalised first).
@@ -25,69 +28,53 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..call import AttentionCall
-from ..errors import AttnKitError
-from ..masks import EMPTY, FULL, PARTIAL, And, Causal, DenseMask, FromMod, Mask, Not, Or, Random
+from ..masks import EMPTY, FULL, PARTIAL, Mask
+from ..masks.base import DEFAULT_BLOCK, BlockMask, tile_plan
 from ..registry import AttnResult, ImplSpec, register_impl
 from ..scores import ScoreMod, apply_mods
 from ..shapes import repeat_kv
+from ._common import (
+    Option,
+    compute_dtype,
+    holds_grad_tensor,
+    index_grid,
+    prepared_qk,
+    read_options,
+    sdpa_can_run,
+    sdpa_runs_fused,
+)
 
-__all__ = ["blockwise", "BlockPlan", "plan_blocks", "default_blocks", "DEFAULT_BLOCKS"]
+__all__ = ["blockwise", "BlockPlan", "plan_blocks", "product_dtype", "cost_reasons", "COST", "OPTIONS", "DEFAULT_ROWS",
+           "DEFAULT_CHUNK_K"]
 
-# (block_q, block_k, chunk_k) by input dtype, chosen by measurement (docs/blockwise.md):
-# float32 / float64 prefer 128-row blocks that stay in cache; half inputs prefer larger tiles.
-DEFAULT_BLOCKS = {"float": (128, 128, 1024), "half": (256, 256, 1024)}
-DEFAULT_BLOCK_Q, DEFAULT_BLOCK_K, DEFAULT_CHUNK_K = DEFAULT_BLOCKS["float"]
+DEFAULT_ROWS = 2 * DEFAULT_BLOCK  # query rows per step: two rows of tiles (fewer, larger matmuls measured
+# faster than one row, while the key tile size matters little here; docs/blockwise.md)
+DEFAULT_CHUNK_K = 1024  # keys one matmul covers at most (runs of tiles of one kind are merged up to it)
+
+OPTIONS = {
+    "block_q": Option(int, DEFAULT_ROWS, "query rows per step", minimum=1),
+    "block_k": Option(int, DEFAULT_BLOCK, "keys per tile of the mask's tile plan", minimum=1),
+    "chunk_k": Option(int, DEFAULT_CHUNK_K, "most keys one matmul covers", minimum=1),
+}
 
 Chunk = tuple[int, int, bool]  # key range [j0, j1) and whether it needs the mask
 
 
 # ----------------------------------------------------------------------------------------------
-# the plan: which key chunks every query block visits
+# the schedule: which key chunks every query block visits (a view of the shared tile plan)
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, eq=False)
-class BlockPlan:
-    """The work of one call: block sizes and, per query block, its key chunks.
+@dataclass(frozen=True)
+class _Rows:
+    """Per query block its chunks, the widest chunk and the number of tiles they cover."""
 
-    ``rows[qi]`` lists ``(j0, j1, masked)`` chunks of query block ``qi`` (rows
-    ``qi * block_q`` to ``(qi + 1) * block_q``); empty tiles appear in no chunk.
-    """
-
-    lq: int
-    lk: int
-    block_q: int
-    block_k: int
-    chunk_k: int
     rows: tuple[tuple[Chunk, ...], ...]
-    mask: Mask | None
-    mods: tuple[ScoreMod, ...]
-    weight: str  # "softmax" | "sigmoid"
-
-    @property
-    def grad_mods(self) -> bool:
-        """Whether a modifier is not a pure bias (its derivative is needed in the backward)."""
-        return any(not m.additive for m in self.mods)
-
-    @property
-    def widest_chunk(self) -> int:
-        """The most keys any chunk covers (the size of the tile buffers)."""
-        return max((j1 - j0 for row in self.rows for j0, j1, _ in row), default=1)
-
-    def tiles_visited(self) -> int:
-        """Number of ``(block_q, block_k)`` tiles computed (empty tiles are not)."""
-        return sum((j1 - j0 + self.block_k - 1) // self.block_k for row in self.rows for j0, j1, _ in row)
-
-
-def _needs_refine(mask: Mask) -> bool:
-    """Exact refinement of partial tiles pays off for combinations of cheap structured masks."""
-    if not isinstance(mask, (And, Or, Not)):
-        return False
-    return not any(isinstance(leaf, (Random, DenseMask, FromMod)) for leaf in mask.leaves())
+    widest: int
+    tiles: int
 
 
 def _row_chunks(kinds_row: list[int], lk: int, block_k: int, chunk_k: int) -> tuple[Chunk, ...]:
@@ -105,44 +92,71 @@ def _row_chunks(kinds_row: list[int], lk: int, block_k: int, chunk_k: int) -> tu
     return tuple(chunks)
 
 
-def plan_blocks(lq: int, lk: int, mask: Mask | None, *, block_q: int = DEFAULT_BLOCK_Q,
-                block_k: int = DEFAULT_BLOCK_K, chunk_k: int = DEFAULT_CHUNK_K,
+def _rows(bm: BlockMask, group: int, chunk_k: int) -> _Rows:
+    """The chunks of one loop shared by every batch element and head, stepping ``group`` rows of
+    tiles at a time: a tile is skipped only if empty for all of them (every batch element, head
+    and row of the group) and runs unmasked only if full for all of them."""
+    any_kind = (bm.kinds != EMPTY).flatten(0, 1).any(0)  # (nQ, nK)
+    all_full = (bm.kinds == FULL).flatten(0, 1).all(0)  # (nQ, nK)
+    if group > 1:  # rows past the last query are padding: neither keep a tile nor spoil a full one
+        pad = (-any_kind.shape[0]) % group
+        any_kind = torch.cat([any_kind, any_kind.new_zeros(pad, any_kind.shape[1])]).view(-1, group,
+                                                                                           any_kind.shape[1]).any(1)
+        all_full = torch.cat([all_full, all_full.new_ones(pad, all_full.shape[1])]).view(-1, group,
+                                                                                        all_full.shape[1]).all(1)
+    kinds = torch.where(all_full, FULL, torch.where(any_kind, PARTIAL, EMPTY))
+    rows = tuple(_row_chunks(r, bm.lk, bm.block_k, chunk_k) for r in kinds.tolist())
+    widest = max((j1 - j0 for row in rows for j0, j1, _ in row), default=1)
+    tiles = sum((j1 - j0 + bm.block_k - 1) // bm.block_k for row in rows for j0, j1, _ in row)
+    return _Rows(rows, widest, tiles)
+
+
+@dataclass(frozen=True, eq=False)
+class BlockPlan:
+    """The work of one call: the tile plan and, per query block, its key chunks.
+
+    ``rows[qi]`` lists ``(j0, j1, masked)`` chunks of query block ``qi`` (rows
+    ``qi * block_q`` to ``(qi + 1) * block_q``, a whole number of the plan's tile rows); empty
+    tiles appear in no chunk.
+    """
+
+    blocks: BlockMask
+    block_q: int  # query rows per step
+    chunk_k: int
+    rows: tuple[tuple[Chunk, ...], ...]
+    widest_chunk: int  # the most keys any chunk covers (the size of the tile buffers)
+    tiles: int
+    mods: tuple[ScoreMod, ...]
+    weight: str  # "softmax" | "sigmoid"
+
+    lq = property(lambda self: self.blocks.lq)
+    lk = property(lambda self: self.blocks.lk)
+    block_k = property(lambda self: self.blocks.block_k)
+
+    @property
+    def grad_mods(self) -> bool:
+        """Whether a modifier is not a pure bias (its derivative is needed in the backward)."""
+        return any(not m.additive for m in self.mods)
+
+    def tiles_visited(self) -> int:
+        """Number of ``(block_q, block_k)`` tiles computed (empty tiles are not)."""
+        return self.tiles
+
+
+def plan_blocks(lq: int, lk: int, mask: Mask | None, *, block_q: int = DEFAULT_ROWS,
+                block_k: int = DEFAULT_BLOCK, chunk_k: int = DEFAULT_CHUNK_K,
                 mods: tuple[ScoreMod, ...] = (), weight: str = "softmax") -> BlockPlan:
-    """Classify ``(block_q, block_k)`` tiles of ``mask`` and group each query block's tiles into
-    chunks. A tile counts as empty only if it is empty for every batch element and head, as full
-    only if full for all of them."""
-    nq, nk = math.ceil(lq / block_q), math.ceil(lk / block_k)
-    if mask is None:
-        kinds = torch.full((nq, nk), FULL, dtype=torch.int8)
-    else:
-        k4 = mask.blocks(lq, lk, block_q, block_k, refine=_needs_refine(mask)).kinds  # (Bm, Hm, nQ, nK)
-        any_kind = (k4 != EMPTY).flatten(0, 1).any(0)  # (nQ, nK)
-        all_full = (k4 == FULL).flatten(0, 1).all(0)  # (nQ, nK)
-        kinds = torch.where(all_full, FULL, torch.where(any_kind, PARTIAL, EMPTY))
-    rows = tuple(_row_chunks(r, lk, block_k, chunk_k) for r in kinds.tolist())
-    return BlockPlan(lq, lk, block_q, block_k, chunk_k, rows, mask, mods, weight)
+    """The plan of a call: the shared tile plan of ``mask`` (tiles of ``DEFAULT_BLOCK`` query rows
+    when ``block_q`` is a multiple of it, else of ``block_q``) and its chunks, both memoised."""
+    tile_q = DEFAULT_BLOCK if block_q % DEFAULT_BLOCK == 0 else block_q
+    bm = tile_plan(mask, lq, lk, tile_q, block_k)
+    r = bm.derive(("blockwise", block_q, chunk_k), lambda b: _rows(b, block_q // tile_q, chunk_k))
+    return BlockPlan(bm, block_q, chunk_k, r.rows, r.widest, r.tiles, mods, weight)
 
 
 # ----------------------------------------------------------------------------------------------
 # one score tile
 # ----------------------------------------------------------------------------------------------
-
-
-def _chunk_mask(mask: Mask, i0: int, i1: int, j0: int, j1: int, lq: int, lk: int, device) -> Tensor:
-    """Dense sub-mask ``(Bm, Hm, bq, ck)`` of rows ``[i0, i1)`` and keys ``[j0, j1)``."""
-    if isinstance(mask, DenseMask):  # slice the stored tensor instead of gathering it
-        t = mask.tensor
-        return t[..., i0:i1 if t.shape[2] > 1 else None, j0:j1 if t.shape[3] > 1 else None].to(device)
-    return mask.mod(*_tile_indices(mask.num_batch, mask.num_heads, i0, i1, j0, j1, device), lq, lk)
-
-
-def _tile_indices(nb: int, nh: int, i0: int, i1: int, j0: int, j1: int, device) -> tuple[Tensor, ...]:
-    """Broadcast index tensors ``b (nb,1,1,1)``, ``h (1,nh,1,1)``, ``i (1,1,bq,1)``, ``j (1,1,1,ck)``."""
-    b = torch.arange(nb, device=device).view(-1, 1, 1, 1)
-    h = torch.arange(nh, device=device).view(1, -1, 1, 1)
-    i = torch.arange(i0, i1, device=device).view(1, 1, -1, 1)
-    j = torch.arange(j0, j1, device=device).view(1, 1, 1, -1)
-    return b, h, i, j
 
 
 class _TileBuffer:
@@ -161,22 +175,44 @@ def _raw_scores(qb: Tensor, kc: Tensor, buf: _TileBuffer) -> Tensor:
     out = buf.view(qb.shape[0], qb.shape[1], kc.shape[1])  # (BH, bq, ck)
     if qb.dtype == out.dtype:
         return torch.matmul(qb, kc.transpose(-2, -1), out=out)
-    return out.copy_(torch.matmul(qb, kc.transpose(-2, -1)))  # half inputs: scores kept in float32
+    return out.copy_(torch.matmul(qb, kc.transpose(-2, -1)))  # bfloat16 products, float32 tile
+
+
+def _low(x: Tensor, dtype: torch.dtype, buf: _TileBuffer | None) -> Tensor:
+    """``x`` in the products' dtype, written into a reused buffer when it differs."""
+    return x if x.dtype == dtype else buf.view(*x.shape).copy_(x)
+
+
+def _add_matmul(acc: Tensor, a: Tensor, b: Tensor) -> None:
+    """``acc += a @ b`` in place (``acc`` float32 or float64; ``a``, ``b`` may be bfloat16, whose
+    matmul accumulates in float32 inside)."""
+    if acc.dtype == a.dtype:
+        acc.baddbmm_(a, b)
+    else:
+        acc += torch.bmm(a, b)
+
+
+def product_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the ``p @ v`` and gradient products for inputs of ``dtype``: bfloat16 stays
+    bfloat16 (CPU bfloat16 matmuls are fast and accumulate in float32 inside), everything else is
+    computed in :func:`~attnkit.impls._common.compute_dtype`. Scores are always float32 or wider:
+    a low-precision ``q k^T`` loses the softmax (and overflows in float16)."""
+    return torch.bfloat16 if dtype == torch.bfloat16 else compute_dtype(dtype)
 
 
 def _modify_and_mask(s: Tensor, plan: BlockPlan, heads: int, i0: int, i1: int, chunk: Chunk) -> Tensor:
-    """Apply the score modifiers and the mask (``-inf``) to a raw tile ``s`` (BH, bq, ck)."""
+    """Apply the score modifiers and the mask (``-inf``, whatever the score was, NaN included) to
+    a raw tile ``s`` (BH, bq, ck)."""
     j0, j1, masked = chunk
     s4 = s.view(-1, heads, i1 - i0, j1 - j0)  # (B, H, bq, ck)
     if plan.mods:
-        b, h, i, j = _tile_indices(s4.shape[0], heads, i0, i1, j0, j1, s.device)
+        b, h, i, j = index_grid(s4.shape[0], heads, i0, i1, j0, j1, s.device)
         s4 = apply_mods(s4, plan.mods, b, h, i, j, plan.lq, plan.lk)
-    if masked and plan.mask is not None:
-        allowed = _chunk_mask(plan.mask, i0, i1, j0, j1, plan.lq, plan.lk, s.device)  # (Bm, Hm, bq, ck)
-        if s4.requires_grad:
-            s4 = s4.masked_fill(~allowed, -math.inf)
-        else:  # a (Bm, Hm, bq, ck) bias of 0 / -inf: a broadcast add is far cheaper than masked_fill_
-            s4 = s4.add_(torch.zeros((), dtype=s.dtype).masked_fill(~allowed, -math.inf))
+    if masked:
+        allowed = plan.blocks.region(i0, i1, j0, j1, s.device)  # (Bm, Hm, bq, ck)
+        neg_inf = torch.full((), -math.inf, dtype=s.dtype)
+        # torch.where, not a -inf bias (NaN + -inf is NaN) nor a broadcast masked_fill_ (slower)
+        s4 = torch.where(allowed, s4, neg_inf) if s4.requires_grad else torch.where(allowed, s4, neg_inf, out=s4)
     return s4.reshape(s.shape)
 
 
@@ -184,7 +220,8 @@ def _modify_and_mask(s: Tensor, plan: BlockPlan, heads: int, i0: int, i1: int, c
 # (about 4x slower than finite arguments), and masked scores are -inf. So exponents are clamped
 # at EXP_FLOOR and results at or below EXP_ZERO are set to exactly 0: masked keys still get weight
 # 0, and an allowed weight below 3e-35 (relative to the row's largest) is dropped, which is
-# below the resolution of float32 and of float64 sums of weights near 1.
+# below the resolution of float32 and of float64 sums of weights near 1. NaN passes through
+# both steps unchanged (clamp and threshold keep it).
 EXP_FLOOR = -80.0
 EXP_ZERO = 2.0 * math.exp(EXP_FLOOR)
 
@@ -194,7 +231,7 @@ def _exp_(x: Tensor, masked: bool) -> Tensor:
     the fast path, and masked entries come out as exactly 0."""
     if not masked:
         return x.exp_()
-    return F.threshold_(x.clamp_(min=EXP_FLOOR).exp_(), EXP_ZERO, 0.0)
+    return torch.nn.functional.threshold_(x.clamp_(min=EXP_FLOOR).exp_(), EXP_ZERO, 0.0)
 
 
 def _sigmoid_weights(s: Tensor, lk: int) -> Tensor:
@@ -202,69 +239,59 @@ def _sigmoid_weights(s: Tensor, lk: int) -> Tensor:
     return torch.sigmoid(s - math.log(lk))
 
 
-def _low(x: Tensor, dtype: torch.dtype, buf: _TileBuffer | None) -> Tensor:
-    """``x`` in the inputs' (half) dtype, written into a reused buffer when one is given."""
-    if x.dtype == dtype:
-        return x
-    if buf is None:
-        return x.to(dtype)
-    return buf.view(*x.shape).copy_(x)
-
-
-def _add_matmul(acc: Tensor, a: Tensor, b: Tensor) -> None:
-    """``acc += a @ b`` in place; ``a`` is cast to ``b``'s dtype (half inputs: half products)."""
-    a = a.to(b.dtype)
-    if acc.dtype == b.dtype:
-        acc.baddbmm_(a, b)
-    else:
-        acc += torch.bmm(a, b)
-
-
 # ----------------------------------------------------------------------------------------------
 # forward and backward over the plan (3-D tensors: batch and heads flattened to BH)
 # ----------------------------------------------------------------------------------------------
 
 
+def _finish_rows(acc: Tensor, m: Tensor, l: Tensor) -> tuple[Tensor, Tensor]:  # noqa: E741
+    """Output ``acc / l`` and ``lse = m + log l`` of a block's rows; a row with no allowed key
+    (``l == 0``) gives zeros and ``-inf``. A row that met a NaN or +inf score has ``l = NaN``
+    (``inf - inf``, as in torch.softmax) and gives NaN."""
+    dead = l == 0  # NaN sums are not dead: they propagate
+    out = torch.where(dead, 0.0, acc / torch.where(dead, 1.0, l))  # (BH, bq, Dv)
+    lse = torch.where(dead, -math.inf, m + torch.log(torch.where(dead, 1.0, l)))  # (BH, bq, 1)
+    return out, lse
+
+
 def _forward_block(qb: Tensor, k: Tensor, v: Tensor, plan: BlockPlan, heads: int, i0: int, i1: int,
-                   buf: _TileBuffer, low: _TileBuffer | None = None) -> tuple[Tensor, Tensor]:
+                   bufs: tuple[_TileBuffer, _TileBuffer | None]) -> tuple[Tensor, Tensor]:
     """Online softmax of one query block: output (BH, bq, Dv) and lse (BH, bq, 1)."""
     bh, bq, _ = qb.shape
-    acc_dtype = buf.flat.dtype
-    acc = qb.new_zeros(bh, bq, v.shape[-1], dtype=acc_dtype)  # (BH, bq, Dv)
-    m = qb.new_full((bh, bq, 1), -math.inf, dtype=acc_dtype)  # (BH, bq, 1) running max
-    l = qb.new_zeros(bh, bq, 1, dtype=acc_dtype)  # noqa: E741  (BH, bq, 1) running sum
+    acc = qb.new_zeros(bh, bq, v.shape[-1])  # (BH, bq, Dv)
+    m = qb.new_full((bh, bq, 1), -math.inf)  # (BH, bq, 1) running max
+    l = qb.new_zeros(bh, bq, 1)  # noqa: E741  (BH, bq, 1) running sum
     for chunk in plan.rows[i0 // plan.block_q]:
         j0, j1, _ = chunk
-        s = _modify_and_mask(_raw_scores(qb, k[:, j0:j1], buf), plan, heads, i0, i1, chunk)  # (BH, bq, ck)
+        s = _modify_and_mask(_raw_scores(qb, k[:, j0:j1], bufs[0]), plan, heads, i0, i1, chunk)  # (BH, bq, ck)
         if plan.weight == "sigmoid":
-            _add_matmul(acc, _sigmoid_weights(s, plan.lk), v[:, j0:j1])
+            _add_matmul(acc, _low(_sigmoid_weights(s, plan.lk), v.dtype, bufs[1]), v[:, j0:j1])
             continue
-        m_new = torch.maximum(m, s.amax(-1, keepdim=True))  # (BH, bq, 1)
+        m_new = torch.maximum(m, s.amax(-1, keepdim=True))  # (BH, bq, 1); NaN propagates
         m_use = m_new.masked_fill(m_new == -math.inf, 0.0)  # rows with nothing allowed yet
         p = _exp_(s.sub_(m_use), chunk[2] or bool(plan.mods))  # (BH, bq, ck); in place (no graph here)
         alpha = torch.exp(m - m_use)  # (BH, bq, 1) rescales what was accumulated so far
         l = torch.addcmul(p.sum(-1, keepdim=True), l, alpha)  # noqa: E741
         acc.mul_(alpha)
-        _add_matmul(acc, _low(p, v.dtype, low), v[:, j0:j1])
+        _add_matmul(acc, _low(p, v.dtype, bufs[1]), v[:, j0:j1])
         m = m_new
     if plan.weight == "sigmoid":
         return acc, acc.new_zeros(bh, bq, 1)
-    alive = l > 0
-    out = torch.where(alive, acc / torch.where(alive, l, 1.0), 0.0)  # (BH, bq, Dv)
-    lse = torch.where(alive, m + torch.log(torch.where(alive, l, 1.0)), -math.inf)  # (BH, bq, 1)
-    return out, lse
+    return _finish_rows(acc, m, l)
 
 
 def _backward_block(qb: Tensor, k: Tensor, v: Tensor, dob: Tensor, lse_b: Tensor, delta_b: Tensor,
                     dk: Tensor, dv: Tensor, plan: BlockPlan, heads: int, i0: int, i1: int,
-                    bufs: tuple[_TileBuffer, _TileBuffer, _TileBuffer | None]) -> Tensor:
-    """Gradients of one query block: returns dq (BH, bq, D); adds into dk, dv (BH, S, D|Dv)."""
-    acc_dtype = bufs[0].flat.dtype
-    dqb = torch.zeros(qb.shape, dtype=acc_dtype, device=qb.device)  # (BH, bq, D)
+                    bufs: tuple[_TileBuffer, _TileBuffer, _TileBuffer | None],
+                    low: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+    """Gradients of one query block: returns dq (BH, bq, D); adds into dk, dv (BH, S, D|Dv).
+    ``low`` holds this block's queries, the keys and the block's output gradient in the products'
+    dtype (the same tensors as ``qb``, ``k``, ``dob`` unless the inputs are bfloat16)."""
+    qb_l, k_l, dob_l = low
+    dqb = torch.zeros_like(qb)  # (BH, bq, D)
     for chunk in plan.rows[i0 // plan.block_q]:
         j0, j1, _ = chunk
-        kc, vc = k[:, j0:j1], v[:, j0:j1]  # (BH, ck, D), (BH, ck, Dv)
-        raw = _raw_scores(qb, kc, bufs[0])  # (BH, bq, ck)
+        raw = _raw_scores(qb, k[:, j0:j1], bufs[0])  # (BH, bq, ck)
         if plan.grad_mods:  # differentiate through the modifiers on this tile
             raw = raw.clone().requires_grad_()
             with torch.enable_grad():
@@ -273,18 +300,17 @@ def _backward_block(qb: Tensor, k: Tensor, v: Tensor, dob: Tensor, lse_b: Tensor
         else:
             s = _modify_and_mask(raw, plan, heads, i0, i1, chunk)
             p = _tile_probs(s, lse_b, plan, chunk[2])  # (BH, bq, ck), computed in place over s
-        _add_matmul(dv[:, j0:j1], _low(p, v.dtype, bufs[2]).transpose(-2, -1), dob)
-        dp = _raw_scores(dob, vc, bufs[1])  # (BH, bq, ck) = dO V^T
+        _add_matmul(dv[:, j0:j1], _low(p, v.dtype, bufs[2]).transpose(-2, -1), dob_l)
+        dp = _raw_scores(dob_l, v[:, j0:j1], bufs[1])  # (BH, bq, ck) = dO V^T
         if plan.weight == "sigmoid":
             ds = dp.mul_(p).mul_(1 - p)
         else:
             ds = dp.sub_(delta_b).mul_(p)  # (BH, bq, ck) = P * (dP - delta)
         if plan.grad_mods:
             (ds,) = torch.autograd.grad(s, raw, ds)
-            ds = torch.nan_to_num(ds, nan=0.0)
-        ds = _low(ds, kc.dtype, bufs[2])  # (BH, bq, ck)
-        _add_matmul(dqb, ds, kc)
-        _add_matmul(dk[:, j0:j1], ds.transpose(-2, -1), qb)
+        ds = _low(ds, v.dtype, bufs[2])
+        _add_matmul(dqb, ds, k_l[:, j0:j1])
+        _add_matmul(dk[:, j0:j1], ds.transpose(-2, -1), qb_l)
     return dqb
 
 
@@ -295,58 +321,54 @@ def _tile_probs(s: Tensor, lse_b: Tensor, plan: BlockPlan, masked: bool) -> Tens
     return _exp_(s.sub_(lse_b), masked or bool(plan.mods))  # (BH, bq, ck); dead rows: lse = +inf -> 0
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 class _BlockwiseAttention(torch.autograd.Function):
-    """``(q, k, v) -> (out, lse)`` with ``q`` already scaled; k, v have as many heads as q.
-    Tensors are (B, H, L, D) outside and flattened to (BH, L, D) inside."""
+    """``(q, k, v) -> (out, lse)`` with ``q`` already scaled. ``q``, ``k`` in the compute dtype
+    (float32 or float64: the scores), ``v`` in the products' dtype (:func:`product_dtype`); k, v
+    have as many heads as q. ``out`` and ``lse`` come in the compute dtype. Tensors are
+    (B, H, L, D) outside and flattened to (BH, L, D) inside."""
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, plan: BlockPlan) -> tuple[Tensor, Tensor]:
         bsz, heads = q.shape[:2]
         q3, k3, v3 = (x.reshape(bsz * heads, x.shape[2], x.shape[3]) for x in (q, k, v))  # (BH, L, D)
-        acc_dtype = _acc_dtype(q.dtype)
-        buf = _TileBuffer(bsz * heads, plan.block_q, plan.widest_chunk, acc_dtype, q.device)
-        low = _TileBuffer(bsz * heads, plan.block_q, plan.widest_chunk, q.dtype, q.device) \
-            if q.dtype != acc_dtype else None
-        out = q.new_empty(bsz * heads, plan.lq, v.shape[-1])  # (BH, T, Dv)
-        lse = q.new_empty(bsz * heads, plan.lq, 1, dtype=acc_dtype)  # (BH, T, 1)
+        bh, ck = bsz * heads, plan.widest_chunk
+        bufs = (_TileBuffer(bh, plan.block_q, ck, q.dtype, q.device),
+                _TileBuffer(bh, plan.block_q, ck, v.dtype, q.device) if v.dtype != q.dtype else None)
+        out = q.new_empty(bh, plan.lq, v.shape[-1])  # (BH, T, Dv)
+        lse = q.new_empty(bh, plan.lq, 1)  # (BH, T, 1)
         for i0 in range(0, plan.lq, plan.block_q):
             i1 = min(plan.lq, i0 + plan.block_q)
-            out_b, lse_b = _forward_block(q3[:, i0:i1], k3, v3, plan, heads, i0, i1, buf, low)
-            out[:, i0:i1] = out_b
-            lse[:, i0:i1] = lse_b
+            out[:, i0:i1], lse[:, i0:i1] = _forward_block(q3[:, i0:i1], k3, v3, plan, heads, i0, i1, bufs)
         ctx.save_for_backward(q3, k3, v3, out, lse)
         ctx.plan, ctx.shape = plan, (bsz, heads)
         ctx.set_materialize_grads(False)
-        return out.view(bsz, heads, plan.lq, -1), lse.view(bsz, heads, plan.lq, 1)
+        return out.view(bsz, heads, plan.lq, v.shape[-1]), lse.view(bsz, heads, plan.lq, 1)
 
     @staticmethod
     def backward(ctx, dout: Tensor | None, dlse: Tensor | None):
         q, k, v, out, lse = ctx.saved_tensors  # (BH, T|S, D|Dv), lse (BH, T, 1)
         plan: BlockPlan = ctx.plan
         bsz, heads = ctx.shape
-        acc_dtype = _acc_dtype(q.dtype)
         dout = torch.zeros_like(out) if dout is None else dout.reshape(out.shape)  # (BH, T, Dv)
-        dk = torch.zeros(k.shape, dtype=acc_dtype, device=k.device)  # (BH, S, D)
-        dv = torch.zeros(v.shape, dtype=acc_dtype, device=v.device)  # (BH, S, Dv)
-        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # (BH, T, D)
+        dk = torch.zeros_like(k)  # (BH, S, D)
+        dv = torch.zeros(v.shape, dtype=q.dtype, device=v.device)  # (BH, S, Dv), accumulated in float32+
+        dq = torch.empty_like(q)  # (BH, T, D)
         lse_safe = lse.masked_fill(lse == -math.inf, math.inf)  # dead rows: every weight 0
-        delta = (dout.to(acc_dtype) * out.to(acc_dtype)).sum(-1, keepdim=True)  # (BH, T, 1)
-        if dlse is not None:
-            delta -= dlse.reshape(delta.shape).to(acc_dtype)
-        ck = plan.widest_chunk
-        bufs = (_TileBuffer(bsz * heads, plan.block_q, ck, acc_dtype, q.device),
-                _TileBuffer(bsz * heads, plan.block_q, ck, acc_dtype, q.device),
-                _TileBuffer(bsz * heads, plan.block_q, ck, q.dtype, q.device) if q.dtype != acc_dtype else None)
+        delta = (dout * out).sum(-1, keepdim=True)  # (BH, T, 1)
+        if dlse is not None:  # d lse / d s = p: the lse gradient joins delta
+            delta -= dlse.reshape(delta.shape)
+        q_l, k_l, dout_l = (x.to(v.dtype) for x in (q, k, dout))  # products' dtype (copies for bfloat16 only)
+        bh, ck = bsz * heads, plan.widest_chunk
+        bufs = (_TileBuffer(bh, plan.block_q, ck, q.dtype, q.device),
+                _TileBuffer(bh, plan.block_q, ck, q.dtype, q.device),
+                _TileBuffer(bh, plan.block_q, ck, v.dtype, q.device) if v.dtype != q.dtype else None)
         for i0 in range(0, plan.lq, plan.block_q):
             i1 = min(plan.lq, i0 + plan.block_q)
-            dq[:, i0:i1] = _backward_block(q[:, i0:i1], k, v, dout[:, i0:i1], lse_safe[:, i0:i1],
-                                           delta[:, i0:i1], dk, dv, plan, heads, i0, i1, bufs)
+            rows = slice(i0, i1)
+            dq[:, rows] = _backward_block(q[:, rows], k, v, dout[:, rows], lse_safe[:, rows], delta[:, rows], dk, dv,
+                                          plan, heads, i0, i1, bufs, (q_l[:, rows], k_l, dout_l[:, rows]))
         shape = lambda x: x.view(bsz, heads, *x.shape[1:])  # noqa: E731
-        return shape(dq), shape(dk.to(k.dtype)), shape(dv.to(v.dtype)), None
+        return shape(dq), shape(dk), shape(dv.to(v.dtype)), None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -354,39 +376,16 @@ class _BlockwiseAttention(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------------
 
 
-def _prepared_qk(call: AttentionCall) -> tuple[Tensor, Tensor]:
-    """``q`` multiplied by the scale (normalised first for cosine) and ``k`` (normalised for cosine)."""
-    q, k, scale = call.q, call.k, call.scale
-    if call.score.name == "cosine":
-        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        scale = scale / call.score.params["temperature"]
-    return (q if scale == 1.0 else q * scale), k
-
-
-def default_blocks(dtype: torch.dtype) -> tuple[int, int, int]:
-    """Default ``(block_q, block_k, chunk_k)`` for inputs of ``dtype``."""
-    return DEFAULT_BLOCKS["half" if dtype in (torch.float16, torch.bfloat16) else "float"]
-
-
-def _option(call: AttentionCall, name: str, default: int) -> int:
-    value = call.options.get(name, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise AttnKitError(f"option {name} must be a positive int; got {value!r}")
-    return value
-
-
 def _weights(call: AttentionCall, qs: Tensor, k: Tensor, lse: Tensor) -> Tensor:
     """The attention weights ``(B, H, T, S)`` recomputed from the scores and the saved lse
     (differentiable: the lse carries its own gradient back through the blockwise backward)."""
-    acc_dtype = _acc_dtype(qs.dtype)
-    s = torch.matmul(qs, k.transpose(-2, -1)).to(acc_dtype)  # (B, H, T, S)
+    s = torch.matmul(qs, k.transpose(-2, -1))  # (B, H, T, S) in the compute dtype
     if call.score_mods:
-        idx = _tile_indices(call.batch, call.heads, 0, call.lq, 0, call.lk, s.device)
-        s = apply_mods(s, call.score_mods, *idx, call.lq, call.lk)
+        s = apply_mods(s, call.score_mods, *call.index_grid(s.device), call.lq, call.lk)
     allowed = s != -math.inf
     if call.mask is not None:
-        allowed = allowed & call.mask.dense4(call.lq, call.lk, device=s.device)
-    if call.weight.name == "sigmoid":
+        allowed = allowed & call.dense_mask(s.device)
+    if call.weight.kind == "sigmoid":
         w = _sigmoid_weights(s, call.lk)
     else:
         w = torch.exp(s - lse.masked_fill(lse == -math.inf, math.inf))
@@ -395,82 +394,78 @@ def _weights(call: AttentionCall, qs: Tensor, k: Tensor, lse: Tensor) -> Tensor:
 
 def blockwise(call: AttentionCall) -> AttnResult:
     """Blockwise exact attention (see the module docstring). Options: ``block_q`` (query rows per
-    block), ``block_k`` (key tile size used to classify the mask), ``chunk_k`` (most keys one
-    matmul covers: consecutive tiles of one kind are merged up to this).
+    step; a multiple of the tile size steps over several rows of the shared tile plan), ``block_k``
+    (key tile size of the tile plan), ``chunk_k`` (most keys one matmul covers: consecutive tiles
+    of one kind are merged up to this).
 
     Equivalent PyTorch code::
 
         out = reference(call)  # same result, without the (B, H, T, S) score matrix
     """
+    opts = read_options(call, "blockwise", OPTIONS)
+    dtype = compute_dtype(call.q.dtype)
+    q, k, scale = prepared_qk(call, dtype)
+    qs = q if scale == 1.0 else q * scale
     n_rep = call.heads // call.kv_heads
-    qs, k = _prepared_qk(call)
-    k_rep, v_rep = repeat_kv(k, n_rep), repeat_kv(call.v, n_rep)
-    bq, bk, ck = default_blocks(call.q.dtype)
-    plan = plan_blocks(call.lq, call.lk, call.mask,
-                       block_q=_option(call, "block_q", bq), block_k=_option(call, "block_k", bk),
-                       chunk_k=_option(call, "chunk_k", ck),
-                       mods=call.score_mods, weight=call.weight.name)
+    k_rep, v_rep = repeat_kv(k, n_rep), repeat_kv(call.v.to(product_dtype(call.q.dtype)), n_rep)
+    plan = plan_blocks(call.lq, call.lk, call.mask, block_q=opts["block_q"], block_k=opts["block_k"],
+                       chunk_k=opts["chunk_k"], mods=call.score_mods, weight=call.weight.kind)
     out, lse = _BlockwiseAttention.apply(qs, k_rep, v_rep, plan)  # (B, H, T, Dv), (B, H, T, 1)
-    return AttnResult(out,
+    return AttnResult(out.to(call.q.dtype),
                       _weights(call, qs, k_rep, lse) if call.return_weights else None,
                       lse.squeeze(-1) if call.return_lse else None)
 
 
-def _tensors_needing_grad(mods: tuple[ScoreMod, ...]) -> bool:
-    """Whether a modifier closes over a tensor that requires grad (e.g. a learned bias)."""
-    for mod in mods:
-        for cell in getattr(mod.fn, "__closure__", None) or ():
-            try:
-                val = cell.cell_contents
-            except ValueError:
-                continue
-            if isinstance(val, Tensor) and val.requires_grad:
-                return True
-    return False
+# ----------------------------------------------------------------------------------------------
+# cost model and registration
+# ----------------------------------------------------------------------------------------------
 
-
-# The cost model behind impl="auto" (measured: benchmarks/bench_blockwise.py, docs/blockwise.md).
-SMALL_PROBLEM = 256 * 256  # below this many (query, key) pairs the per-tile overhead loses to sdpa
+# The cost model behind impl="auto", per input dtype (thresholds measured against impl="sdpa" on
+# window and padding masks, T = 128..2048, forward and forward + backward; the numbers are in
+# docs/blockwise.md): ``small`` - below this many (query, key) pairs the per-tile overhead loses to
+# one dense product; ``dense`` - above this fraction of tiles computed, sdpa with a dense mask is
+# faster (None: never; float16 matmuls are slow on CPUs, where blockwise computes in float32).
+COST = {
+    torch.float64: (512 * 512, 0.75),
+    torch.float32: (512 * 512, 0.75),
+    torch.bfloat16: (512 * 512, 0.75),
+    torch.float16: (128 * 128, None),
+}
 DENSE_MASK_OK = 8192 * 8192  # up to here a dense bool mask for sdpa is affordable (64 MiB)
-RESULTS = "benchmarks/results/blockwise_*.json"
 
 
-def _sdpa_runs_fused(call: AttentionCall) -> bool:
-    """Whether sdpa runs the call with its fused kernel and no dense mask or bias buffer."""
-    if call.score_mods or call.weight.name != "softmax" or call.return_weights:
-        return False
-    m = call.mask
-    return m is None or (isinstance(m, Causal) and (call.lq == call.lk or m.align == "top_left"))
-
-
-def _unstructured(mask: Mask | None) -> bool:
-    """Whether the mask has an arbitrary (element-wise) part, so few tiles can be skipped."""
-    return mask is not None and any(isinstance(m, (Random, DenseMask, FromMod)) for m in mask.leaves())
+def _computed_fraction(call: AttentionCall) -> float:
+    """Fraction of the ``(block_q, block_k)`` tiles the blockwise loop computes for ``call``."""
+    opts = read_options(call, "blockwise", OPTIONS)
+    plan = plan_blocks(call.lq, call.lk, call.mask, block_q=opts["block_q"], block_k=opts["block_k"],
+                       chunk_k=opts["chunk_k"])
+    total = math.ceil(call.lq / plan.block_q) * math.ceil(call.lk / plan.block_k)
+    return plan.tiles_visited() / max(1, total)
 
 
 def cost_reasons(call: AttentionCall) -> list[str]:
-    """Why ``impl="auto"`` should prefer another implementation (measured thresholds)."""
-    if _sdpa_runs_fused(call):
-        return ["sdpa runs this mask fused without a dense buffer and is faster (blockwise takes "
-                f"1.35-1.6x its time in float32, 1.1-1.3x in bfloat16, fwd+bwd at T=4k; {RESULTS})"]
+    """Why ``impl="auto"`` should prefer another implementation (rules from measured thresholds)."""
+    if sdpa_runs_fused(call):
+        return ["sdpa runs this call fused without a dense mask or bias buffer, and is faster"]
     if call.return_weights:
         return ["return_weights=True materialises the T x S weights anyway: the reference computes them "
-                "in one pass and is 1.3-4x faster (T = 512..4096, none / causal / window / padding masks)"]
-    if call.lq * call.lk < SMALL_PROBLEM:
-        return [f"small problem (T*S = {call.lq * call.lk} < {SMALL_PROBLEM}): per-tile overhead "
-                f"outweighs the dense score matrix ({RESULTS})"]
-    if _unstructured(call.mask) and call.lq * call.lk <= DENSE_MASK_OK and not call.score_mods \
-            and call.weight.name == "softmax":
-        return [f"arbitrary mask with no tiles to skip and T*S <= {DENSE_MASK_OK}: sdpa with the dense "
-                f"mask is faster (blockwise takes 1.2-1.6x its time; {RESULTS})"]
+                "in one pass, faster"]
+    small, dense = COST[call.q.dtype]
+    if call.lq * call.lk < small:
+        return [f"small problem for {call.q.dtype} (T*S = {call.lq * call.lk} < {small}): per-tile overhead "
+                "outweighs one dense score matrix"]
+    if dense is not None and call.lq * call.lk <= DENSE_MASK_OK and sdpa_can_run(call):
+        frac = _computed_fraction(call)
+        if frac > dense:
+            return [f"few tiles to skip ({frac:.0%} of the tiles computed > {dense:.0%}) and T*S <= "
+                    f"{DENSE_MASK_OK}: sdpa with a dense mask is faster"]
     return []
 
 
 def _check(call: AttentionCall) -> list[str]:
-    reasons = []
-    if call.score_mods and torch.is_grad_enabled() and _tensors_needing_grad(call.score_mods):
-        reasons.append("a score modifier holds a tensor that requires grad (no gradient for it here)")
-    return reasons
+    if call.score_mods and torch.is_grad_enabled() and holds_grad_tensor(call.score_mods):
+        return ["a score modifier holds a tensor that requires grad (no gradient for it here)"]
+    return []
 
 
 register_impl(ImplSpec(
@@ -483,7 +478,7 @@ register_impl(ImplSpec(
     dropout=False,
     devices=frozenset({"cpu"}),
     returns_lse=True,
-    options=frozenset({"block_q", "block_k", "chunk_k"}),
+    options=frozenset(OPTIONS),
     priority=6,
     check=_check,
     auto_check=cost_reasons,

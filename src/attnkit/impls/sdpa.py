@@ -20,30 +20,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..call import AttentionCall
-from ..masks import Causal
 from ..registry import AttnResult, ImplSpec, register_impl
 from ..shapes import repeat_kv
-from ._common import prepared_qk
+from ._common import prepared_qk, sdpa_mask_kind
 
 __all__ = ["sdpa"]
 
 
-def _mask_kind(call: AttentionCall) -> str:
-    """``"none"`` (every key allowed), ``"causal"`` (SDPA's own ``is_causal``) or ``"dense"``."""
-    m = call.mask
-    if m is None:
-        return "none"
-    if isinstance(m, Causal):
-        if m.align == "bottom_right" and call.lq == 1:  # one query (a decode step) sees every key
-            return "none"
-        if call.lq == call.lk or m.align == "top_left":
-            return "causal"
-    return "dense"
-
-
 def _attn_bias(call: AttentionCall) -> tuple[Tensor | None, Tensor | None]:
     """The SDPA ``attn_mask`` (bool or float) and the rows-alive flags ``(B|1, H|1, T, 1)``."""
-    kind = _mask_kind(call)
+    kind = sdpa_mask_kind(call)
     if kind == "none" and not call.score_mods:
         return None, None
     dense = call.mask.dense4(call.lq, call.lk, device=call.q.device) if kind != "none" else None
@@ -78,7 +64,7 @@ def _sdpa_out(call: AttentionCall) -> Tensor:
     q, k, scale = prepared_qk(call)
     n_rep = q.shape[1] // k.shape[1]
     k, v = repeat_kv(k, n_rep), repeat_kv(call.v, n_rep)
-    kind = _mask_kind(call)
+    kind = sdpa_mask_kind(call)
     if kind == "causal" and not call.score_mods:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=call.dropout_p, is_causal=True, scale=scale)
     if kind == "none" and not call.score_mods:  # the decode step and unmasked calls: nothing to build
@@ -88,6 +74,14 @@ def _sdpa_out(call: AttentionCall) -> Tensor:
     if alive is not None:
         out = torch.where(alive, out, torch.zeros((), dtype=out.dtype))
     return out
+
+
+def _cost(call: AttentionCall) -> list[str]:
+    """Why ``impl="auto"`` should leave a call to another implementation."""
+    if call.return_weights:
+        return ["return_weights=True: the weights would be recomputed with the reference math after the "
+                "kernel; the reference computes output and weights in one pass"]
+    return []
 
 
 def _check(call: AttentionCall) -> list[str]:
@@ -105,4 +99,5 @@ register_impl(ImplSpec(
     score_mods="additive",
     priority=10,
     check=_check,
+    auto_check=_cost,
 ))

@@ -43,6 +43,7 @@ from .base import (
     Not,
     Or,
     as_mask,
+    from_flex,
     full,
     to_string,
 )
@@ -98,4 +99,5 @@ __all__ = [
     "from_mod",
     "as_mask",
     "to_string",
+    "from_flex",
 ]

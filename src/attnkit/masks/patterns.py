@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from ..errors import AttnKitError, unknown_name
-from .base import EMPTY, FULL, PARTIAL, Mask, _band_kinds, _offset, _tile_ranges
+from .base import DEFAULT_BLOCK, EMPTY, FULL, PARTIAL, Mask, _band_kinds, _offset, _tile_ranges, memo, tile_plan
 from .base import to_string as _grid_string
 from .data import _hash_uniform
 from .data import block_sparse as _block_sparse
@@ -175,9 +175,6 @@ class SummaryColumns(Mask):
         return kinds.to(torch.int8).view(1, 1, 1, -1)
 
 
-_LAYOUT_CACHE: dict[tuple, Tensor] = {}
-
-
 @dataclass(frozen=True, eq=False)
 class LayoutPattern(Mask):
     """A block layout that depends on the problem size: ``layout_fn(nQB, nKB) -> (nQB, nKB)`` bool.
@@ -188,17 +185,14 @@ class LayoutPattern(Mask):
     name: str = "layout"
 
     def layout(self, lq: int, lk: int) -> Tensor:
-        """The ``(ceil(lq / block), ceil(lk / block))`` bool layout (cached per size)."""
-        key = (id(self), lq, lk)
-        if key not in _LAYOUT_CACHE:
-            if len(_LAYOUT_CACHE) > 64:
-                _LAYOUT_CACHE.clear()
-            lay = self.layout_fn(math.ceil(lq / self.block), math.ceil(lk / self.block))
-            _LAYOUT_CACHE[key] = lay.to(torch.bool)
-        return _LAYOUT_CACHE[key]
+        """The ``(ceil(lq / block), ceil(lk / block))`` bool layout (memoised with the tile plans)."""
+        return memo(self, ("layout", lq, lk), lambda: self.layout_fn(math.ceil(lq / self.block),
+                                                                      math.ceil(lk / self.block)).to(torch.bool))
 
     def _as_block_sparse(self, lq: int, lk: int) -> Mask:
         return _block_sparse(self.layout(lq, lk), self.block)
+
+    _at_size = _as_block_sparse
 
     def mod(self, b, h, i, j, lq, lk):
         return self._as_block_sparse(lq, lk).mod(b, h, i, j, lq, lk)
@@ -208,10 +202,6 @@ class LayoutPattern(Mask):
 
     def __repr__(self) -> str:
         return self.name
-
-    def __del__(self):  # drop cached layouts of this pattern
-        for key in [k for k in list(_LAYOUT_CACHE) if k[0] == id(self)]:
-            _LAYOUT_CACHE.pop(key, None)
 
 
 def _pick_random(allowed: Tensor, count: int, seed: int) -> Tensor:
@@ -391,11 +381,11 @@ def _tile_sizes(bm, tiles: Tensor) -> Tensor:
     return rows * cols
 
 
-def pair_count(mask: Mask, lq: int, lk: int | None = None, *, block: int = 128) -> int:
+def pair_count(mask: Mask, lq: int, lk: int | None = None, *, block: int = DEFAULT_BLOCK) -> int:
     """Kept (query, key) pairs of ``mask`` at sizes ``lq x lk`` for batch 0, head 0, counted
     tile by tile (full tiles analytically, partial ones evaluated in chunks)."""
     lk = lq if lk is None else lk
-    bm = mask.blocks(lq, lk, block, block, refine=False)
+    bm = tile_plan(mask, lq, lk, block, block)
     kinds = bm.kinds[:1, :1]
     full_tiles = (kinds == FULL).nonzero()
     total = int(_tile_sizes(bm, full_tiles).sum()) if len(full_tiles) else 0
@@ -412,13 +402,13 @@ def density(mask: Mask, lq: int, lk: int | None = None) -> float:
     return pair_count(mask, lq, lk) / float(lq * lk)
 
 
-def block_layout(mask: Mask, lq: int, lk: int | None = None, block: int = 64) -> Tensor:
+def block_layout(mask: Mask, lq: int, lk: int | None = None, block: int = DEFAULT_BLOCK) -> Tensor:
     """``(nQB, nKB)`` bool: which ``block x block`` tiles hold a kept pair (batch 0, head 0)."""
     lk = lq if lk is None else lk
     return mask.blocks(lq, lk, block, block).kinds[0, 0] != EMPTY
 
 
-def block_density(mask: Mask, lq: int, lk: int | None = None, block: int = 64) -> float:
+def block_density(mask: Mask, lq: int, lk: int | None = None, block: int = DEFAULT_BLOCK) -> float:
     """Fraction of ``block x block`` tiles that a block-skipping kernel must compute."""
     return float(block_layout(mask, lq, lk, block).float().mean())
 
