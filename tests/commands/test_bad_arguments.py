@@ -19,6 +19,10 @@ BASE = {
     "similarity": ["similarity", "a", "b"],
     "masks show": ["masks", "show", "causal"],
     "masks list": ["masks", "list"],
+    "apps": ["apps"],
+    "train": ["train", "translation"],
+    "eval": ["eval", "translation", "runs/none"],
+    "translate": ["translate", "runs/none", "one"],
 }
 
 
@@ -54,6 +58,11 @@ def run_bad(argv, capsys) -> str:
 
 
 CASES = [
+    # the applications
+    (["train", "vision"], "TASK vision"),
+    (["eval", "translation", "{missing}"], "is not a folder"),
+    (["translate", "{dir}", "  "], "is empty"),
+    (["apps", "--runs"], "--runs got no value"),
     # masks show
     (["masks", "show", "nope"], "PATTERN nope; expected one of"),
     (["masks", "show", "bigbird", "--T", "0"], "--T 0; expected an integer from 1 to 1073741824"),

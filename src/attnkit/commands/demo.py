@@ -1,27 +1,45 @@
-"""``attnkit demo``: the four steps of attention on a short sentence."""
+"""``attnkit demo``: the four steps of attention on a short sentence. ``attnkit demo translation``:
+trains the quick number-words model if none is cached, translates a few numbers and shows the
+alignment."""
 
 from __future__ import annotations
 
 import argparse
 
-from ._args import check_sentence, output_file, picture_formats
+from ._args import check_sentence, output_file, picture_formats, shown
 
 MAX_WORDS = 24  # the score and weight matrices are printed, one column per word
+DEMOS = ("translation",)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="show project -> score -> weight -> combine on a sentence, check every impl")
+    p = sub.add_parser("demo", help="show project -> score -> weight -> combine on a sentence, check every impl; "
+                                    "'demo translation': a small translation model and its alignment")
+    p.add_argument("task", nargs="?", default=None, metavar="TASK",
+                   help=f"optional application demo: {', '.join(DEMOS)}")
     p.add_argument("--sentence", default=None,
                    help=f"the sentence to attend over, 1 to {MAX_WORDS} words (default: a built-in one)")
-    p.add_argument("--out", type=output_file(picture_formats, "picture"), default="attnkit-demo.png",
-                   help="heatmap path, .png, .svg or .pdf (needs matplotlib; default attnkit-demo.png)")
+    p.add_argument("--out", type=output_file(picture_formats, "picture"), default=None,
+                   help="heatmap path, .png, .svg or .pdf (needs matplotlib; default attnkit-demo.png, "
+                        "attnkit-demo-translation.png for the translation demo)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.task is not None:
+        from ._args import UsageError
+
+        if args.task not in DEMOS:
+            raise UsageError(f"TASK {shown(args.task)}; expected one of {', '.join(DEMOS)} (or none)")
+        if args.sentence is not None:
+            raise UsageError("--sentence is for the four-steps demo; expected no --sentence with a TASK")
+        from ..apps.translation.demo import run_translation_demo
+
+        run_translation_demo(args.out or "attnkit-demo-translation.png")
+        return 0
     from ..apps.demo import SENTENCE, run_demo
 
     sentence = SENTENCE if args.sentence is None else check_sentence("--sentence", args.sentence,
                                                                      max_words=MAX_WORDS)
-    run_demo(args.out, sentence)
+    run_demo(args.out or "attnkit-demo.png", sentence)
     return 0

@@ -1,0 +1,41 @@
+"""``attnkit eval TASK RUN``: evaluate a trained run on its held-out test set (writes results.json)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._args import int_range, shown
+from .apps import TASKS, check_task, task_module
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{shown(text)}; expected a number >= 0") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{shown(text)}; expected a number >= 0")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a trained run on held-out data")
+    p.add_argument("task", metavar="TASK", help=f"the application: {', '.join(TASKS)}")
+    p.add_argument("run", metavar="RUN", help="a run folder written by 'attnkit train'")
+    p.add_argument("--beam", type=int_range(1, 64), default=1, help="beam size (default 1: greedy)")
+    p.add_argument("--length-penalty", type=non_negative_float, default=1.0,
+                   help="beam ranking: log p / length ** this (default 1.0)")
+    p.add_argument("--threads", type=int_range(1, 256), default=None, help="torch CPU threads (default: torch's)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_task(args.task)
+    mod = task_module(args.task)
+    mod.load_run(args.run)  # refuses a missing or foreign run before any work
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    mod.evaluate_run(args.run, beam=args.beam, length_penalty=args.length_penalty)
+    return 0

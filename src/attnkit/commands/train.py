@@ -1,0 +1,62 @@
+"""``attnkit train TASK``: train one model of an application into a run folder."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._args import UsageError, int_range, output_dir, positive_int, shown
+from .apps import TASKS, check_task, task_module
+
+MODELS = ("rnn", "rnn-bahdanau", "rnn-luong", "transformer")  # translation models (checked again by the task)
+
+
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{shown(text)}; expected a number of minutes > 0") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{shown(text)}; expected a number of minutes > 0")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train an application's model into a run folder")
+    p.add_argument("task", metavar="TASK", help=f"the application: {', '.join(TASKS)}")
+    p.add_argument("--data", default="numbers", choices=["numbers", "number-lists"],
+                   help="data set: numbers (one number), number-lists (1 to 5 numbers; longer inputs); default numbers")
+    p.add_argument("--lang", default="fr", choices=["fr", "de"], help="target language of number words (default fr)")
+    p.add_argument("--model", default="transformer", choices=MODELS, help="model (default transformer)")
+    p.add_argument("--quick", action="store_true", help="the small preset (well under a minute)")
+    p.add_argument("--budget-minutes", type=_minutes, default=None,
+                   help="wall-clock budget of the training loop (default: the preset's)")
+    p.add_argument("--max-steps", type=positive_int, default=None, help="step budget (default: the preset's)")
+    p.add_argument("--eval-every", type=positive_int, default=None,
+                   help="steps between validation evaluations (default: the preset's)")
+    p.add_argument("--seed", type=int_range(0, 2**31 - 1), default=0, help="random seed (default 0)")
+    p.add_argument("--threads", type=int_range(1, 256), default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--out", type=output_dir, default=None,
+                   help="run folder (default runs/<task>-<model>-<time>/)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_task(args.task)
+    if args.resume and (args.out is None or not (args.out / "last.safetensors").exists()):
+        where = "no --out" if args.out is None else f"{shown(str(args.out))} has no last.safetensors"
+        raise UsageError(f"--resume needs --out with a checkpoint; got {where}")
+    if not args.resume and args.out is not None and (args.out / "config.json").exists():
+        raise UsageError(f"--out {shown(str(args.out))} already holds a run; expected a new folder, or --resume")
+    mod = task_module(args.task)
+    mod.data.require_num2words()
+    mod.metrics.require_sacrebleu()
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    mod.train(data=args.data, model=args.model, lang=args.lang, quick=args.quick, budget_minutes=args.budget_minutes,
+              max_steps=args.max_steps, eval_every=args.eval_every, out=args.out, seed=args.seed,
+              progress=not args.no_progress, resume=args.resume)
+    return 0
