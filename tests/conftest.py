@@ -28,3 +28,20 @@ def hf_minilm(hf_minilm_loader):
     hf.register()
     _, tok = load_minilm()
     return hf_minilm_loader("eager"), hf_minilm_loader("attnkit"), tok
+
+
+@pytest.fixture(autouse=True)
+def one_intra_op_thread_for_peer_cases(request):
+    """The peer-suite problems (tests/peers) are tiny, tens of positions: one intra-op thread runs
+    them faster than several, whose wake-ups cost more than the work, above all on a loaded machine."""
+    if "peers" not in request.node.path.parts:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
