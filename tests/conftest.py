@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
+import torch
+
+# the translation tests need the apps extra; without it they are not collected (make install brings it)
+collect_ignore_glob = [] if all(importlib.util.find_spec(m) for m in ("num2words", "sacrebleu", "tokenizers",
+                                                                      "safetensors")) else ["apps/translation/*"]
 
 
 @pytest.fixture(scope="session")
@@ -31,17 +38,49 @@ def hf_minilm(hf_minilm_loader):
 
 
 @pytest.fixture(autouse=True)
-def one_intra_op_thread_for_peer_cases(request):
-    """The peer-suite problems (tests/peers) are tiny, tens of positions: one intra-op thread runs
-    them faster than several, whose wake-ups cost more than the work, above all on a loaded machine."""
-    if "peers" not in request.node.path.parts:
+def one_intra_op_thread_for_small_problems(request):
+    """The peer-suite problems (tests/peers) and the translation models are tiny: one intra-op
+    thread runs them faster than several, whose wake-ups cost more than the work, above all on a
+    loaded machine."""
+    parts = request.node.path.parts
+    if "peers" not in parts and "translation" not in parts:
         yield
         return
-    import torch
-
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def attnkit_cache(tmp_path_factory):
+    """``ATTNKIT_CACHE`` pointed at a fresh folder for the whole session."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("attnkit-cache")
+        mp.setenv("ATTNKIT_CACHE", str(path))
+        yield path
+
+
+@pytest.fixture(scope="session")
+def quick_run(attnkit_cache, tmp_path_factory):
+    """``quick_run(model) -> (run folder, results)``: the ``--quick`` run of ``model``, trained once
+    per session on one thread (timings are not asserted; one thread keeps a busy machine fast)."""
+    runs: dict[str, tuple] = {}
+
+    def get(model: str):
+        if model not in runs:
+            from attnkit.apps.translation import train
+
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                run, results = train(model=model, quick=True, out=tmp_path_factory.mktemp(f"run-{model}"),
+                                     progress=False, log=lambda *_: None)
+            finally:
+                torch.set_num_threads(threads)
+            runs[model] = (run.path, results)
+        return runs[model]
+
+    return get
