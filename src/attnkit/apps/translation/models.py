@@ -80,7 +80,7 @@ class Translator(nn.Module):
     config: ModelConfig
 
     def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:  # (B, T, V)
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement forward() (abstract base)")
 
     def start(self, src: Tensor, src_mask: Tensor) -> dict[str, Any]:
         raise NotImplementedError(f"{type(self).__name__} decodes by recomputation only (use_cache=False)")

@@ -122,12 +122,7 @@ def bucket_plot(by_model: Mapping[str, Mapping[str, Mapping[str, Any]]], path: s
         ax.set_xticklabels([f"{b}\n(n={buckets[b]['n']})" for b in names], fontsize=8)
     ax.set_xlabel("source length (words)")
     ax.set_ylabel("exact match on held-out test pairs (%)" if metric == "exact" else metric)
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    return Path(path)
+    return _finish(fig, ax, title, path)
 
 
 def curves_plot(by_model: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path, *, x: str = "seconds",
@@ -139,6 +134,11 @@ def curves_plot(by_model: Mapping[str, Sequence[Mapping[str, Any]]], path: str |
         ax.plot([e[x] for e in evals], [100 * e[metric] for e in evals], marker=".", label=model)
     ax.set_xlabel("training seconds" if x == "seconds" else "training steps")
     ax.set_ylabel("exact match on validation pairs (%)")
+    return _finish(fig, ax, title, path)
+
+
+def _finish(fig: Any, ax: Any, title: str, path: str | Path) -> Path:
+    """Title, grid and legend on a line chart, then save it to ``path``."""
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
