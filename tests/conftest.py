@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 import torch
@@ -10,6 +11,20 @@ import torch
 # the translation tests need the apps extra; without it they are not collected (make install brings it)
 collect_ignore_glob = [] if all(importlib.util.find_spec(m) for m in ("num2words", "sacrebleu", "tokenizers",
                                                                       "safetensors")) else ["apps/translation/*"]
+
+
+def require_data(present: bool, what: str, install: str = "make data") -> None:
+    """Skip the calling test when ``what`` (a data set, a system package) is not installed here; with
+    ``ATTNKIT_REQUIRE_DATA=1`` (set by ``.ci/run``) fail instead, so CI never passes by skipping.
+
+    Call it at the top of a test or fixture: ``require_data(Path(FILE).exists(), "Debian dataset-fashion-mnist")``.
+    """
+    if present:
+        return
+    message = f"{what} is not installed (run '{install}')"
+    if os.environ.get("ATTNKIT_REQUIRE_DATA") == "1":
+        pytest.fail(message + " and ATTNKIT_REQUIRE_DATA=1 requires it", pytrace=False)
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
@@ -84,3 +99,9 @@ def quick_run(attnkit_cache, tmp_path_factory):
         return runs[model]
 
     return get
+
+
+@pytest.fixture
+def need_data():
+    """:func:`require_data` as a fixture: ``need_data(present, "what", "install command")``."""
+    return require_data

@@ -1,21 +1,55 @@
 """``attnkit apps``: the applications, whether their data is installed (or the command that
-installs it), and their runs. Also the table of tasks that ``train``, ``eval`` and ``demo`` read."""
+installs it), and their runs. Also the table of tasks that ``train``, ``eval`` and ``demo`` read.
+
+Each task package (``attnkit.apps.<task>``) provides::
+
+    train(*, data, model, quick, budget_minutes, max_steps, eval_every, out, seed, progress, resume, **options)
+    load_run(path)                   # refuses a missing or foreign run folder with a clear error
+    evaluate_run(path, **options)    # writes results.json and prints the tables
+    data.data_status()               # {data set: "installed" or the command that installs it}
+    data.require_data(data)          # raises DataMissing naming the install command
+
+and its entry in :data:`TASKS` names its models, data sets and the extra options its ``train`` and
+``evaluate_run`` accept (argparse destinations of the ``train`` and ``eval`` commands).
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from ._args import UsageError, shown
 
-__all__ = ["TASKS", "task_module", "check_task"]
+__all__ = ["Task", "TASKS", "DEMOS", "task_module", "check_task", "check_choice"]
 
-# task -> (what it does, the verb that uses a trained run, the package that implements it)
-TASKS: dict[str, tuple[str, str, str]] = {
-    "translation": ("number words en->fr/de with GRU (no attention, Bahdanau, Luong) and transformer models",
-                    "translate", "attnkit.apps.translation"),
+
+@dataclass(frozen=True)
+class Task:
+    """One application as the command line sees it."""
+
+    summary: str  # one line: what it does
+    verb: str  # the command that uses a trained run ('translate', 'classify', ...)
+    module: str  # the package that implements it
+    models: tuple[str, ...]  # --model choices; the first is the default
+    datasets: tuple[str, ...]  # --data choices; the first is the default
+    train_options: tuple[str, ...] = ()  # extra argparse destinations passed to train()
+    eval_options: tuple[str, ...] = ()  # extra argparse destinations passed to evaluate_run()
+
+
+TASKS: dict[str, Task] = {
+    "translation": Task("number words en->fr/de with GRU (no attention, Bahdanau, Luong) and transformer models",
+                        "translate", "attnkit.apps.translation",
+                        models=("transformer", "rnn", "rnn-bahdanau", "rnn-luong"),
+                        datasets=("numbers", "number-lists"),
+                        train_options=("lang",), eval_options=("beam", "length_penalty")),
+}
+
+# `attnkit demo TASK`: the module whose run_demo(out: str) shows the task (trains its quick model if needed)
+DEMOS: dict[str, str] = {
+    "translation": "attnkit.apps.translation.demo",
 }
 
 
@@ -25,9 +59,18 @@ def check_task(task: str) -> str:
     return task
 
 
+def check_choice(option: str, value: str | None, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices`` (``None``: the first choice); else a UsageError."""
+    if value is None:
+        return choices[0]
+    if value not in choices:
+        raise UsageError(f"{option} {shown(value)}; expected one of {', '.join(choices)}")
+    return value
+
+
 def task_module(task: str):
     """The package of ``task`` (imported on demand: it needs the apps extra)."""
-    return importlib.import_module(TASKS[check_task(task)][2])
+    return importlib.import_module(TASKS[check_task(task)].module)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,25 +95,28 @@ def _runs(root: Path, task: str) -> list[str]:
         if res.exists():
             try:
                 test = json.loads(res.read_text())["test"]
-                score = f"  exact {100 * test['exact']:.1f}%  chrF {test['chrf']:.1f}"
-            except (OSError, KeyError, json.JSONDecodeError):
+                score = "  " + "  ".join(f"{k} {v:.3g}" for k, v in test.items() if isinstance(v, (int, float)))[:80]
+            except (OSError, KeyError, TypeError, AttributeError, json.JSONDecodeError):
                 score = "  (results unreadable)"
-        out.append(f"    {cfg.parent}  {config.get('model', {}).get('kind', '?')}{score}")
+        model = config.get("model", {})
+        kind = model.get("kind", "?") if isinstance(model, dict) else str(model)
+        out.append(f"    {cfg.parent}  {kind}{score}")
     return out
 
 
 def run(args: argparse.Namespace) -> int:
     root = Path(args.runs)
-    for task, (summary, verb, module) in TASKS.items():
-        print(f"{task}: {summary}")
-        print(f"  use a run:  attnkit {verb} RUN ...;  train: attnkit train {task} --quick")
+    for name, task in TASKS.items():
+        print(f"{name}: {task.summary}")
+        print(f"  use a run:  attnkit {task.verb} RUN ...;  train: attnkit train {name} --quick "
+              f"[--model {'|'.join(task.models)}]")
         try:
-            status = importlib.import_module(module + ".data").data_status()
+            status = importlib.import_module(task.module + ".data").data_status()
         except ModuleNotFoundError as exc:
-            status = {"(all)": f"missing package {exc.name!r}: run 'make install'"}
-        for name, state in status.items():
-            print(f"  data {name}: {state}")
-        runs = _runs(root, task)
+            status = {"(all)": f"missing package {exc.name!r}: run 'make data'"}
+        for data, state in status.items():
+            print(f"  data {data}: {state}")
+        runs = _runs(root, name)
         print(f"  runs in {root}/: {len(runs)}")
         for line in runs:
             print(line)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 
 from ._args import check_sentence, output_file, picture_formats, shown
+from .apps import DEMOS
 
 MAX_WORDS = 24  # the score and weight matrices are printed, one column per word
-DEMOS = ("translation",)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,8 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sentence", default=None,
                    help=f"the sentence to attend over, 1 to {MAX_WORDS} words (default: a built-in one)")
     p.add_argument("--out", type=output_file(picture_formats, "picture"), default=None,
-                   help="heatmap path, .png, .svg or .pdf (needs matplotlib; default attnkit-demo.png, "
-                        "attnkit-demo-translation.png for the translation demo)")
+                   help="picture path, .png, .svg or .pdf (needs matplotlib; default attnkit-demo.png, "
+                        "attnkit-demo-TASK.png for an application's demo)")
     p.set_defaults(func=run)
 
 
@@ -33,9 +33,9 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"TASK {shown(args.task)}; expected one of {', '.join(DEMOS)} (or none)")
         if args.sentence is not None:
             raise UsageError("--sentence is for the four-steps demo; expected no --sentence with a TASK")
-        from ..apps.translation.demo import run_translation_demo
+        import importlib
 
-        run_translation_demo(args.out or "attnkit-demo-translation.png")
+        importlib.import_module(DEMOS[args.task]).run_demo(args.out or f"attnkit-demo-{args.task}.png")
         return 0
     from ..apps.demo import SENTENCE, run_demo
 

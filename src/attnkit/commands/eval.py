@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a trained run on held-out data")
     p.add_argument("task", metavar="TASK", help=f"the application: {', '.join(TASKS)}")
     p.add_argument("run", metavar="RUN", help="a run folder written by 'attnkit train'")
-    p.add_argument("--beam", type=int_range(1, 64), default=1, help="beam size (default 1: greedy)")
+    p.add_argument("--beam", type=int_range(1, 64), default=1, help="sequence tasks: beam size (default 1: greedy)")
     p.add_argument("--length-penalty", type=non_negative_float, default=1.0,
                    help="beam ranking: log p / length ** this (default 1.0)")
     p.add_argument("--threads", type=int_range(1, 256), default=None, help="torch CPU threads (default: torch's)")
@@ -30,12 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_task(args.task)
+    task = TASKS[check_task(args.task)]
     mod = task_module(args.task)
     mod.load_run(args.run)  # refuses a missing or foreign run before any work
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
-    mod.evaluate_run(args.run, beam=args.beam, length_penalty=args.length_penalty)
+    mod.evaluate_run(args.run, **{name: getattr(args, name) for name in task.eval_options})
     return 0

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ._args import UsageError, int_range, output_dir, positive_int, shown
-from .apps import TASKS, check_task, task_module
-
-MODELS = ("rnn", "rnn-bahdanau", "rnn-luong", "transformer")  # translation models (checked again by the task)
+from .apps import TASKS, check_choice, check_task, task_module
 
 
 def _minutes(text: str) -> float:
@@ -23,10 +21,12 @@ def _minutes(text: str) -> float:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train an application's model into a run folder")
     p.add_argument("task", metavar="TASK", help=f"the application: {', '.join(TASKS)}")
-    p.add_argument("--data", default="numbers", choices=["numbers", "number-lists"],
-                   help="data set: numbers (one number), number-lists (1 to 5 numbers; longer inputs); default numbers")
-    p.add_argument("--lang", default="fr", choices=["fr", "de"], help="target language of number words (default fr)")
-    p.add_argument("--model", default="transformer", choices=MODELS, help="model (default transformer)")
+    models = "; ".join(f"{name}: {', '.join(task.models)}" for name, task in TASKS.items())
+    datasets = "; ".join(f"{name}: {', '.join(task.datasets)}" for name, task in TASKS.items())
+    p.add_argument("--data", default=None, help=f"data set (default: the task's first) - {datasets}")
+    p.add_argument("--lang", default="fr", choices=["fr", "de"],
+                   help="translation: target language of number words (default fr)")
+    p.add_argument("--model", default=None, help=f"model (default: the task's first) - {models}")
     p.add_argument("--quick", action="store_true", help="the small preset (well under a minute)")
     p.add_argument("--budget-minutes", type=_minutes, default=None,
                    help="wall-clock budget of the training loop (default: the preset's)")
@@ -43,20 +43,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_task(args.task)
+    task = TASKS[check_task(args.task)]
+    model = check_choice("--model", args.model, task.models)
+    data = check_choice("--data", args.data, task.datasets)
     if args.resume and (args.out is None or not (args.out / "last.safetensors").exists()):
         where = "no --out" if args.out is None else f"{shown(str(args.out))} has no last.safetensors"
         raise UsageError(f"--resume needs --out with a checkpoint; got {where}")
     if not args.resume and args.out is not None and (args.out / "config.json").exists():
         raise UsageError(f"--out {shown(str(args.out))} already holds a run; expected a new folder, or --resume")
     mod = task_module(args.task)
-    mod.data.require_num2words()
-    mod.metrics.require_sacrebleu()
+    mod.data.require_data(data)
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
-    mod.train(data=args.data, model=args.model, lang=args.lang, quick=args.quick, budget_minutes=args.budget_minutes,
+    options = {name: getattr(args, name) for name in task.train_options}
+    mod.train(data=data, model=model, quick=args.quick, budget_minutes=args.budget_minutes,
               max_steps=args.max_steps, eval_every=args.eval_every, out=args.out, seed=args.seed,
-              progress=not args.no_progress, resume=args.resume)
+              progress=not args.no_progress, resume=args.resume, **options)
     return 0

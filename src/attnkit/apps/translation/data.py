@@ -68,6 +68,16 @@ def require_num2words() -> None:
                           "expected it installed: run 'make data' (or pip install 'attnkit[apps]')")
 
 
+def require_data(data: str) -> None:
+    """A :class:`DataMissing` naming the install command when ``data`` cannot be loaded here."""
+    if data not in DATASETS:
+        raise DataMissing(f"--data {data!r} is not known; expected one of {', '.join(DATASETS)}")
+    require_num2words()
+    from .metrics import require_sacrebleu
+
+    require_sacrebleu()
+
+
 def number_split(n: int) -> str:
     """``"train"``, ``"valid"`` (5%) or ``"test"`` (5%) for the integer ``n``, fixed by a hash of ``n``."""
     slot = int.from_bytes(hashlib.blake2b(str(n).encode(), digest_size=4).digest(), "little") % 20

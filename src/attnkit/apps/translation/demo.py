@@ -14,7 +14,7 @@ from .pictures import translation_alignment
 from .task import load_run, train, translate
 from .tokenizer import BOS, EOS, PAD
 
-__all__ = ["demo_run", "run_translation_demo"]
+__all__ = ["demo_run", "run_demo", "run_translation_demo"]
 
 
 def demo_run(log=print) -> Path:
@@ -50,3 +50,6 @@ def run_translation_demo(out: str | Path, log=print) -> None:
         log(f"{p.src}\n  -> {h}   [{mark}]\n  attended: {_alignment_text(lr, p.src, h)}")
     made = translation_alignment(lr.model, lr.tokenizer, examples[0].src, out, translation=hyps[0])
     log("alignment pictures: " + ", ".join(str(m) for m in made))
+
+
+run_demo = run_translation_demo  # the name ``attnkit demo TASK`` calls
