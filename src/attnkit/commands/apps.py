@@ -9,6 +9,9 @@ Each task package (``attnkit.apps.<task>``) provides::
     data.data_status()               # {data set: "installed" or the command that installs it}
     data.require_data(data)          # raises DataMissing naming the install command
 
+(``data`` is the task package's ``data`` module unless its entry names another ``data_module``, for
+tasks that share one, like the vision tasks.)
+
 and its entry in :data:`TASKS` names its models, data sets and the extra options its ``train`` and
 ``evaluate_run`` accept (argparse destinations of the ``train`` and ``eval`` commands).
 """
@@ -23,7 +26,7 @@ from pathlib import Path
 
 from ._args import UsageError, shown
 
-__all__ = ["Task", "TASKS", "DEMOS", "task_module", "check_task", "check_choice"]
+__all__ = ["Task", "TASKS", "DEMOS", "task_module", "task_data", "check_task", "check_choice"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,11 @@ class Task:
     datasets: tuple[str, ...]  # --data choices; the first is the default
     train_options: tuple[str, ...] = ()  # extra argparse destinations passed to train()
     eval_options: tuple[str, ...] = ()  # extra argparse destinations passed to evaluate_run()
+    data_module: str | None = None  # the module with data_status() / require_data() (default: <module>.data)
+
+    @property
+    def data(self) -> str:
+        return self.data_module or self.module + ".data"
 
 
 TASKS: dict[str, Task] = {
@@ -71,6 +79,11 @@ def check_choice(option: str, value: str | None, choices: tuple[str, ...]) -> st
 def task_module(task: str):
     """The package of ``task`` (imported on demand: it needs the apps extra)."""
     return importlib.import_module(TASKS[check_task(task)].module)
+
+
+def task_data(task: str):
+    """The data module of ``task`` (``data_status()``, ``require_data(data)``)."""
+    return importlib.import_module(TASKS[check_task(task)].data)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -111,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  use a run:  attnkit {task.verb} RUN ...;  train: attnkit train {name} --quick "
               f"[--model {'|'.join(task.models)}]")
         try:
-            status = importlib.import_module(task.module + ".data").data_status()
+            status = importlib.import_module(task.data).data_status()
         except ModuleNotFoundError as exc:
             status = {"(all)": f"missing package {exc.name!r}: run 'make data'"}
         for data, state in status.items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ._args import UsageError, int_range, output_dir, positive_int, shown
-from .apps import TASKS, check_choice, check_task, task_module
+from .apps import TASKS, check_choice, check_task, task_data, task_module
 
 
 def _minutes(text: str) -> float:
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.resume and args.out is not None and (args.out / "config.json").exists():
         raise UsageError(f"--out {shown(str(args.out))} already holds a run; expected a new folder, or --resume")
     mod = task_module(args.task)
-    mod.data.require_data(data)
+    task_data(args.task).require_data(data)
     if args.threads is not None:
         import torch
 
