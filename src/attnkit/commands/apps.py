@@ -48,10 +48,11 @@ class Task:
 
 
 TASKS: dict[str, Task] = {
-    "translation": Task("number words en->fr/de with GRU (no attention, Bahdanau, Luong) and transformer models",
+    "translation": Task("Bible verses en->es and number words en->fr/de with GRU (no attention, Bahdanau, Luong) "
+                        "and transformer models",
                         "translate", "attnkit.apps.translation",
                         models=("transformer", "rnn", "rnn-bahdanau", "rnn-luong"),
-                        datasets=("numbers", "number-lists"),
+                        datasets=("numbers", "number-lists", "bible"),
                         train_options=("lang",), eval_options=("beam", "length_penalty")),
 }
 

@@ -9,6 +9,12 @@ represented, and cached under ``$ATTNKIT_CACHE/translation/``.
 Number lists: 1 to ``MAX_ITEMS`` numbers of one split joined with ``"; "`` on both sides, for
 inputs long enough (up to about 60 words) that a fixed-size summary of the source runs short.
 
+Bible verses: English (World English Bible) -> Spanish (Reina-Valera 1909), both public domain,
+from the Debian packages ``sword-text-web`` and ``sword-text-sparv``, dumped with ``mod2imp``
+(``libsword-utils``) and joined on the verse reference: about 31,000 pairs. Whole books are held
+out (:data:`BIBLE_HELD_OUT`), so no test verse is a near-duplicate of a training verse; books with
+parallel passages elsewhere (the synoptic gospels, Kings and Chronicles) stay in training.
+
 Each pair also carries its *components* (character spans of the thousands' hundreds, the rest of
 the thousands group with the word "thousand", the hundreds, and the rest), the same five-or-fewer
 labels on both sides: the word alignment known by construction, which the alignment error rate
@@ -25,12 +31,13 @@ from dataclasses import dataclass
 from ...errors import AttnKitError
 from ..trainer import cache_dir
 
-__all__ = ["Pair", "DataMissing", "DATASETS", "NUMBER_LANGS", "MAX_ITEMS", "SEPARATOR", "number_split",
+__all__ = ["Pair", "DataMissing", "DATASETS", "BIBLE_MODULES", "BIBLE_HELD_OUT", "bible_split", "bible_verses",
+           "bible_pairs", "require_bible", "NUMBER_LANGS", "MAX_ITEMS", "SEPARATOR", "number_split",
            "number_pairs", "number_list_pairs", "components", "require_num2words", "installed", "length_bucket",
            "NUMBER_BUCKETS", "BUCKETS", "data_status"]
 
 NUMBER_LANGS = ("fr", "de")
-DATASETS = ("numbers", "number-lists")
+DATASETS = ("numbers", "number-lists", "bible")
 MAX_ITEMS = 5  # numbers in one number-list pair, at most
 SEPARATOR = "; "
 MAX_NUMBER = 999_999
@@ -72,10 +79,98 @@ def require_data(data: str) -> None:
     """A :class:`DataMissing` naming the install command when ``data`` cannot be loaded here."""
     if data not in DATASETS:
         raise DataMissing(f"--data {data!r} is not known; expected one of {', '.join(DATASETS)}")
-    require_num2words()
+    if data == "bible":
+        require_bible()
+    else:
+        require_num2words()
     from .metrics import require_sacrebleu
 
     require_sacrebleu()
+
+
+BIBLE_MODULES = {"en": "engWEB2015eb", "es": "spaRV1909eb"}  # sword module per language
+BIBLE_PACKAGES = "sword-text-web sword-text-sparv libsword-utils"
+# held-out books: narrative, letters and prophecy, none with a parallel account in another book
+BIBLE_HELD_OUT = {"test": ("Ruth", "Jonah", "Acts", "James"), "valid": ("Joel", "Philippians", "Titus", "Nahum")}
+_VERSE = re.compile(r"^(?P<book>.+) (?P<chapter>\d+):(?P<verse>[1-9]\d*)$")
+
+
+def require_bible() -> None:
+    """A :class:`DataMissing` naming the install command when the Bible modules or mod2imp are missing."""
+    import shutil
+
+    if shutil.which("mod2imp") is None:
+        raise DataMissing(f"the bible data needs 'mod2imp' (Debian libsword-utils), which is not installed; "
+                          f"expected it installed: run 'make data' (apt-get install {BIBLE_PACKAGES})")
+
+
+def bible_split(key: str) -> str:
+    """``"train"``, ``"valid"`` or ``"test"`` for a verse reference such as ``"Jonah 1:2"`` (by its book)."""
+    m = _VERSE.match(key)
+    if m is None:
+        raise AttnKitError(f"verse reference {key!r} is not of the form 'Book C:V'")
+    book = m["book"]
+    return next((split for split, books in BIBLE_HELD_OUT.items() if book in books), "train")
+
+
+def _sword_verses(module: str) -> dict[str, str]:
+    """Every verse of a sword module as plain text, by reference (notes and titles dropped)."""
+    import html
+    import subprocess
+
+    proc = subprocess.run(["mod2imp", module], capture_output=True, text=True)
+    if proc.returncode != 0 or "$$$" not in proc.stdout:
+        raise DataMissing(f"mod2imp could not read the sword module {module!r} ({proc.stderr.strip()[:200]}); "
+                          f"expected it installed: run 'make data' (apt-get install {BIBLE_PACKAGES})")
+    out: dict[str, str] = {}
+    key = None
+    for line in proc.stdout.split("\n"):
+        if line.startswith("$$$"):
+            key = line[3:].strip()
+            key = key if _VERSE.match(key) else None  # headings and chapter introductions
+            continue
+        if key is None:
+            continue
+        text = re.sub(r"<note\b.*?</note>", " ", line, flags=re.S)
+        text = re.sub(r"<title\b.*?</title>", "", text, flags=re.S)
+        text = html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", text))).strip()
+        text = re.sub(r"\s+([,.;:!?\u2019\u201d)])", r"\1", text)
+        if text:
+            out[key] = f"{out[key]} {text}" if key in out else text
+    return out
+
+
+def bible_verses() -> list[Pair]:
+    """Every English-Spanish verse pair in canonical order, cached as TSV under ``$ATTNKIT_CACHE/translation``."""
+    path = cache_dir("translation") / "bible-en-es.tsv"
+    if path.exists():
+        rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines() if line]
+        return [Pair(src, tgt, key) for key, src, tgt in rows]
+    require_bible()
+    en, es = (_sword_verses(BIBLE_MODULES[lang]) for lang in ("en", "es"))
+    pairs = [Pair(" ".join(en[k].split()), " ".join(es[k].split()), k) for k in en if k in es]
+    if not pairs:
+        raise DataMissing("the English and Spanish Bible modules share no verse; expected sword-text-web and "
+                          f"sword-text-sparv: run 'make data' (apt-get install {BIBLE_PACKAGES})")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(f"{p.key}\t{p.src}\t{p.tgt}\n" for p in pairs), encoding="utf-8")
+    tmp.replace(path)
+    return pairs
+
+
+def bible_pairs(split: str, count: int | None = None, *, max_words: int | None = None, seed: int = 0) -> list[Pair]:
+    """The verse pairs of ``split`` whose English side has at most ``max_words`` words; ``count`` of them
+    (a seeded sample, in canonical order) or all."""
+    if split not in ("train", "valid", "test"):
+        raise AttnKitError(f"split {split!r} is not known; expected train, valid or test")
+    pairs = [p for p in bible_verses() if bible_split(p.key) == split
+             and (max_words is None or len(p.src.split()) <= max_words)]
+    if count is not None and count < len(pairs):
+        import random
+
+        keep = set(random.Random(f"bible-{split}-{seed}").sample(range(len(pairs)), count))
+        pairs = [p for i, p in enumerate(pairs) if i in keep]
+    return pairs
 
 
 def number_split(n: int) -> str:
@@ -180,7 +275,7 @@ def number_pairs(lang: str, split: str, count: int, *, seed: int = 0) -> list[Pa
 
 
 NUMBER_BUCKETS = (4, 6, 8, 10)  # source-length bucket edges (words; hyphenated parts counted apart)
-BUCKETS = {"numbers": NUMBER_BUCKETS, "number-lists": (10, 20, 30, 40)}  # per data set
+BUCKETS = {"numbers": NUMBER_BUCKETS, "number-lists": (10, 20, 30, 40), "bible": (10, 20, 30, 40)}  # per data set
 
 
 def _joined(key: str, srcs: list[str], tgts: list[str]) -> Pair:
@@ -232,4 +327,8 @@ def data_status() -> dict[str, str]:
     """Per data set: ``"installed"`` or the command that installs it."""
     ok = installed("num2words")
     state = "installed" if ok else "missing: run 'make data' (pip install 'attnkit[apps]')"
-    return {"numbers": state, "number-lists": state}
+    import shutil
+
+    bible = ("installed" if shutil.which("mod2imp") else
+             f"missing: run 'make data' (apt-get install {BIBLE_PACKAGES})")
+    return {"numbers": state, "number-lists": state, "bible": bible}

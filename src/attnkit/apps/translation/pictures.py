@@ -131,9 +131,11 @@ def curves_plot(by_model: Mapping[str, Sequence[Mapping[str, Any]]], path: str |
     fig = _figure(6.4, 4.0)
     ax = fig.add_subplot(1, 1, 1)
     for model, evals in by_model.items():
-        ax.plot([e[x] for e in evals], [100 * e[metric] for e in evals], marker=".", label=model)
+        scale = 100 if metric == "exact" else 1
+        ax.plot([e[x] for e in evals if metric in e], [scale * e[metric] for e in evals if metric in e], marker=".",
+                label=model)
     ax.set_xlabel("training seconds" if x == "seconds" else "training steps")
-    ax.set_ylabel("exact match on validation pairs (%)")
+    ax.set_ylabel("exact match on validation pairs (%)" if metric == "exact" else f"{metric} on validation pairs")
     return _finish(fig, ax, title, path)
 
 

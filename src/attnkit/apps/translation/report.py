@@ -52,19 +52,26 @@ def compare_runs(runs: Sequence[str | Path], out_dir: str | Path | None = None) 
     for name, b in base.items():
         lines.append(f"| baseline: {name} | - | - | - | - | {_pct(b['exact'])} | {b['chrf']:.1f} | "
                      f"{b['bleu']:.1f} | - |")
+    metric = "chrf" if rows[0][0]["data"] == "bible" else "exact"
+    show = (lambda v: "-" if v is None else f"{v:.1f}") if metric == "chrf" else _pct
     buckets = list(rows[0][0]["by_length"])
-    lines += ["", "| model | " + " | ".join(f"{b} words (n={rows[0][0]['by_length'][b]['n']})" for b in buckets) + " |",
+    lines += ["", f"{'chrF' if metric == 'chrf' else 'exact match'} by source length:", "",
+              "| model | " + " | ".join(f"{b} words (n={rows[0][0]['by_length'][b]['n']})" for b in buckets) + " |",
               "|---|" + "---|" * len(buckets)]
     for res, _ in rows:
-        lines.append(f"| {res['model']} | " + " | ".join(_pct(res["by_length"].get(b, {}).get("exact"))
+        lines.append(f"| {res['model']} | " + " | ".join(show(res["by_length"].get(b, {}).get(metric))
                                                          for b in buckets) + " |")
-    ths = list(rows[0][0]["time_to_valid_exact"])
-    lines += ["", "| model | " + " | ".join(f"valid exact >= {float(t):.0%}: step / s" for t in ths) + " |",
+    key = f"time_to_valid_{metric}"
+    ths = list(rows[0][0][key])
+    def label(t: str) -> str:
+        return f"valid chrF >= {float(t):.0f}" if metric == "chrf" else f"valid exact >= {float(t):.0%}"
+
+    lines += ["", "| model | " + " | ".join(f"{label(t)}: step / s" for t in ths) + " |",
               "|---|" + "---|" * len(ths)]
     for res, _ in rows:
         cells = []
         for t in ths:
-            hit = res["time_to_valid_exact"][t]
+            hit = res[key][t]
             cells.append("not reached" if hit is None else f"{hit['step']} / {hit['seconds']:.0f}")
         lines.append(f"| {res['model']} | " + " | ".join(cells) + " |")
     if out_dir is not None:
@@ -75,9 +82,10 @@ def compare_runs(runs: Sequence[str | Path], out_dir: str | Path | None = None) 
         first = rows[0][0]
         what = f"{first['data']} (en->{first['lang']})"
         bucket_plot({res["model"]: res["by_length"] for res, _ in rows}, out / "by-length.png",
-                    title=f"held-out {what} by source length")
+                    title=f"held-out {what} by source length", metric=metric)
         curves_plot({res["model"]: st["evals"] for res, st in rows}, out / "curves.png",
-                    title=f"validation exact match during training, {what}")
+                    title=f"validation {'chrF' if metric == 'chrf' else 'exact match'} during training, {what}",
+                    metric=metric)
     return "\n".join(lines)
 
 
