@@ -62,6 +62,7 @@ from .data import (
     random,
 )
 from .positional import Causal, Dilated, GlobalTokens, Window, causal, dilated, global_tokens, window
+from .spatial import Neighborhood2D, neighborhood_2d
 
 __all__ = [
     "Align",
@@ -77,6 +78,7 @@ __all__ = [
     "Window",
     "Dilated",
     "GlobalTokens",
+    "Neighborhood2D",
     "Random",
     "BlockSparse",
     "Padding",
@@ -91,6 +93,7 @@ __all__ = [
     "window",
     "dilated",
     "global_tokens",
+    "neighborhood_2d",
     "random",
     "block_sparse",
     "padding",

@@ -42,7 +42,7 @@ def _fake_run(tmp_path, task="translation"):
 CASES = [
     (["train", "vision"], "TASK vision; expected one of translation"),
     (["train", "translation", "--model", "gpt"], "--model gpt; expected one of transformer, rnn, rnn-bahdanau"),
-    (["train", "translation", "--data", "bible"], "--data bible; expected one of numbers, number-lists"),
+    (["train", "translation", "--data", "news"], "--data news; expected one of numbers, number-lists, bible"),
     (["train", "translation", "--lang", "es"], "--lang es; expected one of fr, de"),
     (["train", "translation", "--budget-minutes", "0"], "--budget-minutes 0; expected a number of minutes > 0"),
     (["train", "translation", "--budget-minutes", "soon"], "--budget-minutes soon; expected a number of minutes"),
