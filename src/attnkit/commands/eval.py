@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--beam", type=int_range(1, 64), default=1, help="sequence tasks: beam size (default 1: greedy)")
     p.add_argument("--length-penalty", type=non_negative_float, default=1.0,
                    help="beam ranking: log p / length ** this (default 1.0)")
+    p.add_argument("--encoder", default=None, choices=["sparse", "lsh"],
+                   help="translation transformers: the same weights with the encoder's attention run as a window "
+                        "plus a global token (sparse) or by LSH; writes results-encoder-KIND.json")
     p.add_argument("--threads", type=int_range(1, 256), default=None, help="torch CPU threads (default: torch's)")
     p.set_defaults(func=run)
 

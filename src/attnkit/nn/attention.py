@@ -85,6 +85,8 @@ class MultiHeadAttention(nn.Module):
         add_zero_attn: append a zero key and value (after ``bias_k``), also always attendable.
         fused_qkv: one ``qkv_proj`` Linear ``(E + 2 * Hkv * D, E)`` instead of three (one matmul
             for self-attention); needs ``kdim == vdim == E``.
+        impl_options: options of the implementation for every call (e.g. ``{"bucket_size": 16}``
+            for ``impl="lsh"``); a call's own ``options`` replace them.
 
     Example:
         >>> import torch
@@ -101,7 +103,8 @@ class MultiHeadAttention(nn.Module):
                  num_kv_heads: int | None = None, impl: str = "auto", score: Any = "scaled_dot",
                  weight: Any = "softmax", rope: bool | RotaryEmbedding | None = None, alibi: bool = False,
                  qk_norm: bool = False, add_bias_kv: bool = False, add_zero_attn: bool = False,
-                 fused_qkv: bool = False, device: Any = None, dtype: torch.dtype | None = None):
+                 fused_qkv: bool = False, impl_options: Mapping[str, Any] | None = None, device: Any = None,
+                 dtype: torch.dtype | None = None):
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         _check_dims(embed_dim, num_heads, num_kv_heads, dropout)
@@ -113,6 +116,7 @@ class MultiHeadAttention(nn.Module):
         self.batch_first = True if batch_first is None else bool(batch_first)
         self._layout_stated = batch_first is not None
         self.impl, self.score, self.weight = impl, score, weight
+        self.impl_options = None if impl_options is None else dict(impl_options)
         kv_out = num_kv_heads * self.head_dim
         self._sizes = (embed_dim, kv_out, kv_out)  # rows of q, k, v in the fused projection
         fk = {"device": device, "dtype": dtype}
@@ -256,7 +260,7 @@ class MultiHeadAttention(nn.Module):
         mods = (_scores.alibi(_scores.alibi_slopes(self.num_heads)),) if self.alibi else ()
         res = attention(q, k, v, m, score=self.score, weight=self.weight, bias=bias, score_mods=mods,
                         dropout_p=self.dropout if self.training else 0.0, impl=self.impl if impl is None else impl,
-                        return_weights=need_weights, options=options)
+                        return_weights=need_weights, options=self.impl_options if options is None else options)
         out, w = res if need_weights else (res, None)  # out (B, H, T, D), w (B, H, T, S)
         return merge_heads(out), w  # (B, T, H * D)
 

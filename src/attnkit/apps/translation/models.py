@@ -8,6 +8,11 @@
   and ``tanh(W [c; h])`` feeds the output layer (Luong et al. 2015).
 * ``transformer``: a pre-norm encoder-decoder (Vaswani et al. 2017) on attnkit's transformer
   layers, one embedding shared by source, target and output layer, KV-cached decoding.
+* ``transformer-sparse``, ``transformer-lsh``: the same transformer with its encoder's
+  self-attention restricted to a window plus a global first token (Longformer's pattern, run by
+  attnkit's sparse implementations) or run by LSH attention (Kitaev et al. 2020) in buckets of
+  ``bucket_size`` tokens; the decoder stays exact. The weights are interchangeable with the exact
+  transformer's (:func:`with_encoder_attention`), so one trained model can be run all three ways.
 * ``torch-transformer``: the same transformer built from ``torch.nn.Transformer`` (a throughput
   reference; it decodes by recomputation only).
 
@@ -23,7 +28,7 @@ L layers, H heads.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -32,6 +37,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ...errors import AttnKitError
 from ...interpret import capture_attention
+from ...masks import Mask
+from ...masks.patterns import longformer
 from ...nn import (
     AdditiveAttention,
     LayerCaches,
@@ -44,11 +51,13 @@ from ...nn import (
 )
 from .tokenizer import PAD
 
-__all__ = ["MODELS", "ModelConfig", "Translator", "RNNTranslator", "TransformerTranslator",
-           "TorchTransformerTranslator", "build_model"]
+__all__ = ["MODELS", "ENCODER_ATTENTION", "ModelConfig", "Translator", "RNNTranslator", "TransformerTranslator",
+           "TorchTransformerTranslator", "build_model", "with_encoder_attention"]
 
-MODELS = ("rnn", "rnn-bahdanau", "rnn-luong", "transformer")  # what `attnkit train translation` offers
+# what `attnkit train translation` offers
+MODELS = ("rnn", "rnn-bahdanau", "rnn-luong", "transformer", "transformer-sparse", "transformer-lsh")
 _ALL = (*MODELS, "torch-transformer")
+ENCODER_ATTENTION = {"transformer": "exact", "transformer-sparse": "sparse", "transformer-lsh": "lsh"}
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,9 @@ class ModelConfig:
     ff: int = 256  # transformer feed-forward size
     dropout: float = 0.1
     max_len: int = 256  # the longest source or target the positions cover
+    window: int = 8  # transformer-sparse: keys within this distance on each side (plus the first token)
+    bucket_size: int = 8  # transformer-lsh: LSH chunk length
+    n_hashes: int = 2  # transformer-lsh: hash rounds
 
     def __post_init__(self) -> None:
         if self.kind not in _ALL:
@@ -218,13 +230,21 @@ class TransformerTranslator(Translator):
         self.config = config
         d = config.d_model
         self.embed = _Embedding(config)
-        enc = TransformerEncoderLayer(d, config.heads, config.ff, config.dropout, norm_first=True, **attn_kwargs)
+        kind = ENCODER_ATTENTION.get(config.kind, "exact")
+        enc_kwargs = dict(attn_kwargs)
+        self.encoder_mask: Mask | None = None
+        if kind == "sparse":
+            self.encoder_mask = longformer(config.window, (0,))
+        elif kind == "lsh":
+            enc_kwargs.update(impl="lsh", impl_options={"bucket_size": config.bucket_size,
+                                                        "n_hashes": config.n_hashes})
+        enc = TransformerEncoderLayer(d, config.heads, config.ff, config.dropout, norm_first=True, **enc_kwargs)
         dec = TransformerDecoderLayer(d, config.heads, config.ff, config.dropout, norm_first=True, **attn_kwargs)
         self.encoder = TransformerEncoder(enc, config.layers, norm=nn.LayerNorm(d))
         self.decoder = TransformerDecoder(dec, config.layers, norm=nn.LayerNorm(d))
 
     def encode(self, src: Tensor, src_mask: Tensor) -> Tensor:
-        return self.encoder(self.embed(src), src_key_padding_mask=~src_mask)  # (B, S, D)
+        return self.encoder(self.embed(src), self.encoder_mask, src_key_padding_mask=~src_mask)  # (B, S, D)
 
     def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
         memory = self.encode(src, src_mask)
@@ -279,6 +299,19 @@ def build_model(config: ModelConfig) -> Translator:
     """The model named by ``config.kind``."""
     if config.kind.startswith("rnn"):
         return RNNTranslator(config)
-    if config.kind == "transformer":
+    if config.kind in ENCODER_ATTENTION:
         return TransformerTranslator(config)
     return TorchTransformerTranslator(config)
+
+
+def with_encoder_attention(model: TransformerTranslator, kind: str, **sizes: int) -> TransformerTranslator:
+    """The same weights with the encoder's attention run another way: ``kind`` is one of the
+    transformer kinds of :data:`ENCODER_ATTENTION`; ``sizes`` set ``window``, ``bucket_size``, ``n_hashes``."""
+    if not isinstance(model, TransformerTranslator):
+        raise AttnKitError(f"model must be a transformer translator; got {type(model).__name__}")
+    if kind not in ENCODER_ATTENTION:
+        raise AttnKitError(f"encoder attention kind {kind!r} is not known; "
+                           f"expected one of {', '.join(ENCODER_ATTENTION)}")
+    other = TransformerTranslator(replace(model.config, kind=kind, **sizes))
+    other.load_state_dict(model.state_dict())
+    return other.train(model.training)

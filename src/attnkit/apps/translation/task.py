@@ -305,12 +305,27 @@ def _alignment_scores(lr: LoadedRun, pairs: Sequence[Pair], batch: int = 128) ->
 
 
 def evaluate_run(path: str | Path | RunFolder, *, beam: int = 1, length_penalty: float = 1.0,
-                 log: Callable[[str], None] = print,
+                 encoder: str | None = None, log: Callable[[str], None] = print,
                  train_result: TrainResult | None = None, setup_seconds: float | None = None,
                  pictures: bool = True) -> dict[str, Any]:
-    """Evaluate a run on its held-out test set; writes ``results.json`` (and pictures) and returns it."""
+    """Evaluate a run on its held-out test set; writes ``results.json`` (and pictures) and returns it.
+
+    ``encoder`` (``"sparse"`` or ``"lsh"``; transformer runs only) runs the same weights with the
+    encoder's attention done that way instead, and writes ``results-encoder-<kind>.json``.
+    """
     lr = load_run(path.path if isinstance(path, RunFolder) else path)
     run, config = lr.run, lr.config
+    if encoder is not None:
+        from .models import ENCODER_ATTENTION, TransformerTranslator, with_encoder_attention
+
+        kinds = {v: k for k, v in ENCODER_ATTENTION.items()}
+        if encoder not in kinds:
+            raise AttnKitError(f"--encoder {encoder!r} is not known; expected one of {', '.join(kinds)}")
+        if not isinstance(lr.model, TransformerTranslator):
+            raise AttnKitError(f"--encoder needs a transformer run; {str(run.path)!r} is a "
+                               f"{config['model']['kind']!r} run")
+        lr = LoadedRun(run, config, with_encoder_attention(lr.model, kinds[encoder]).eval(), lr.tokenizer)
+        pictures = False
     preset = preset_of(config["data"], config["preset"])
     splits = load_data(config["data"], config["lang"], preset, seed=0)
     test = splits["test"]
@@ -327,7 +342,8 @@ def evaluate_run(path: str | Path | RunFolder, *, beam: int = 1, length_penalty:
         first = next((e for e in evals if e.get(metric, -1) >= th), None)
         reached[str(th)] = None if first is None else {"step": first["step"], "seconds": first["seconds"]}
     results: dict[str, Any] = {
-        "task": TASK, "data": config["data"], "lang": config["lang"], "model": config["model"]["kind"],
+        "task": TASK, "data": config["data"], "lang": config["lang"], "model": lr.model.config.kind,
+        "trained_as": config["model"]["kind"],
         "preset": config["preset"], "parameters": config["parameters"], "decoding": {"beam": beam,
         "length_penalty": length_penalty, "seconds": round(decode_seconds, 3)},
         "test": {"n": len(test), **scores},
@@ -344,7 +360,7 @@ def evaluate_run(path: str | Path | RunFolder, *, beam: int = 1, length_penalty:
     }
     if pictures:
         results["pictures"] = _pictures(lr, test)
-    write_json(run / "results.json", results)
+    write_json(run / ("results.json" if encoder is None else f"results-encoder-{encoder}.json"), results)
     log(summary(results))
     return results
 
