@@ -23,6 +23,7 @@ BASE = {
     "train": ["train", "translation"],
     "eval": ["eval", "translation", "runs/none"],
     "translate": ["translate", "runs/none", "one"],
+    "serve": ["serve", "--no-browser"],
 }
 
 
@@ -63,6 +64,7 @@ CASES = [
     (["eval", "translation", "{missing}"], "is not a folder"),
     (["translate", "{dir}", "  "], "is empty"),
     (["apps", "--runs"], "--runs got no value"),
+    (["serve", "--port", "0"], "error: --port 0; expected an integer from 1 to 65535"),
     # masks show
     (["masks", "show", "nope"], "PATTERN nope; expected one of"),
     (["masks", "show", "bigbird", "--T", "0"], "--T 0; expected an integer from 1 to 1073741824"),

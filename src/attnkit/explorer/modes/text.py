@@ -1,0 +1,94 @@
+"""Text mode: all-MiniLM-L6-v2 on one sentence or a pair.
+
+Views: ``attention`` (every layer and head), ``rollout`` (:func:`attnkit.interpret.attention_rollout`)
+and, on request for short inputs, ``flow`` (:func:`attnkit.interpret.attention_flow`, which costs
+``T^2`` max-flow problems). Info: the head statistics of :func:`attnkit.interpret.head_stats` as a
+table, and a notice when the input was truncated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..api import Analysis, RequestError, View
+from ._base import Mode, text_input
+from ._minilm import MAX_TOKENS, Encoded, encode, minilm, run_minilm
+
+__all__ = ["TextMode", "MODE", "FLOW_MAX_TOKENS", "stats_table", "truncation_notice"]
+
+FLOW_MAX_TOKENS = 16  # attention flow solves T^2 max-flow problems in Python: seconds at 16 tokens
+
+
+def truncation_notice(enc: Encoded) -> list[str]:
+    if not enc.truncated:
+        return []
+    return [f"The input was longer than the model's {MAX_TOKENS} tokens and was truncated to {len(enc.tokens)} "
+            "tokens."]
+
+
+def stats_table(att: Any, tokens: list[str]) -> dict[str, Any]:
+    """The head statistics of ``att (L, H, T, T)`` as a table for the page (one row per head)."""
+    from ...interpret import head_stats
+    from ...interpret.stats import STAT_NAMES
+
+    st = head_stats(att, tokens)
+    n_layers, n_heads = st.entropy.shape
+    rows = [[ell, h, *(round(float(getattr(st, s)[ell, h]), 4) for s in STAT_NAMES)]
+            for ell in range(n_layers) for h in range(n_heads)]
+    return {"id": "stats", "title": "head statistics (mean over query tokens; click a row to show the head)",
+            "columns": ["layer", "head", *STAT_NAMES], "rows": rows, "select_head": True,
+            "notes": {"entropy": "nats; 0 = one key", "distance": "expected |i - j|", "cls": "weight on [CLS]",
+                      "sep": "weight on [SEP]", "self": "weight on itself", "max": "largest weight"}}
+
+
+class TextMode(Mode):
+    name = "text"
+    title = "Text (all-MiniLM-L6-v2)"
+    order = 10
+    help = ("Type one sentence, or two (the second box) to see attention across a pair. Click a head in the "
+            "overview or the statistics table; click tokens to select them.")
+    actions = ("flow",)
+
+    @property
+    def inputs(self):
+        return [text_input("text", "sentence", placeholder="The cat sat on the mat because it was tired."),
+                text_input("text_b", "second sentence (optional)", required=False)]
+
+    def extra_description(self) -> dict[str, Any]:
+        return {"max_tokens": MAX_TOKENS, "flow_max_tokens": FLOW_MAX_TOKENS}
+
+    def warm(self) -> None:
+        minilm()
+
+    def analyse(self, inputs: Mapping[str, Any], key: str) -> Analysis:
+        from ...interpret import attention_rollout
+
+        enc = encode(inputs["text"], inputs.get("text_b"))
+        att, _ = run_minilm(enc)  # (L, H, T, T)
+        toks = enc.tokens
+        views = {"attention": View("attention", att, toks, toks),
+                 "rollout": View("rollout (all layers, heads averaged, residual)",
+                                 attention_rollout(att)[None, None], toks, toks, ["all layers"])}
+        info = {"tokens": toks, "notices": truncation_notice(enc), "tables": [stats_table(att, toks)],
+                "flow_available": len(toks) <= FLOW_MAX_TOKENS}
+        return Analysis(key, self.name, views, info, state={"att": att})
+
+    def action(self, analysis: Analysis, name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        if name != "flow":
+            return super().action(analysis, name, params)
+        from ...interpret import attention_flow
+
+        toks = analysis.info["tokens"]
+        if len(toks) > FLOW_MAX_TOKENS:
+            raise RequestError(f"attention flow is available up to {FLOW_MAX_TOKENS} tokens (it solves T^2 max-flow "
+                               f"problems); this input has {len(toks)}; use rollout instead")
+        with analysis.lock:
+            if "flow" not in analysis.views:
+                flow = attention_flow(analysis.state["att"], progress=False)
+                analysis.views["flow"] = View("flow (max flow from each input token)", flow[None, None], toks, toks,
+                                              ["all layers"])
+        return {"view": "flow", "description": analysis.views["flow"].describe()}
+
+
+MODE = TextMode
