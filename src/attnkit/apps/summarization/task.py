@@ -1,0 +1,398 @@
+"""The summarization task end to end: pairs, word vocabulary, model, training with the shared
+trainer, evaluation on held-out pairs against the lead baseline, and summarizing new text.
+
+Presets: ``quick`` (the test suite's size: well under a minute on 2 cores) and ``full``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ...errors import AttnKitError
+from ..trainer import RunFolder, TrainConfig, Trainer, TrainResult, load_weights, read_json, write_json
+from .data import DATASETS, SummaryPair, load_pairs, require_data, words
+from .metrics import copy_rate, lead, novel_ngram_rate, rouge
+from .models import BOS, EOS, MODELS, PAD, UNK, Summarizer, SummConfig, WordVocab, build_model
+
+__all__ = ["TASK", "Preset", "PRESETS", "THRESHOLDS", "MAX_INPUT_WORDS", "Example", "encode", "collate", "train",
+           "LoadedRun", "load_run", "summarize", "evaluate_run", "summary"]
+
+TASK = "summarization"
+THRESHOLDS = (20.0, 25.0, 30.0, 33.0, 35.0)  # validation ROUGE-L levels whose first step and second are reported
+MAX_INPUT_WORDS = 5000  # longer inputs are refused (the model reads the first src_len words)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes of one run: data, vocabulary, model and training."""
+
+    n_train: int | None  # None: every training pair
+    n_valid: int
+    n_test: int | None  # None: the whole test split
+    vocab: int  # words in the vocabulary, specials included
+    src_len: int  # source words read
+    tgt_len: int  # summary words produced, at most
+    batch_size: int
+    transformer: dict[str, Any]  # SummConfig fields of the transformers
+    rnn: dict[str, Any]  # SummConfig fields of the GRU
+    train: TrainConfig
+
+
+PRESETS = {
+    "quick": Preset(3000, 100, 300, 2000, 40, 14, 32, dict(d_model=64, layers=2, heads=4, ff=128, dropout=0.0),
+                    dict(d_model=64, emb_dim=64, dropout=0.0),
+                    TrainConfig(max_steps=300, budget_seconds=120, lr=3e-3, warmup_steps=30, eval_every=150,
+                                metric="rougeL", progress=False)),
+    "full": Preset(None, 300, None, 4000, 64, 20, 32, dict(d_model=128, layers=2, heads=4, ff=256, dropout=0.1),
+                   dict(d_model=128, emb_dim=128, dropout=0.1),
+                   TrainConfig(max_steps=30000, budget_seconds=720, lr=1e-3, warmup_steps=150, eval_every=200,
+                               metric="rougeL")),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# encoding and batches
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Example:
+    """One encoded pair: source ids (unknown words as ``<unk>``), extended ids, the source's unknown
+    words, and the summary's extended ids framed by ``<s>`` ... ``</s>``."""
+
+    src: list[int]
+    src_ext: list[int]
+    oov: list[str]
+    tgt: list[int]
+
+
+def encode(vocab: WordVocab, text: str, summary: str | None, src_len: int, tgt_len: int) -> Example:
+    """The example of ``text`` (its first ``src_len`` words, then ``</s>``) and ``summary``."""
+    ids, ext, oov = vocab.encode_source(words(text)[:src_len])
+    tgt = [] if summary is None else [BOS, *vocab.encode_target(words(summary)[:tgt_len], oov), EOS]
+    return Example([*ids, EOS], [*ext, EOS], oov, tgt)
+
+
+def _pad(rows: Sequence[list[int]]) -> Tensor:
+    out = torch.full((len(rows), max(1, max(len(r) for r in rows))), PAD, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return out  # (B, T)
+
+
+def collate(examples: Sequence[Example]) -> dict[str, Any]:
+    """Padded ``src``, ``src_ext`` ``(B, S)``, ``tgt`` ``(B, T + 1)`` and ``n_ext`` (the most unknown words)."""
+    return {"src": _pad([e.src for e in examples]), "src_ext": _pad([e.src_ext for e in examples]),
+            "tgt": _pad([e.tgt for e in examples]) if examples[0].tgt else None,
+            "n_ext": max(len(e.oov) for e in examples), "oov": [e.oov for e in examples]}
+
+
+def _batches(examples: list[Example], batch_size: int) -> Callable[[torch.Generator], Iterator[dict[str, Any]]]:
+    def make(gen: torch.Generator) -> Iterator[dict[str, Any]]:
+        order = torch.randperm(len(examples), generator=gen).tolist()
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            yield collate([examples[j] for j in order[i : i + batch_size]])
+
+    return make
+
+
+def _loss(model: Summarizer, batch: dict[str, Any]) -> tuple[Tensor, int]:
+    src, tgt = batch["src"], batch["tgt"]  # (B, S), (B, T + 1)
+    n_ext = batch["n_ext"] if model.copies else 0
+    logp = model(src, src != PAD, tgt[:, :-1], batch["src_ext"], n_ext)  # (B, T, X)
+    gold = tgt[:, 1:]  # (B, T)
+    if not model.copies:
+        gold = gold.masked_fill(gold >= model.config.vocab, UNK)
+    loss = F.nll_loss(logp.reshape(-1, logp.shape[-1]), gold.reshape(-1), ignore_index=PAD)
+    return loss, int((gold != PAD).sum())
+
+
+# ----------------------------------------------------------------------------------------------
+# decoding
+# ----------------------------------------------------------------------------------------------
+
+
+def _blocked(prefix: list[int], n: int = 3) -> set[int]:
+    """Tokens that would repeat an n-gram already in ``prefix``."""
+    if len(prefix) < n - 1:
+        return set()
+    tail = tuple(prefix[len(prefix) - n + 1 :])
+    return {prefix[i + n - 1] for i in range(len(prefix) - n + 1) if tuple(prefix[i : i + n - 1]) == tail}
+
+
+@torch.no_grad()
+def greedy(model: Summarizer, batch: dict[str, Any], max_len: int, *,
+           no_repeat: int = 3) -> tuple[Tensor, Tensor | None]:
+    """Greedy summaries: extended ids ``(B, T <= max_len)`` and, for the pointer model, ``p_gen (B, T)``.
+    ``<pad> <s> <unk>`` are never emitted, nor ``</s>`` first, nor a repeated ``no_repeat``-gram."""
+    src, ext = batch["src"], batch["src_ext"]
+    n_ext = batch["n_ext"] if model.copies else 0
+    b = src.shape[0]
+    state = model.start(src, src != PAD, ext, n_ext)
+    tok = torch.full((b,), BOS, dtype=torch.long)
+    done = torch.zeros(b, dtype=torch.bool)
+    out: list[Tensor] = []
+    gates: list[Tensor] = []
+    seqs: list[list[int]] = [[] for _ in range(b)]
+    for t in range(max_len):
+        logp = model.step(state, tok).clone()  # (B, X)
+        logp[:, [PAD, BOS, UNK]] = float("-inf")
+        if t == 0:
+            logp[:, EOS] = float("-inf")
+        if no_repeat:
+            for i in range(b):
+                banned = _blocked(seqs[i], no_repeat)
+                if banned:
+                    logp[i, list(banned)] = float("-inf")
+        tok = logp.argmax(-1).masked_fill(done, PAD)  # (B,)
+        if model.copies:
+            gates.append(model.last_cross["p_gen"][:, 0])
+        out.append(tok)
+        for i, k in enumerate(tok.tolist()):
+            seqs[i].append(k)
+        done |= tok == EOS
+        if bool(done.all()):
+            break
+    ids = torch.stack(out, 1) if out else torch.full((b, 0), PAD, dtype=torch.long)
+    return ids, (torch.stack(gates, 1) if gates else None)
+
+
+def summarize(model: Summarizer, vocab: WordVocab, texts: Sequence[str], *, src_len: int, tgt_len: int,
+              batch_size: int = 128) -> list[str]:
+    """Greedy summaries of ``texts`` (each read up to its first ``src_len`` words)."""
+    model.eval()
+    out: list[str] = []
+    for i in range(0, len(texts), batch_size):
+        batch = collate([encode(vocab, t, None, src_len, tgt_len) for t in texts[i : i + batch_size]])
+        ids, _ = greedy(model, batch, tgt_len + 1)
+        out.extend(" ".join(vocab.decode(row, oov)) for row, oov in zip(ids.tolist(), batch["oov"]))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# training
+# ----------------------------------------------------------------------------------------------
+
+
+def _load_splits(data: str, preset: Preset) -> tuple[dict[str, list[SummaryPair]], dict[str, int]]:
+    splits, counts = load_pairs(data)
+    sizes = {"train": preset.n_train, "valid": preset.n_valid, "test": preset.n_test}
+    return {k: _spread(v, sizes[k]) for k, v in splits.items()}, counts
+
+
+def _spread(pairs: list[SummaryPair], n: int | None) -> list[SummaryPair]:
+    """``n`` pairs spread evenly over ``pairs`` (sorted by source and key), so each source keeps its share."""
+    if n is None or n >= len(pairs):
+        return pairs
+    step = len(pairs) / n
+    return [pairs[int(i * step)] for i in range(n)]
+
+
+def _config(kind: str, vocab: int, preset: Preset) -> SummConfig:
+    sizes = preset.rnn if kind == "rnn" else preset.transformer
+    return SummConfig(kind=kind, vocab=vocab, max_len=preset.src_len + preset.tgt_len + 4, **sizes)
+
+
+def train(*, data: str = "all", model: str = "pointer", quick: bool = False, budget_minutes: float | None = None,
+          max_steps: int | None = None, eval_every: int | None = None, out: str | Path | None = None, seed: int = 0,
+          progress: bool = True, resume: bool = False,
+          log: Callable[[str], None] = print) -> tuple[RunFolder, dict[str, Any]]:
+    """Train one model and evaluate it on the test split; returns the run folder and its results."""
+    if model not in MODELS:
+        raise AttnKitError(f"--model {model!r} is not known; expected one of {', '.join(MODELS)}")
+    if data not in DATASETS:
+        raise AttnKitError(f"--data {data!r} is not known; expected one of {', '.join(DATASETS)}")
+    require_data(data)
+    preset = PRESETS["quick" if quick else "full"]
+    cfg = replace(preset.train, seed=seed, progress=progress,
+                  **({"budget_seconds": budget_minutes * 60} if budget_minutes is not None else {}),
+                  **({"max_steps": max_steps} if max_steps is not None else {}),
+                  **({"eval_every": eval_every} if eval_every is not None else {}))
+    if out is not None and not resume and (Path(out) / "config.json").exists():
+        raise AttnKitError(f"--out {str(out)!r} already holds a run; expected a new folder, or --resume to continue it")
+    t0 = time.perf_counter()
+    splits, counts = _load_splits(data, preset)
+    log(f"pairs per source: {', '.join(f'{k} {v}' for k, v in counts.items())}; "
+        f"split sizes: {', '.join(f'{k} {len(v)}' for k, v in splits.items())}")
+    run = RunFolder.create(TASK, model, out)
+    vocab_path = run / "vocab.json"
+    if resume and vocab_path.exists():
+        vocab = WordVocab.load(vocab_path)
+    else:
+        vocab = WordVocab.build((t for p in splits["train"] for t in (p.text, p.summary)), preset.vocab)
+        vocab.save(vocab_path)
+    torch.manual_seed(seed)
+    mcfg = _config(model, len(vocab), preset)
+    net = build_model(mcfg)
+    n_params = sum(p.numel() for p in net.parameters())
+    write_json(run / "config.json", {"task": TASK, "data": data, "preset": "quick" if quick else "full",
+                                     "model": mcfg.to_dict(), "train": asdict(cfg), "batch_size": preset.batch_size,
+                                     "src_len": preset.src_len, "tgt_len": preset.tgt_len, "pairs_per_source": counts,
+                                     "sizes": {k: len(v) for k, v in splits.items()}, "parameters": n_params})
+    valid = splits["valid"]
+
+    def evaluate(m: Summarizer) -> dict[str, float]:
+        hyps = summarize(m, vocab, [p.text for p in valid], src_len=preset.src_len, tgt_len=preset.tgt_len)
+        return rouge(hyps, [p.summary for p in valid])
+
+    examples = [encode(vocab, p.text, p.summary, preset.src_len, preset.tgt_len) for p in splits["train"]]
+    trainer = Trainer(net, cfg, run, batches=_batches(examples, preset.batch_size), loss_fn=_loss, evaluate=evaluate)
+    if resume and trainer.resume():
+        log(f"resumed {run.path} at step {trainer.step}")
+    log(f"training {model} on {data}: {len(examples)} pairs, vocabulary {len(vocab)}, {n_params:,} parameters, "
+        f"run folder {run.path}")
+    result = trainer.fit()
+    results = evaluate_run(run, log=log, train_result=result, setup_seconds=time.perf_counter() - t0 - result.seconds)
+    return run, results
+
+
+# ----------------------------------------------------------------------------------------------
+# a finished run
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedRun:
+    """A trained model with its vocabulary and configuration."""
+
+    run: RunFolder
+    config: dict[str, Any]
+    model: Summarizer
+    vocab: WordVocab
+
+    def summarize(self, texts: Sequence[str]) -> list[str]:
+        return summarize(self.model, self.vocab, texts, src_len=self.config["src_len"], tgt_len=self.config["tgt_len"])
+
+
+def load_run(path: str | Path) -> LoadedRun:
+    """The model of a run folder, in eval mode, with the best weights."""
+    run = RunFolder.open(path)
+    config = read_json(run / "config.json")
+    if config.get("task") != TASK:
+        raise AttnKitError(f"run {str(path)!r} is a {config.get('task')!r} run; expected a {TASK} run")
+    vocab = WordVocab.load(run / "vocab.json")
+    model = build_model(SummConfig(**config["model"]))
+    model.load_state_dict(load_weights(run / "model.safetensors"))
+    return LoadedRun(run, config, model.eval(), vocab)
+
+
+def _abstractiveness(hyps: Sequence[str], sources: Sequence[str]) -> dict[str, float]:
+    return {"novel_1gram": novel_ngram_rate(hyps, sources, 1), "novel_2gram": novel_ngram_rate(hyps, sources, 2),
+            "copy_rate": copy_rate(hyps, sources)}
+
+
+def _copy_stats(lr: LoadedRun, test: Sequence[SummaryPair]) -> dict[str, float] | None:
+    """Mean ``p_gen`` over emitted words, and the share of emitted words outside the vocabulary
+    (only copying makes them)."""
+    if not lr.model.copies:
+        return None
+    gates, oov_words, total = [], 0, 0
+    src_len, tgt_len = lr.config["src_len"], lr.config["tgt_len"]
+    for i in range(0, len(test), 128):
+        batch = collate([encode(lr.vocab, p.text, None, src_len, tgt_len) for p in test[i : i + 128]])
+        ids, p_gen = greedy(lr.model, batch, tgt_len + 1)
+        keep = (ids != PAD) & (ids != EOS)
+        gates.append(p_gen[keep])
+        oov_words += int((ids[keep] >= len(lr.vocab)).sum())
+        total += int(keep.sum())
+    return {"mean_p_gen": float(torch.cat(gates).mean()) if total else float("nan"),
+            "oov_word_share": oov_words / total if total else 0.0}
+
+
+def evaluate_run(path: str | Path | RunFolder, *, log: Callable[[str], None] = print,
+                 train_result: TrainResult | None = None, setup_seconds: float | None = None,
+                 pictures: bool = True) -> dict[str, Any]:
+    """Evaluate a run on its held-out test split against the lead baseline; writes ``results.json``
+    (and pictures) and returns it."""
+    lr = load_run(path.path if isinstance(path, RunFolder) else path)
+    run, config = lr.run, lr.config
+    preset = PRESETS[config["preset"]]
+    splits, counts = _load_splits(config["data"], preset)
+    test = splits["test"]
+    t0 = time.perf_counter()
+    hyps = lr.summarize([p.text for p in test])
+    decode_seconds = time.perf_counter() - t0
+    refs, sources = [p.summary for p in test], [" ".join(words(p.text)[: config["src_len"]]) for p in test]
+    lead_words = round(sum(len(words(p.summary)) for p in splits["train"]) / max(1, len(splits["train"])))
+    leads = [lead(p.text, lead_words) for p in test]
+    by_source = {}
+    for source in sorted({p.source for p in test}):
+        idx = [i for i, p in enumerate(test) if p.source == source]
+        by_source[source] = {"n": len(idx), "model": rouge([hyps[i] for i in idx], [refs[i] for i in idx]),
+                             "lead": rouge([leads[i] for i in idx], [refs[i] for i in idx])}
+    state = read_json(run / "trainer_state.json") if (run / "trainer_state.json").exists() else {}
+    before = read_json(run / "results.json").get("train", {}) if (run / "results.json").exists() else {}
+    evals = [e for e in run.metrics() if e.get("event") == "eval"]  # metrics.jsonl
+    reached = {}
+    for th in THRESHOLDS:
+        first = next((e for e in evals if e.get("rougeL", -1) >= th), None)
+        reached[str(th)] = None if first is None else {"step": first["step"], "seconds": first["seconds"]}
+    results: dict[str, Any] = {
+        "task": TASK, "data": config["data"], "model": config["model"]["kind"], "preset": config["preset"],
+        "parameters": config["parameters"], "pairs_per_source": counts,
+        "test": {"n": len(test), **rouge(hyps, refs), **_abstractiveness(hyps, sources)},
+        "lead": {"words": lead_words, **rouge(leads, refs), **_abstractiveness(leads, sources)},
+        "references": _abstractiveness(refs, sources),
+        "by_source": by_source,
+        "copy": _copy_stats(lr, test),
+        "decoding": {"greedy": True, "no_repeat_ngram": 3, "seconds": round(decode_seconds, 3)},
+        "train": {"steps": state.get("step"), "seconds": state.get("seconds"),
+                  "best_valid_rougeL": state.get("best"), "best_step": state.get("best_step"),
+                  "stopped": before.get("stopped") if train_result is None else train_result.stopped,
+                  "setup_seconds": before.get("setup_seconds") if setup_seconds is None else round(setup_seconds, 2)},
+        "time_to_valid_rougeL": reached,
+        "examples": [{"key": p.key, "text": " ".join(words(p.text)[:40]), "ref": p.summary, "hyp": h}
+                     for p, h in list(zip(test, hyps))[:: max(1, len(test) // 8)][:8]],
+    }
+    if pictures:
+        results["pictures"] = _pictures(lr, test)
+    write_json(run / "results.json", results)
+    log(summary(results))
+    return results
+
+
+def _pictures(lr: LoadedRun, test: Sequence[SummaryPair], n: int = 3) -> list[str]:
+    """Cross-attention and p_gen pictures of ``n`` held-out pairs (one per source where possible)."""
+    try:
+        from . import pictures
+    except ModuleNotFoundError:
+        return []
+    chosen: list[SummaryPair] = []
+    for source in ("docstrings", "manpages", "dpkg"):
+        fit = [p for p in test if p.source == source and 15 <= len(words(p.text)) <= 45]
+        if fit:
+            chosen.append(fit[len(fit) // 2])
+    paths = []
+    for i, p in enumerate(chosen[:n]):
+        made = pictures.copy_picture(lr, p.text, lr.run / f"attention-{i}-{p.source}.png")
+        if made is not None:
+            paths.append(made.name)
+    return paths
+
+
+def summary(results: dict[str, Any]) -> str:
+    """The results of one run as a few printable lines."""
+    t, ld, tr = results["test"], results["lead"], results["train"]
+    lines = [f"{results['model']} on {results['data']}, test n={t['n']}: ROUGE-1 {t['rouge1']:.1f}  "
+             f"ROUGE-2 {t['rouge2']:.1f}  ROUGE-L {t['rougeL']:.1f}"
+             + (f"  ({tr['steps']} steps, {tr['seconds']:.0f} s)" if tr.get("seconds") else ""),
+             f"  lead-{ld['words']} baseline: ROUGE-1 {ld['rouge1']:.1f}  ROUGE-2 {ld['rouge2']:.1f}  "
+             f"ROUGE-L {ld['rougeL']:.1f}",
+             f"  novel 1-grams {100 * t['novel_1gram']:.1f}%  novel 2-grams {100 * t['novel_2gram']:.1f}%  "
+             f"copy rate {100 * t['copy_rate']:.1f}%  (references: novel 2-grams "
+             f"{100 * results['references']['novel_2gram']:.1f}%)",
+             "  by source: " + ", ".join(f"{k} n={v['n']} ROUGE-L {v['model']['rougeL']:.1f} "
+                                         f"(lead {v['lead']['rougeL']:.1f})" for k, v in results["by_source"].items())]
+    if results.get("copy"):
+        c = results["copy"]
+        lines.append(f"  mean p_gen {c['mean_p_gen']:.2f}; words outside the vocabulary (copied) "
+                     f"{100 * c['oov_word_share']:.1f}% of output")
+    return "\n".join(lines)
