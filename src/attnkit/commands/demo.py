@@ -14,7 +14,7 @@ MAX_WORDS = 24  # the score and weight matrices are printed, one column per word
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="show project -> score -> weight -> combine on a sentence, check every impl; "
-                                    "'demo translation': a small translation model and its alignment")
+                                    "'demo TASK': an application's quick model and its attention picture")
     p.add_argument("task", nargs="?", default=None, metavar="TASK",
                    help=f"optional application demo: {', '.join(DEMOS)}")
     p.add_argument("--sentence", default=None,

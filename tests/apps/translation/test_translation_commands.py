@@ -61,7 +61,7 @@ CASES = [
     (["translate", "{missing}", "one"], "is not a folder; expected a run folder"),
     (["translate", "{dir}", "   "], "TEXT '   ' is empty; expected some text"),
     (["translate", "{dir}", "one", "--out", "{dir}/a.txt"], "expected a picture name ending in"),
-    (["demo", "summaries"], "TASK summaries; expected one of translation (or none)"),
+    (["demo", "summaries"], "TASK summaries; expected one of translation, "),
     (["demo", "translation", "--sentence", "hi"], "--sentence is for the four-steps demo"),
 ]
 

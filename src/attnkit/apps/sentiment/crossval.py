@@ -1,0 +1,155 @@
+"""Ten-fold cross-validation of the sentiment models on the same fixed folds, written as JSON.
+
+``python -m attnkit.apps.sentiment.crossval --data sentences --models minilm-lr minilm-attn
+--out runs/sentiment-cv-sentences.json`` trains every model on every fold (each fold a run folder
+under ``--runs``), and writes after each fold: per model the test accuracy of each fold, the mean,
+the 95% t-interval over the folds, and the steps and seconds to each validation-accuracy
+threshold. ``--folds 1 2 3`` runs some folds only (the table says how many ran). An existing
+output file is extended: folds already in it are not run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ...errors import AttnKitError
+from ..trainer import read_json, write_json
+from .data import DATASETS, FOLDS
+from .models import MODEL_DATA
+
+__all__ = ["t_interval", "summarize", "crossval", "markdown"]
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the Student-t interval of the mean of ``values`` (low = high = mean for one value)."""
+    if not values:
+        raise AttnKitError("t_interval needs at least one value; got none")
+    m = statistics.fmean(values)
+    if len(values) < 2:
+        return m, m, m
+    from scipy.stats import t
+
+    half = t.ppf(0.5 + level / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return m, m - half, m + half
+
+
+def summarize(per_fold: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Mean, 95% interval and time-to-threshold medians of one model's fold results."""
+    accs = [r["accuracy"] for r in per_fold.values()]
+    mean, low, high = t_interval(accs)
+    out: dict[str, Any] = {"folds": sorted(int(k) for k in per_fold), "mean": mean, "ci95": [low, high],
+                           "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                           "majority_mean": statistics.fmean(r["majority"] for r in per_fold.values()),
+                           "train_seconds_mean": statistics.fmean(r["seconds"] or 0.0 for r in per_fold.values()),
+                           "steps_mean": statistics.fmean(r["steps"] or 0 for r in per_fold.values())}
+    reached: dict[str, Any] = {}
+    for th in next(iter(per_fold.values()))["reached"]:
+        hits = [r["reached"][th] for r in per_fold.values() if r["reached"].get(th)]
+        reached[th] = {"folds_reaching": len(hits),
+                       "median_step": statistics.median(h["step"] for h in hits) if hits else None,
+                       "median_seconds": statistics.median(h["seconds"] for h in hits) if hits else None}
+    out["time_to_valid_accuracy"] = reached
+    return out
+
+
+def crossval(data: str, models: Sequence[str], out: str | Path, *, folds: Sequence[int] = tuple(range(1, FOLDS + 1)),
+             runs: str | Path = "runs/sentiment-cv", seed: int = 0, budget_minutes: float | None = None,
+             progress: bool = False) -> dict[str, Any]:
+    """Run ``models`` on ``folds`` of ``data``; extend and return the JSON table in ``out``."""
+    from .task import train
+
+    for m in models:
+        if m not in MODEL_DATA[data]:
+            raise AttnKitError(f"--models {m!r} does not run on {data}; expected among {', '.join(MODEL_DATA[data])}")
+    out = Path(out)
+    table: dict[str, Any] = read_json(out) if out.exists() else {"data": data, "folds_total": FOLDS, "models": {}}
+    if table.get("data") != data:
+        raise AttnKitError(f"{out} holds a {table.get('data')!r} table; expected {data!r}")
+    for model in models:
+        entry = table["models"].setdefault(model, {"per_fold": {}})
+        for fold in folds:
+            if str(fold) in entry["per_fold"]:
+                continue
+            run_dir = Path(runs) / data / model / f"fold-{fold}"
+            if (run_dir / "config.json").exists():
+                import shutil
+
+                shutil.rmtree(run_dir)
+            _, res = train(data=data, model=model, fold=fold, out=run_dir, seed=seed, progress=progress,
+                           budget_minutes=budget_minutes, pictures=False)
+            entry["per_fold"][str(fold)] = {"accuracy": res["test"]["accuracy"],
+                                            "majority": res["baselines"]["majority-class"]["accuracy"],
+                                            "steps": res["train"]["steps"], "seconds": res["train"]["seconds"],
+                                            "stopped": res["train"]["stopped"],
+                                            "reached": res["time_to_valid_accuracy"]}
+            entry["summary"] = summarize(entry["per_fold"])
+            write_json(out, table)
+            s = entry["summary"]
+            print(f"{data} {model}: {len(s['folds'])} folds, mean {s['mean']:.4f} "
+                  f"[{s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}]", flush=True)
+    return table
+
+
+def markdown(table: dict[str, Any]) -> str:
+    """The table as Markdown: accuracy with its 95% interval, and the time to each validation threshold."""
+    from .models import MODELS, SKLEARN_MODELS, has_attention
+
+    rows = ["| model | attention | folds | mean accuracy | 95% interval | majority class | train s / fold "
+            "| steps / fold |",
+            "|---|---|---|---|---|---|---|---|"]
+    times = []
+    for model, entry in table["models"].items():
+        s = entry.get("summary")
+        if not s:
+            continue
+        rows.append(f"| {model}: {MODELS[model]} | {'yes' if has_attention(model) else 'no'} | {len(s['folds'])} | "
+                    f"{s['mean']:.3f} | [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}] | {s['majority_mean']:.3f} | "
+                    f"{s['train_seconds_mean']:.0f} | {s['steps_mean']:.0f} |")
+        cells = []
+        for r in s["time_to_valid_accuracy"].values():
+            cells.append(f"{r['folds_reaching']}/{len(s['folds'])}" + (
+                f", step {r['median_step']:.0f}, {r['median_seconds']:.0f} s" if r["median_step"] is not None else ""))
+        if model not in SKLEARN_MODELS:  # a logistic regression has no training curve
+            times.append((model, cells, list(s["time_to_valid_accuracy"])))
+    if times and any(t[1] for t in times):
+        ths = next(t[2] for t in times if t[2])
+        rows += ["", "| model | " + " | ".join(f"valid acc >= {th}: folds, median step, s" for th in ths) + " |",
+                 "|---|" + "---|" * len(ths)]
+        rows += [f"| {m} | " + " | ".join(c) + " |" for m, c, _ in times if c]
+    return "\n".join(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m attnkit.apps.sentiment.crossval", description=__doc__.split("\n")[0])
+    ap.add_argument("--data", choices=DATASETS, default="sentences")
+    ap.add_argument("--models", nargs="+", default=None, help="default: every model of the data set")
+    ap.add_argument("--folds", nargs="+", type=int, default=list(range(1, FOLDS + 1)))
+    ap.add_argument("--out", default=None, help="JSON file (default runs/sentiment-cv-<data>.json)")
+    ap.add_argument("--runs", default="runs/sentiment-cv", help="folder of the per-fold run folders")
+    ap.add_argument("--budget-minutes", type=float, default=None, help="per-fold training budget (default: preset's)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--markdown", action="store_true", help="print the table in --out as Markdown and stop")
+    a = ap.parse_args(argv)
+    if a.markdown:
+        print(markdown(read_json(a.out or f"runs/sentiment-cv-{a.data}.json")))
+        return 0
+    import torch
+
+    torch.set_num_threads(a.threads)
+    bad = [f for f in a.folds if not 1 <= f <= FOLDS]
+    if bad:
+        raise SystemExit(f"error: --folds {bad}; expected integers from 1 to {FOLDS}")
+    out = a.out or f"runs/sentiment-cv-{a.data}.json"
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    crossval(a.data, a.models or MODEL_DATA[a.data], out, folds=a.folds, runs=a.runs,
+             budget_minutes=a.budget_minutes)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,248 @@
+"""Sentiment classifiers: pooling heads on frozen MiniLM states, MiniLM with its top layers
+fine-tuned, bidirectional GRUs from scratch, and a hierarchical attention network for reviews.
+
+Every attention here is :class:`attnkit.nn.MultiHeadAttention`: :class:`AttentionPool` is one
+learned query attending over the token states, with the padding hidden by attnkit's mask
+(True = attend), so its weights are a distribution over the real tokens only.
+
+Batches are dicts (shapes: B texts, T tokens, S sentences, C MiniLM width 384):
+
+* ``states (B, T, C)``, ``mask (B, T)`` bool: frozen MiniLM last-layer states (``minilm-mean``,
+  ``minilm-attn``);
+* ``mid (B, T, C)``, ``mask``: layer-4 states, the input of the two fine-tuned top layers (``minilm-ft``);
+* ``ids (B, T)``, ``mask``: WordPiece ids (``gru``, ``gru-attn``);
+* ``states (B, S, T, C)``, ``mask (B, S, T)``, ``sent_mask (B, S)``: a review's sentences (``han``).
+
+``forward(batch)`` returns ``(logits (B, 2), weights)``; ``weights`` is ``(B, T)`` for the token
+poolers, ``(B, S, T)`` word and ``(B, S)`` sentence weights (a tuple) for ``han``, None without attention.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ...errors import AttnKitError
+from ...nn import MultiHeadAttention
+
+__all__ = ["MODELS", "SKLEARN_MODELS", "MODEL_DATA", "ModelConfig", "AttentionPool", "MeanPool", "FrozenHead",
+           "FineTuned", "BiGRU", "HAN", "build_model", "has_attention", "input_kind"]
+
+# model -> what it is
+MODELS = {
+    "minilm-lr": "frozen MiniLM, mean pooling, logistic regression (scikit-learn)",
+    "minilm-mean": "frozen MiniLM, mean pooling, linear layer",
+    "minilm-attn": "frozen MiniLM, attention pooling (learned query), linear layer",
+    "minilm-ft": "MiniLM with the top 2 layers fine-tuned, attention pooling",
+    "gru": "bidirectional GRU from scratch, mean pooling",
+    "gru-attn": "bidirectional GRU from scratch, attention pooling",
+    "sent-mean-lr": "reviews: mean of frozen MiniLM sentence embeddings, logistic regression",
+    "han": "reviews: hierarchical attention (words within sentences, sentences within the review) on frozen MiniLM",
+}
+SKLEARN_MODELS = ("minilm-lr", "sent-mean-lr")
+MODEL_DATA = {"sentences": ("minilm-lr", "minilm-mean", "minilm-attn", "minilm-ft", "gru", "gru-attn"),
+              "reviews": ("minilm-lr", "sent-mean-lr", "minilm-mean", "minilm-attn", "han")}
+
+
+def has_attention(kind: str) -> bool:
+    return kind in ("minilm-attn", "minilm-ft", "gru-attn", "han")
+
+
+def input_kind(kind: str) -> str:
+    """Which batch a model reads: ``states``, ``mid``, ``ids`` or ``review``."""
+    return {"minilm-ft": "mid", "gru": "ids", "gru-attn": "ids", "han": "review",
+            "sent-mean-lr": "review"}.get(kind, "states")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: str
+    dim: int = 384  # MiniLM width (input of the heads)
+    vocab: int = 30522  # WordPiece vocabulary (GRU embeddings)
+    emb_dim: int = 128
+    hidden: int = 128  # GRU hidden size per direction
+    heads: int = 1  # attention-pooling heads (weights shown averaged over heads)
+    attn_dim: int = 64  # width of the attention pooling's keys, values and output
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODELS or self.kind in SKLEARN_MODELS:
+            torch_models = [m for m in MODELS if m not in SKLEARN_MODELS]
+            raise AttnKitError(f"model kind {self.kind!r} is not a torch model; expected one of "
+                               f"{', '.join(torch_models)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check_mask(mask: Tensor, shape: tuple[int, ...]) -> None:
+    if mask.dtype != torch.bool or tuple(mask.shape) != shape:
+        raise AttnKitError(f"mask must be a bool tensor of shape {shape} (True = real token); got "
+                           f"{mask.dtype} {tuple(mask.shape)}")
+
+
+class AttentionPool(nn.Module):
+    """A learned query attends over ``x (B, T, C)`` where ``mask (B, T)`` is True; returns the pooled
+    vector ``(B, E)`` and the weights ``(B, T)`` (averaged over heads): each row sums to 1 over the
+    real tokens and is exactly 0 on padding. A row with no real token pools to zeros.
+
+    Keys and values are projected from ``C`` to ``E = attn_dim`` (default ``C``): a small ``E``
+    makes the head cheap on wide states, and loses nothing a linear classifier on top could use."""
+
+    def __init__(self, dim: int, heads: int = 1, attn_dim: int | None = None):
+        super().__init__()
+        e = attn_dim or dim
+        self.out_dim = e
+        self.query = nn.Parameter(torch.randn(1, 1, e) * e ** -0.5)
+        self.attn = MultiHeadAttention(e, heads, kdim=dim, vdim=dim, batch_first=True)
+
+    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        _check_mask(mask, tuple(x.shape[:2]))
+        q = self.query.expand(x.shape[0], 1, -1)  # (B, 1, C)
+        out, w = self.attn(q, x, x, mask=mask[:, None, None, :], need_weights=True)  # (B, 1, C), (B, 1, T)
+        return out[:, 0], w[:, 0]
+
+
+class MeanPool(nn.Module):
+    """Mean of ``x (B, T, C)`` over the tokens where ``mask (B, T)`` is True: ``(B, C)``."""
+
+    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, None]:
+        _check_mask(mask, tuple(x.shape[:2]))
+        m = mask.to(x.dtype).unsqueeze(-1)  # (B, T, 1)
+        return (x * m).sum(1) / m.sum(1).clamp_min(1.0), None
+
+
+def _pool(cfg: ModelConfig, dim: int) -> tuple[nn.Module, int]:
+    """The pooling of ``cfg`` over ``dim``-wide states and the width of what it returns."""
+    if has_attention(cfg.kind):
+        pool = AttentionPool(dim, cfg.heads, cfg.attn_dim)
+        return pool, pool.out_dim
+    return MeanPool(), dim
+
+
+class FrozenHead(nn.Module):
+    """Pooling + dropout + linear over frozen MiniLM states (``minilm-mean``, ``minilm-attn``)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.pool, width = _pool(cfg, cfg.dim)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(width, 2)
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        v, w = self.pool(batch["states"], batch["mask"])
+        return self.out(self.drop(v)), w
+
+
+class FineTuned(nn.Module):
+    """The top two MiniLM layers (trainable copies) on cached layer-4 states, then attention pooling.
+
+    The bottom four layers are frozen, so their output is computed once (see
+    :mod:`~attnkit.apps.sentiment.features`); :meth:`from_minilm` copies the pretrained top layers.
+    """
+
+    def __init__(self, cfg: ModelConfig, layers: nn.ModuleList | None = None, settings: Any = None):
+        super().__init__()
+        from ...models.bert import AttentionSettings, BertConfig, BertLayer
+
+        self.config = cfg
+        if layers is None:  # the architecture only; weights come from a checkpoint
+            bcfg = BertConfig(hidden_size=cfg.dim, num_attention_heads=12, intermediate_size=4 * cfg.dim)
+            layers = nn.ModuleList(BertLayer(bcfg) for _ in range(2))
+        self.layers = layers
+        self.settings = settings or AttentionSettings()
+        self.pool = AttentionPool(cfg.dim, cfg.heads, cfg.attn_dim)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(self.pool.out_dim, 2)
+
+    @classmethod
+    def from_minilm(cls, cfg: ModelConfig, bert: nn.Module) -> FineTuned:
+        from .features import MID_LAYER
+
+        layers = copy.deepcopy(nn.ModuleList(list(bert.layers)[MID_LAYER:]))
+        layers.requires_grad_(True)
+        return cls(cfg, layers, bert.settings)
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        from ...models.bert import Packing, padding_mask
+
+        x, mask = batch["mid"], batch["mask"]
+        _check_mask(mask, tuple(x.shape[:2]))
+        am = padding_mask(mask)
+        packing = Packing.from_mask(mask) if am is not None else None  # matmuls on the real tokens only
+        h = packing.gather(x) if packing is not None else x  # (N, C) or (B, T, C)
+        for layer in self.layers:
+            h = layer(h, am, self.settings, packing)
+        x = packing.scatter(h) if packing is not None else h  # (B, T, C)
+        v, w = self.pool(x, mask)
+        return self.out(self.drop(v)), w
+
+
+class BiGRU(nn.Module):
+    """Embeddings + one bidirectional GRU layer from scratch, then mean or attention pooling."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.emb = nn.Embedding(cfg.vocab, cfg.emb_dim, padding_idx=0)
+        self.gru = nn.GRU(cfg.emb_dim, cfg.hidden, batch_first=True, bidirectional=True)
+        self.pool, width = _pool(cfg, 2 * cfg.hidden)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(width, 2)
+
+    def forward(self, batch: dict[str, Tensor], embedded: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """``embedded (B, T, emb_dim)`` replaces the embedding lookup (for gradient x input)."""
+        ids, mask = batch["ids"], batch["mask"]
+        _check_mask(mask, tuple(ids.shape))
+        x = self.drop(self.emb(ids)) if embedded is None else embedded
+        lengths = mask.sum(1).clamp_min(1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        h, _ = self.gru(packed)
+        h, _ = nn.utils.rnn.pad_packed_sequence(h, batch_first=True, total_length=ids.shape[1])  # (B, T, 2H)
+        v, w = self.pool(h, mask)
+        return self.out(self.drop(v)), w
+
+
+class HAN(nn.Module):
+    """Hierarchical attention (Yang et al. 2016) on frozen MiniLM states: attention pooling over
+    the tokens of each sentence, a bidirectional GRU over the sentence vectors, then attention
+    pooling over the sentences."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.word_pool = AttentionPool(cfg.dim, cfg.heads, cfg.attn_dim)
+        self.sent_rnn = nn.GRU(self.word_pool.out_dim, cfg.hidden, batch_first=True, bidirectional=True)
+        self.sent_pool = AttentionPool(2 * cfg.hidden, cfg.heads, cfg.attn_dim)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(self.sent_pool.out_dim, 2)
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        x, mask, smask = batch["states"], batch["mask"], batch["sent_mask"]  # (B,S,T,C), (B,S,T), (B,S)
+        b, s, t, c = x.shape
+        _check_mask(mask, (b, s, t))
+        _check_mask(smask, (b, s))
+        sv, ww = self.word_pool(x.reshape(b * s, t, c), mask.reshape(b * s, t))  # (B*S, E), (B*S, T)
+        sv = self.drop(sv.reshape(b, s, -1))
+        lengths = smask.sum(1).clamp_min(1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(sv, lengths, batch_first=True, enforce_sorted=False)
+        h, _ = self.sent_rnn(packed)
+        h, _ = nn.utils.rnn.pad_packed_sequence(h, batch_first=True, total_length=s)  # (B, S, 2H)
+        v, sw = self.sent_pool(h, smask)
+        return self.out(self.drop(v)), (ww.reshape(b, s, t), sw)
+
+
+def build_model(cfg: ModelConfig, bert: nn.Module | None = None) -> nn.Module:
+    """The torch model of ``cfg`` (``minilm-ft`` copies the top layers of ``bert`` when given)."""
+    if cfg.kind in ("minilm-mean", "minilm-attn"):
+        return FrozenHead(cfg)
+    if cfg.kind == "minilm-ft":
+        return FineTuned.from_minilm(cfg, bert) if bert is not None else FineTuned(cfg)
+    if cfg.kind in ("gru", "gru-attn"):
+        return BiGRU(cfg)
+    return HAN(cfg)

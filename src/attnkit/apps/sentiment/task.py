@@ -1,0 +1,462 @@
+"""The sentiment task end to end: folds, batches from the cached MiniLM states, training with the
+shared trainer (or scikit-learn's logistic regression), evaluation on the held-out fold with the
+majority-class baseline, highlights, and classifying new text from a run.
+
+One run trains on eight folds, stops early on the next fold after the test fold (validation) and
+reports accuracy on the test fold (default: fold 10; see :func:`~attnkit.apps.sentiment.data.fold_split`).
+The logistic regressions train on the nine non-test folds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...errors import AttnKitError
+from ..trainer import RunFolder, TrainConfig, Trainer, TrainResult, load_weights, read_json, save_weights, write_json
+from .data import DATASETS, FOLDS, fold_split, load
+from .features import MAX_TOKENS, Features, encode_units, features, token_ids, units_of
+from .models import MODEL_DATA, MODELS, SKLEARN_MODELS, ModelConfig, build_model, has_attention, input_kind
+
+__all__ = ["TASK", "Preset", "PRESETS", "THRESHOLDS", "MAX_WORDS", "train", "LoadedRun", "load_run", "evaluate_run",
+           "Prediction", "check_text", "batch_of", "summary"]
+
+TASK = "sentiment"
+THRESHOLDS = {"sentences": (0.65, 0.70, 0.75, 0.80), "reviews": (0.75, 0.80, 0.85, 0.88)}  # validation accuracy
+MAX_WORDS = {"sentences": 100, "reviews": 2500}  # longest text classify accepts
+
+
+@dataclass(frozen=True)
+class Preset:
+    batch_size: int
+    train: TrainConfig
+    model: dict[str, Any]
+
+
+def _cfg(steps: int, budget: float, lr: float, every: int, warm: int = 20, patience: int | None = 6) -> TrainConfig:
+    return TrainConfig(max_steps=steps, budget_seconds=budget, lr=lr, warmup_steps=warm, eval_every=every,
+                       patience=patience, weight_decay=0.01, log_every=10)
+
+
+# (model, quick) -> preset; budgets are wall-clock seconds of training steps on one thread
+PRESETS: dict[tuple[str, bool], Preset] = {
+    ("minilm-mean", False): Preset(64, _cfg(800, 60, 3e-3, 50), {}),
+    ("minilm-mean", True): Preset(64, _cfg(100, 8, 3e-3, 25, patience=None), {}),
+    ("minilm-attn", False): Preset(64, _cfg(800, 60, 3e-3, 50), {}),
+    ("minilm-attn", True): Preset(64, _cfg(100, 8, 3e-3, 25, patience=None), {}),
+    ("minilm-ft", False): Preset(32, _cfg(300, 240, 1e-4, 30, warm=30, patience=4), {}),
+    ("minilm-ft", True): Preset(16, _cfg(40, 20, 5e-4, 20, warm=5, patience=None), {}),
+    ("gru", False): Preset(64, _cfg(1200, 90, 2e-3, 50), {}),
+    ("gru", True): Preset(32, _cfg(150, 20, 5e-3, 50, warm=10, patience=None), dict(emb_dim=64, hidden=64)),
+    ("gru-attn", False): Preset(64, _cfg(1200, 90, 2e-3, 50), {}),
+    ("gru-attn", True): Preset(32, _cfg(150, 20, 5e-3, 50, warm=10, patience=None), dict(emb_dim=64, hidden=64)),
+    ("han", False): Preset(16, _cfg(900, 120, 1e-3, 50), {}),
+    ("han", True): Preset(16, _cfg(60, 10, 2e-3, 20, patience=None), {}),
+}
+
+
+def _check_model(data: str, model: str) -> None:
+    if data not in DATASETS:
+        raise AttnKitError(f"--data {data!r} is not known; expected one of {', '.join(DATASETS)}")
+    if model not in MODELS:
+        raise AttnKitError(f"--model {model!r} is not known; expected one of {', '.join(MODELS)}")
+    if model not in MODEL_DATA[data]:
+        raise AttnKitError(f"--model {model!r} does not run on --data {data}; expected one of "
+                           f"{', '.join(MODEL_DATA[data])}")
+
+
+# ----------------------------------------------------------------------------------------------
+# batches
+# ----------------------------------------------------------------------------------------------
+
+
+def _pad_rows(rows: Sequence[Tensor], fill: float | int = 0) -> tuple[Tensor, Tensor]:
+    """``rows`` of ``(T_i, ...)`` -> padded ``(B, T, ...)`` and mask ``(B, T)`` (True = real)."""
+    t = max(1, max(len(r) for r in rows))
+    out = rows[0].new_full((len(rows), t, *rows[0].shape[1:]), fill)
+    mask = torch.zeros(len(rows), t, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+        mask[i, : len(r)] = True
+    return out, mask
+
+
+def _text_tokens(feats: Features, text: int, field: Tensor) -> Tensor:
+    units = feats.units(text)
+    return field[int(feats.unit_offsets[units.start]): int(feats.unit_offsets[units.stop])]
+
+
+def batch_of(feats: Features, texts: Sequence[int], kind: str) -> dict[str, Tensor]:
+    """The batch of the given texts for a model reading ``input_kind`` ``kind`` (see :mod:`.models`)."""
+    if kind == "review":
+        sents = [[feats.states[feats.tokens(u)] for u in feats.units(t)] for t in texts]
+        return review_batch(sents)
+    if kind == "ids":
+        ids, mask = _pad_rows([_text_tokens(feats, t, feats.ids).long() for t in texts])
+        return {"ids": ids, "mask": mask}
+    if kind == "mid":
+        if feats.mid is None:
+            raise AttnKitError("the cached features hold no layer-4 states (minilm-ft runs on sentences only)")
+        x, mask = _pad_rows([_text_tokens(feats, t, feats.mid) for t in texts])
+        return {"mid": x.float(), "mask": mask}
+    x, mask = _pad_rows([_text_tokens(feats, t, feats.states) for t in texts])
+    return {"states": x.float(), "mask": mask}
+
+
+def review_batch(sents: Sequence[Sequence[Tensor]]) -> dict[str, Tensor]:
+    """Per review, its sentences' token states ``(T_j, C)`` -> ``states (B, S, T, C)``, ``mask
+    (B, S, T)``, ``sent_mask (B, S)``."""
+    s = max(len(r) for r in sents)
+    t = max(len(x) for r in sents for x in r)
+    c = sents[0][0].shape[-1]
+    states = torch.zeros(len(sents), s, t, c)
+    mask = torch.zeros(len(sents), s, t, dtype=torch.bool)
+    smask = torch.zeros(len(sents), s, dtype=torch.bool)
+    for i, r in enumerate(sents):
+        smask[i, : len(r)] = True
+        for j, x in enumerate(r):
+            states[i, j, : len(x)] = x.float()
+            mask[i, j, : len(x)] = True
+    return {"states": states, "mask": mask, "sent_mask": smask}
+
+
+def _batches(feats: Features, labels: Sequence[int], idx: list[int], kind: str, batch_size: int):
+    def make(gen: torch.Generator) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+        order = torch.randperm(len(idx), generator=gen).tolist()
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            chosen = [idx[j] for j in order[i: i + batch_size]]
+            yield batch_of(feats, chosen, kind), torch.tensor([labels[j] for j in chosen])
+
+    return make
+
+
+def _loss(model: nn.Module, batch: tuple[dict[str, Tensor], Tensor]) -> tuple[Tensor, int]:
+    x, y = batch
+    logits, _ = model(x)
+    return F.cross_entropy(logits, y), len(y)
+
+
+@torch.no_grad()
+def _probs(model: nn.Module, feats: Features, idx: Sequence[int], kind: str, batch_size: int = 64) -> Tensor:
+    """P(positive) of each text ``(N,)``."""
+    model.eval()
+    bs = 16 if kind == "review" else batch_size
+    out = [torch.softmax(model(batch_of(feats, idx[i: i + bs], kind))[0], -1)[:, 1] for i in range(0, len(idx), bs)]
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+# ----------------------------------------------------------------------------------------------
+# scikit-learn models
+# ----------------------------------------------------------------------------------------------
+
+
+def unit_means(feats: Features) -> Tensor:
+    """The mean last-layer state of every unit ``(N_unit, C)`` float32 (computed once per Features)."""
+    if getattr(feats, "_unit_means", None) is None:
+        lengths = feats.unit_offsets[1:] - feats.unit_offsets[:-1]  # (N_unit,)
+        seg = torch.repeat_interleave(torch.arange(len(lengths)), lengths)  # (N_tok,)
+        sums = torch.zeros(len(lengths), feats.states.shape[1])
+        for i in range(0, len(seg), 200_000):
+            sums.index_add_(0, seg[i: i + 200_000], feats.states[i: i + 200_000].float())
+        feats._unit_means = sums / lengths.clamp_min(1)[:, None].float()  # type: ignore[attr-defined]
+    return feats._unit_means  # type: ignore[attr-defined]
+
+
+def pooled(feats: Features, idx: Sequence[int], kind: str) -> Tensor:
+    """Per text: ``minilm-lr`` the mean of its token states (L2-normalised), ``sent-mean-lr`` the
+    mean of its normalised sentence embeddings: ``(N, C)`` float32."""
+    means = unit_means(feats)
+    lengths = (feats.unit_offsets[1:] - feats.unit_offsets[:-1]).float()
+    rows = []
+    for t in idx:
+        u = feats.units(t)
+        if kind == "sent-mean-lr":
+            rows.append(F.normalize(means[u.start:u.stop], dim=-1).mean(0))
+        else:
+            w = lengths[u.start:u.stop, None]
+            rows.append(F.normalize((means[u.start:u.stop] * w).sum(0) / w.sum(), dim=-1))
+    return torch.stack(rows)
+
+
+def _fit_lr(x: Tensor, y: Sequence[int]) -> dict[str, Tensor]:
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(max_iter=3000, C=1.0).fit(x.numpy(), list(y))
+    return {"coef": torch.tensor(clf.coef_, dtype=torch.float32)[0], "intercept": torch.tensor(clf.intercept_,
+                                                                                              dtype=torch.float32)}
+
+
+class LinearProbe(nn.Module):
+    """A fitted logistic regression as a torch module: ``pooled (B, C) -> logits (B, 2)``."""
+
+    def __init__(self, dim: int = 384):
+        super().__init__()
+        self.coef = nn.Parameter(torch.zeros(dim), requires_grad=False)
+        self.intercept = nn.Parameter(torch.zeros(1), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = x @ self.coef + self.intercept  # (B,)
+        return torch.stack([torch.zeros_like(z), z], -1)
+
+
+# ----------------------------------------------------------------------------------------------
+# training
+# ----------------------------------------------------------------------------------------------
+
+
+def train(*, data: str = "sentences", model: str = "minilm-attn", quick: bool = False,
+          budget_minutes: float | None = None, max_steps: int | None = None, eval_every: int | None = None,
+          out: str | Path | None = None, seed: int = 0, progress: bool = True, resume: bool = False,
+          fold: int = FOLDS, target: float | None = None, pictures: bool = True,
+          log: Callable[[str], None] = print) -> tuple[RunFolder, dict[str, Any]]:
+    """Train one model on the non-test folds and evaluate it on fold ``fold``; returns the run folder
+    and its results."""
+    _check_model(data, model)
+    if out is not None and not resume and (Path(out) / "config.json").exists():
+        raise AttnKitError(f"--out {str(out)!r} already holds a run; expected a new folder, or --resume to continue it")
+    t0 = time.perf_counter()
+    examples = load(data)
+    feats = features(data, log=log)
+    train_idx, valid_idx, test_idx = fold_split(examples, fold)
+    labels = [e.label for e in examples]
+    run = RunFolder.create(TASK, model, out)
+    base = {"task": TASK, "data": data, "fold": fold, "preset": "quick" if quick else "full", "seed": seed,
+            "sizes": {"train": len(train_idx), "valid": len(valid_idx), "test": len(test_idx)}}
+    if model in SKLEARN_MODELS:
+        fit_idx = train_idx + valid_idx
+        t1 = time.perf_counter()
+        weights = _fit_lr(pooled(feats, fit_idx, model), [labels[i] for i in fit_idx])
+        seconds = time.perf_counter() - t1
+        save_weights(run / "model.safetensors", weights)
+        write_json(run / "config.json", {**base, "model": {"kind": model}, "parameters": 385,
+                                         "train": {"fit_seconds": round(seconds, 2)}})
+        results = evaluate_run(run, log=log, pictures=pictures, train_result=TrainResult(1, seconds, "fit", None, None),
+                               setup_seconds=time.perf_counter() - t0 - seconds)
+        return run, results
+    preset = PRESETS[(model, quick)]
+    cfg = replace(preset.train, seed=seed, progress=progress, metric="accuracy",
+                  **({"budget_seconds": budget_minutes * 60} if budget_minutes is not None else {}),
+                  **({"max_steps": max_steps} if max_steps is not None else {}),
+                  **({"target": target} if target is not None else {}),
+                  **({"eval_every": eval_every} if eval_every is not None else {}))
+    torch.manual_seed(seed)
+    mcfg = ModelConfig(kind=model, **preset.model)
+    bert = _minilm(MAX_TOKENS[data])[0].bert if model == "minilm-ft" else None
+    net = build_model(mcfg, bert)
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    write_json(run / "config.json", {**base, "model": mcfg.to_dict(), "train": asdict(cfg),
+                                     "batch_size": preset.batch_size, "parameters": trainable})
+    kind = input_kind(model)
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        p = _probs(m, feats, valid_idx, kind)
+        return {"accuracy": float(((p > 0.5).long() == torch.tensor([labels[i] for i in valid_idx])).float().mean())}
+
+    trainer = Trainer(net, cfg, run, batches=_batches(feats, labels, train_idx, kind, preset.batch_size), loss_fn=_loss,
+                      evaluate=evaluate)
+    if resume and trainer.resume():
+        log(f"resumed {run.path} at step {trainer.step}")
+    log(f"training {model} on {data} (test fold {fold}): {len(train_idx)} train / {len(valid_idx)} valid / "
+        f"{len(test_idx)} test, {trainable:,} trainable parameters, run folder {run.path}")
+    result = trainer.fit()
+    return run, evaluate_run(run, log=log, pictures=pictures, train_result=result,
+                             setup_seconds=time.perf_counter() - t0 - result.seconds)
+
+
+# ----------------------------------------------------------------------------------------------
+# a finished run
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prediction:
+    """One classified text: its label, P(label), and the tokens (per unit) with their weights."""
+
+    label: str
+    probability: float
+    units: list[list[str]]  # tokens of each unit (a sentence of a review), [CLS]/[SEP] included
+    token_weights: list[list[float]] | None  # attention over each unit's tokens (None: no attention)
+    unit_weights: list[float] | None  # han: attention over the sentences
+
+
+class LoadedRun:
+    """A trained run: its configuration and model, and :meth:`predict` for new text."""
+
+    def __init__(self, run: RunFolder, config: dict[str, Any], model: nn.Module):
+        self.run, self.config, self.model = run, config, model
+        self.kind: str = config["model"]["kind"]
+        self.data: str = config["data"]
+
+    def minilm(self):
+        """``(MiniLM encoder, tokenizer)``, loaded once per process."""
+        return _minilm(MAX_TOKENS[self.data])
+
+    def features_of(self, texts: Sequence[str]) -> tuple[dict[str, Tensor], list[list[list[str]]]]:
+        """The model's batch for raw ``texts`` and the tokens of each unit of each text."""
+        enc, tok = self.minilm()
+        units = [units_of(self.data, t) for t in texts]
+        flat = [u for us in units for u in us]
+        mid = input_kind(self.kind) == "mid"
+        if input_kind(self.kind) == "ids":  # the GRUs read WordPiece ids only
+            ids, last, middle = token_ids(tok, flat, MAX_TOKENS[self.data]), [], None
+        else:
+            ids, last, middle = encode_units(enc, tok, flat, MAX_TOKENS[self.data], mid=mid)
+        vocab = tok._tok  # the WordPiece vocabulary of the tokenizer
+        words = [[vocab.id_to_token(int(i)) for i in row] for row in ids]
+        per_text, k = [], 0
+        groups: list[list[int]] = []
+        for us in units:
+            groups.append(list(range(k, k + len(us))))
+            per_text.append(words[k: k + len(us)])
+            k += len(us)
+        kind = input_kind(self.kind)
+        if kind == "review":
+            return review_batch([[last[j] for j in g] for g in groups]), per_text
+        if kind == "ids":
+            x, m = _pad_rows([torch.cat([ids[j] for j in g]).long() for g in groups])
+            return {"ids": x, "mask": m}, per_text
+        src = middle if mid else last
+        x, m = _pad_rows([torch.cat([src[j] for j in g]) for g in groups])
+        return {"mid" if mid else "states": x.float(), "mask": m}, per_text
+
+    @torch.no_grad()
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        """Label, probability and attention of each text (texts are checked with :func:`check_text`)."""
+        texts = [check_text(t, self.data) for t in texts]
+        batch, words = self.features_of(texts)
+        self.model.eval()
+        if self.kind in SKLEARN_MODELS:
+            logits, w = self._probe_logits(batch, words), None
+        else:
+            logits, w = self.model(batch)
+        p = torch.softmax(logits, -1)[:, 1]
+        out = []
+        for i, text_units in enumerate(words):
+            tw, uw = None, None
+            if isinstance(w, tuple):  # han
+                tw = [w[0][i, j, : len(u)].tolist() for j, u in enumerate(text_units)]
+                uw = w[1][i, : len(text_units)].tolist()
+            elif w is not None:  # one sequence over all the units' tokens
+                flat = w[i].tolist()
+                tw, k = [], 0
+                for u in text_units:
+                    tw.append(flat[k: k + len(u)])
+                    k += len(u)
+            pos = float(p[i])
+            out.append(Prediction("positive" if pos >= 0.5 else "negative", max(pos, 1 - pos), text_units, tw, uw))
+        return out
+
+    def _probe_logits(self, batch: dict[str, Tensor], words: list[list[list[str]]]) -> Tensor:
+        rows = []
+        for i, text_units in enumerate(words):
+            if self.kind == "sent-mean-lr":
+                sents = batch["states"][i]  # (S, T, C)
+                m = batch["mask"][i]
+                rows.append(torch.stack([F.normalize(sents[j][m[j]].mean(0), dim=-1)
+                                         for j in range(len(text_units))]).mean(0))
+            else:
+                rows.append(F.normalize(batch["states"][i][batch["mask"][i]].mean(0), dim=-1))
+        return self.model(torch.stack(rows))
+
+
+_MINILM: dict[int, Any] = {}
+
+
+def _minilm(max_length: int):
+    if max_length not in _MINILM:
+        from ...models import load_minilm
+
+        _MINILM[max_length] = load_minilm(max_length=max_length)
+    return _MINILM[max_length]
+
+
+def check_text(text: object, data: str) -> str:
+    """``text`` if it is a non-empty str of at most ``MAX_WORDS[data]`` words; else a clear error."""
+    if not isinstance(text, str):
+        raise AttnKitError(f"TEXT must be a str; got {type(text).__name__}")
+    if not text.strip():
+        raise AttnKitError("TEXT is empty; expected some words to classify")
+    n = len(text.split())
+    if n > MAX_WORDS[data]:
+        raise AttnKitError(f"TEXT has {n} words; expected at most {MAX_WORDS[data]} for a model trained on {data}")
+    return text
+
+
+def load_run(path: str | Path) -> LoadedRun:
+    """The model of a sentiment run folder, in eval mode, with its best weights."""
+    run = RunFolder.open(path)
+    config = read_json(run / "config.json")
+    if config.get("task") != TASK:
+        raise AttnKitError(f"run {str(path)!r} is a {config.get('task')!r} run; expected a {TASK} run")
+    kind = config["model"]["kind"]
+    weights = load_weights(run / "model.safetensors")
+    if kind in SKLEARN_MODELS:
+        model: nn.Module = LinearProbe(int(weights["coef"].shape[0]))
+    else:
+        model = build_model(ModelConfig(**config["model"]))
+    model.load_state_dict(weights)
+    return LoadedRun(run, config, model.eval())
+
+
+def _accuracy(p: Tensor, y: Sequence[int]) -> float:
+    return float(((p > 0.5).long() == torch.tensor(list(y))).float().mean()) if len(y) else math.nan
+
+
+def evaluate_run(path: str | Path | RunFolder, *, log: Callable[[str], None] = print, pictures: bool = True,
+                 train_result: TrainResult | None = None, setup_seconds: float | None = None) -> dict[str, Any]:
+    """Accuracy on the run's test fold, with the majority-class baseline; writes ``results.json``
+    (and highlight pictures of held-out texts) and returns it."""
+    lr = load_run(path.path if isinstance(path, RunFolder) else path)
+    run, config, kind, data = lr.run, lr.config, lr.kind, lr.data
+    examples = load(data)
+    feats = features(data, log=log)
+    train_idx, valid_idx, test_idx = fold_split(examples, config["fold"])
+    labels = [e.label for e in examples]
+    y_test = [labels[i] for i in test_idx]
+    if kind in SKLEARN_MODELS:
+        p = torch.sigmoid(pooled(feats, test_idx, kind) @ lr.model.coef + lr.model.intercept)
+    else:
+        p = _probs(lr.model, feats, test_idx, input_kind(kind))
+    majority = max(set(labels[i] for i in train_idx), key=[labels[i] for i in train_idx].count)
+    state = read_json(run / "trainer_state.json") if (run / "trainer_state.json").exists() else {}
+    before = read_json(run / "results.json").get("train", {}) if (run / "results.json").exists() else {}
+    evals = state.get("evals", [])
+    reached = {}
+    for th in THRESHOLDS[data]:
+        first = next((e for e in evals if e.get("accuracy", -1) >= th), None)
+        reached[str(th)] = None if first is None else {"step": first["step"], "seconds": first["seconds"]}
+    results: dict[str, Any] = {
+        "task": TASK, "data": data, "model": kind, "attention": has_attention(kind), "fold": config["fold"],
+        "preset": config["preset"], "parameters": config["parameters"],
+        "test": {"n": len(test_idx), "accuracy": _accuracy(p, y_test)},
+        "baselines": {"majority-class": {"accuracy": sum(y == majority for y in y_test) / len(y_test)}},
+        "train": {"steps": state.get("step", 1 if kind in SKLEARN_MODELS else None),
+                  "seconds": state.get("seconds", config.get("train", {}).get("fit_seconds")),
+                  "best_valid_accuracy": state.get("best"), "best_step": state.get("best_step"),
+                  "stopped": before.get("stopped") if train_result is None else train_result.stopped,
+                  "setup_seconds": before.get("setup_seconds") if setup_seconds is None else round(setup_seconds, 2)},
+        "time_to_valid_accuracy": reached,
+    }
+    if pictures and has_attention(kind):
+        from .highlight import highlight_run
+
+        results["pictures"] = highlight_run(lr, [examples[i].text for i in test_idx[:3]])
+    write_json(run / "results.json", results)
+    log(summary(results))
+    return results
+
+
+def summary(results: dict[str, Any]) -> str:
+    t, tr = results["test"], results["train"]
+    secs = f", {tr['steps']} steps, {tr['seconds']:.0f} s" if tr.get("seconds") is not None else ""
+    majority = results["baselines"]["majority-class"]["accuracy"]
+    return (f"{results['model']} on {results['data']} (test fold {results['fold']}, n={t['n']}): accuracy "
+            f"{100 * t['accuracy']:.1f}%  (majority class {100 * majority:.1f}%{secs})")
