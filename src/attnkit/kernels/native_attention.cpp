@@ -1,0 +1,442 @@
+// Tile-sparse attention on the CPU: FlashAttention-2 forward (online softmax over the kept tiles of
+// a tile plan, log-sum-exp saved) and backward by recomputation (dQ, dK, dV).
+//
+// Layouts (all contiguous): q (B, H, T, D), k (B, Hkv, S, D), v (B, Hkv, S, Dv), out (B, H, T, Dv),
+// lse (B, H, T). The tile plan (see struct Plan) covers each mask slice (Bm, Hm) in {1, B} x {1, H}:
+// forward, groups of consecutive query blocks with the union of their key blocks and, per query
+// block, whether each of those tiles is full, empty or partial (then the index of its sub-mask);
+// backward, the kept tiles ordered by key block. Sub-masks are (bq, bk) uint8, 1 = attend.
+// Keys at or past S and queries at or past T are never read.
+//
+// Scalars: float and double run as they are; bfloat16 / half inputs are converted to float by the
+// caller. Matrix products go to the BLAS sgemm_/dgemm_ that libtorch exports (MKL builds), else to
+// at::mm on views of the same memory.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/python.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc) __attribute__((weak));
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc) __attribute__((weak));
+}
+
+namespace {
+
+constexpr int64_t kMaxRun = 512;  // keys (forward) or query rows (backward) batched into one product
+
+template <typename T>
+at::Tensor view_of(const T* p, int64_t rows, int64_t cols, int64_t ld, bool trans) {
+  auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  at::Tensor t = at::from_blob(const_cast<T*>(p), {trans ? cols : rows, trans ? rows : cols}, {ld, 1}, opts);
+  return trans ? t.t() : t;
+}
+
+// Row-major C (m x n) = alpha * op(A) (m x k) * op(B) (k x n) + beta * C; beta == 0 ignores C's contents.
+template <typename T>
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b,
+          int64_t ldb, T beta, T* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
+    return;
+  }
+  // column-major view: C^T = op(B)^T op(A)^T
+  const char cta = tb ? 'T' : 'N', ctb = ta ? 'T' : 'N';
+  const int im = static_cast<int>(n), in = static_cast<int>(m), ik = static_cast<int>(k);
+  const int ilda = static_cast<int>(ldb), ildb = static_cast<int>(lda), ildc = static_cast<int>(ldc);
+  if constexpr (std::is_same_v<T, float>) {
+    if (sgemm_ != nullptr) {
+      sgemm_(&cta, &ctb, &im, &in, &ik, &alpha, b, &ilda, a, &ildb, &beta, c, &ildc);
+      return;
+    }
+  } else {
+    if (dgemm_ != nullptr) {
+      dgemm_(&cta, &ctb, &im, &in, &ik, &alpha, b, &ilda, a, &ildb, &beta, c, &ildc);
+      return;
+    }
+  }
+  at::Tensor A = view_of(a, m, k, lda, ta), B = view_of(b, k, n, ldb, tb), C = view_of(c, m, n, ldc, false);
+  if (beta == T(0)) {
+    at::mm_out(C, A, B);
+    if (alpha != T(1)) C.mul_(alpha);
+  } else {
+    C.mul_(beta).add_(at::mm(A, B), alpha);
+  }
+}
+
+bool has_blas() { return sgemm_ != nullptr && dgemm_ != nullptr; }
+
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+template <typename T>
+inline Vec<T> vexp(Vec<T> x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return x.exp_u20();
+  } else {
+    return x.exp();
+  }
+}
+
+// max with NaN propagation
+template <typename T>
+inline T nan_max(T a, T b) {
+  return (a != a || b != b) ? std::numeric_limits<T>::quiet_NaN() : std::max(a, b);
+}
+
+template <typename T>
+T row_max(const T* x, int64_t n) {
+  T m = -std::numeric_limits<T>::infinity();
+  int64_t j = 0;
+  constexpr int64_t W = Vec<T>::size();
+  if (n >= W) {
+    Vec<T> acc = Vec<T>::loadu(x);
+    for (j = W; j + W <= n; j += W) acc = at::vec::maximum(acc, Vec<T>::loadu(x + j));
+    m = at::vec::vec_reduce_all<T>([](Vec<T>& a, Vec<T>& b) { return at::vec::maximum(a, b); }, acc);
+  }
+  for (; j < n; ++j) m = nan_max(m, x[j]);
+  return m;
+}
+
+// x <- exp(x - m) in place; returns the sum
+template <typename T>
+T exp_sum(T* x, int64_t n, T m) {
+  constexpr int64_t W = Vec<T>::size();
+  Vec<T> vm(m), vs(T(0));
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    Vec<T> e = vexp(Vec<T>::loadu(x + j) - vm);
+    e.store(x + j);
+    vs = vs + e;
+  }
+  T s = at::vec::vec_reduce_all<T>([](Vec<T>& a, Vec<T>& b) { return a + b; }, vs);
+  for (; j < n; ++j) {
+    x[j] = std::exp(x[j] - m);
+    s += x[j];
+  }
+  return s;
+}
+
+// tile masks: rows [r0, r0 + m) of tiles at columns [c, c + n) of the score block
+template <typename T>
+void apply_mask(T* s, int64_t lds, int64_t m, int64_t n, const uint8_t* mask, int64_t bk, int64_t mask_row_stride) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  for (int64_t i = 0; i < m; ++i) {
+    const uint8_t* mr = mask + i * mask_row_stride;
+    T* sr = s + i * lds;
+    for (int64_t j = 0; j < n; ++j) sr[j] = mr[j] ? sr[j] : ninf;
+  }
+  (void)bk;
+}
+
+struct Plan {
+  // forward: groups of consecutive query blocks sharing one list of key blocks (the union of theirs)
+  const int64_t* slice_ptr;  // (Bm*Hm + 1) groups of each mask slice
+  const int64_t* grp_q0;     // (nG) first query block of each group
+  const int64_t* grp_nq;     // (nG) query blocks in each group (<= G)
+  const int64_t* grp_ptr;    // (nG + 1) key blocks of each group in grp_col
+  const int64_t* grp_col;    // (nU) key block
+  const int64_t* grp_lib;    // (nU, G) per query block of the group: -1 full, -2 empty, else a sub-mask
+  // backward: kept tiles by key block
+  const int64_t* col_ptr;    // (Bm*Hm*nK + 1)
+  const int64_t* col_row;    // (n) query block
+  const int64_t* col_lib;    // (n) -1 full, else a sub-mask
+  const uint8_t* masks;      // (L, bq, bk) 1 = attend
+  int64_t Bm, Hm, nQ, nK, bq, bk, G;
+};
+
+Plan make_plan(const std::vector<at::Tensor>& t, int64_t Bm, int64_t Hm, int64_t nQ, int64_t nK, int64_t bq,
+               int64_t bk, int64_t G) {
+  TORCH_CHECK(t.size() == 10, "the plan has 10 tensors");
+  for (size_t i = 0; i < 9; ++i)
+    TORCH_CHECK(t[i].scalar_type() == at::kLong && t[i].is_contiguous(), "plan tensor ", i, " must be int64");
+  TORCH_CHECK(t[9].scalar_type() == at::kByte && t[9].is_contiguous(), "tile masks must be uint8");
+  return Plan{t[0].data_ptr<int64_t>(), t[1].data_ptr<int64_t>(), t[2].data_ptr<int64_t>(),
+              t[3].data_ptr<int64_t>(), t[4].data_ptr<int64_t>(), t[5].data_ptr<int64_t>(),
+              t[6].data_ptr<int64_t>(), t[7].data_ptr<int64_t>(), t[8].data_ptr<int64_t>(),
+              t[9].data_ptr<uint8_t>(), Bm, Hm, nQ, nK, bq, bk, G};
+}
+
+// Runs items [0, n) on every thread, round-robin (costs that grow along the range, as with a causal
+// mask, are then shared out evenly).
+template <typename F>
+void parallel_round_robin(int64_t n, const F& body) {
+  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n));
+  at::parallel_for(0, nt, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) body(t, nt);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// forward
+// ---------------------------------------------------------------------------------------------
+
+template <typename T>
+void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse,
+                  const Plan& pl, double scale_d) {
+  const int64_t B = q.size(0), H = q.size(1), T_ = q.size(2), D = q.size(3);
+  const int64_t Hkv = k.size(1), S = k.size(2), Dv = v.size(3);
+  const int64_t rep = H / Hkv, bq = pl.bq, bk = pl.bk, G = pl.G;
+  const T scale = static_cast<T>(scale_d);
+  const T ninf = -std::numeric_limits<T>::infinity();
+  // one-token decode: the query heads sharing a kv head (and a mask) are the rows of one product
+  const int64_t fold = (T_ == 1 && pl.Hm == 1) ? rep : 1;
+  const int64_t hgroups = H / fold;
+  const T* qp = q.data_ptr<T>();
+  const T* kp = k.data_ptr<T>();
+  const T* vp = v.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  T* lp = lse.data_ptr<T>();
+  // work items: (batch, head group, query-block group)
+  std::vector<int64_t> items;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t g = 0; g < hgroups; ++g) {
+      const int64_t bm = pl.Bm == 1 ? 0 : b, hm = pl.Hm == 1 ? 0 : g * fold, sl = bm * pl.Hm + hm;
+      for (int64_t gr = pl.slice_ptr[sl]; gr < pl.slice_ptr[sl + 1]; ++gr) {
+        items.push_back(b);
+        items.push_back(g);
+        items.push_back(gr);
+      }
+    }
+  const int64_t n_items = static_cast<int64_t>(items.size()) / 3;
+  const int64_t rows_max = std::max(bq * G, fold);
+  parallel_round_robin(n_items, [&](int64_t tid, int64_t nt) {
+    std::vector<T> sbuf(rows_max * kMaxRun), obuf(rows_max * Dv), mrow(rows_max), lrow(rows_max), alpha(rows_max);
+    for (int64_t it = tid; it < n_items; it += nt) {
+      const int64_t b = items[3 * it], g = items[3 * it + 1], gr = items[3 * it + 2];
+      const int64_t h0 = g * fold, hk = h0 / rep;
+      const int64_t i0 = pl.grp_q0[gr] * bq, nqb = pl.grp_nq[gr];
+      const int64_t m_tok = std::min(nqb * bq, T_ - i0), m = m_tok * fold;
+      const T* qb = qp + ((b * H + h0) * T_ + i0) * D;
+      const T* kb = kp + (b * Hkv + hk) * S * D;
+      const T* vb = vp + (b * Hkv + hk) * S * Dv;
+      std::fill(obuf.begin(), obuf.begin() + m * Dv, T(0));
+      std::fill(mrow.begin(), mrow.begin() + m, ninf);
+      std::fill(lrow.begin(), lrow.begin() + m, T(0));
+      const int64_t t_end = pl.grp_ptr[gr + 1];
+      for (int64_t t = pl.grp_ptr[gr]; t < t_end;) {
+        // a run of consecutive key blocks
+        int64_t t2 = t + 1;
+        while (t2 < t_end && pl.grp_col[t2] == pl.grp_col[t2 - 1] + 1 && (t2 - t + 1) * bk <= kMaxRun) ++t2;
+        const int64_t j0 = pl.grp_col[t] * bk, j1 = std::min(S, (pl.grp_col[t2 - 1] + 1) * bk), n = j1 - j0;
+        T* s = sbuf.data();
+        gemm<T>(false, true, m, n, D, scale, qb, D, kb + j0 * D, D, T(0), s, n);
+        for (int64_t u = t; u < t2; ++u) {
+          const int64_t c0 = (u - t) * bk, nc = std::min(bk, n - c0);
+          for (int64_t a = 0; a < nqb; ++a) {
+            const int64_t lib = pl.grp_lib[u * G + a];
+            if (lib == -1) continue;
+            const int64_t r0 = a * bq, nr = std::min(bq, m_tok - r0);
+            if (lib == -2) {  // this query block keeps nothing here
+              for (int64_t i = r0; i < r0 + nr; ++i) std::fill(s + i * n + c0, s + i * n + c0 + nc, ninf);
+              continue;
+            }
+            const uint8_t* mk = pl.masks + lib * bq * bk;
+            if (fold == 1) {
+              apply_mask<T>(s + r0 * n + c0, n, nr, nc, mk, bk, bk);
+            } else {
+              apply_mask<T>(s + c0, n, m, nc, mk, bk, 0);  // every row is query 0
+            }
+          }
+        }
+        for (int64_t i = 0; i < m; ++i) {
+          T* si = s + i * n;
+          const T mx = nan_max(mrow[i], row_max(si, n));
+          if (mx == ninf) {  // nothing allowed yet: p = 0
+            std::fill(si, si + n, T(0));
+            alpha[i] = T(1);
+            continue;
+          }
+          const T a = std::exp(mrow[i] - mx);  // 0 when the old maximum is -inf
+          const T sum = exp_sum(si, n, mx);
+          lrow[i] = lrow[i] * a + sum;
+          mrow[i] = mx;
+          alpha[i] = a;
+        }
+        for (int64_t i = 0; i < m; ++i) {
+          if (alpha[i] != T(1)) {
+            T* oi = obuf.data() + i * Dv;
+            const T a = alpha[i];
+            at::vec::map([a](Vec<T> x) { return x * Vec<T>(a); }, oi, oi, Dv);
+          }
+        }
+        gemm<T>(false, false, m, Dv, n, T(1), s, n, vb + j0 * Dv, Dv, T(1), obuf.data(), Dv);
+        t = t2;
+      }
+      T* ob = op + ((b * H + h0) * T_ + i0) * Dv;
+      T* lb = lp + (b * H + h0) * T_ + i0;
+      for (int64_t i = 0; i < m; ++i) {
+        const T l = lrow[i];
+        T* oi = ob + i * Dv;
+        const T* src = obuf.data() + i * Dv;
+        if (l == T(0)) {  // no allowed key: zero output, lse = -inf
+          std::fill(oi, oi + Dv, T(0));
+          lb[i] = ninf;
+          continue;
+        }
+        const T inv = T(1) / l;
+        at::vec::map([inv](Vec<T> x) { return x * Vec<T>(inv); }, oi, src, Dv);
+        lb[i] = mrow[i] + std::log(l);
+      }
+    }
+  });
+}
+
+std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                const std::vector<at::Tensor>& plan, int64_t Bm, int64_t Hm, int64_t nQ, int64_t nK,
+                                int64_t bq, int64_t bk, int64_t G, double scale) {
+  TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(), "q, k, v must be contiguous");
+  TORCH_CHECK(bk <= kMaxRun, "block_k must be at most ", kMaxRun);
+  Plan pl = make_plan(plan, Bm, Hm, nQ, nK, bq, bk, G);
+  at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
+  at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
+  if (q.scalar_type() == at::kFloat) {
+    forward_impl<float>(q, k, v, out, lse, pl, scale);
+  } else {
+    TORCH_CHECK(q.scalar_type() == at::kDouble, "float32 or float64 expected");
+    forward_impl<double>(q, k, v, out, lse, pl, scale);
+  }
+  return {out, lse};
+}
+
+// ---------------------------------------------------------------------------------------------
+// backward: per (batch, kv head, key block), the query tiles of its column, dK and dV kept locally
+// ---------------------------------------------------------------------------------------------
+
+template <typename T>
+void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& dout,
+                   const at::Tensor& lse, const at::Tensor& delta, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv,
+                   const Plan& pl, double scale_d) {
+  const int64_t B = q.size(0), H = q.size(1), T_ = q.size(2), D = q.size(3);
+  const int64_t Hkv = k.size(1), S = k.size(2), Dv = v.size(3);
+  const int64_t rep = H / Hkv, bq = pl.bq, bk = pl.bk, nK = pl.nK, nQ = pl.nQ;
+  const T scale = static_cast<T>(scale_d);
+  const T* qp = q.data_ptr<T>();
+  const T* kp = k.data_ptr<T>();
+  const T* vp = v.data_ptr<T>();
+  const T* dop = dout.data_ptr<T>();
+  const T* lp = lse.data_ptr<T>();
+  const T* dlp = delta.data_ptr<T>();
+  T* dkp = dk.data_ptr<T>();
+  T* dvp = dv.data_ptr<T>();
+  const int64_t n_threads = at::get_num_threads();
+  const int64_t heads = B * Hkv;
+  // enough heads to share out: each task owns its query heads' dQ rows; else per-thread dQ buffers
+  const bool by_head = heads >= 4 * n_threads || heads % n_threads == 0;
+  const int64_t n_items = by_head ? heads : heads * nK;
+  std::vector<at::Tensor> dq_bufs;
+  if (!by_head && n_threads > 1) {
+    for (int64_t i = 0; i < n_threads; ++i) dq_bufs.push_back(at::Tensor());
+  }
+  const int64_t rmax = std::min<int64_t>(kMaxRun, std::max<int64_t>(bq, (kMaxRun / bq) * bq));
+  parallel_round_robin(n_items, [&](int64_t tid, int64_t nt) {
+    std::vector<T> pbuf(rmax * bk), dpbuf(rmax * bk), dkbuf(bk * D), dvbuf(bk * Dv);
+    T* dqp = dq.data_ptr<T>();
+    if (!dq_bufs.empty()) {
+      if (!dq_bufs[tid].defined()) dq_bufs[tid] = at::zeros_like(dq);
+      dqp = dq_bufs[tid].data_ptr<T>();
+    }
+    for (int64_t it = tid; it < n_items; it += nt) {
+      const int64_t head = by_head ? it : it / nK;
+      const int64_t kb_lo = by_head ? 0 : it % nK, kb_hi = by_head ? nK : kb_lo + 1;
+      const int64_t b = head / Hkv, hk = head % Hkv;
+      for (int64_t kj = kb_lo; kj < kb_hi; ++kj) {
+        const int64_t j0 = kj * bk, n = std::min(bk, S - j0);
+        const T* kb = kp + ((b * Hkv + hk) * S + j0) * D;
+        const T* vb = vp + ((b * Hkv + hk) * S + j0) * Dv;
+        std::fill(dkbuf.begin(), dkbuf.begin() + n * D, T(0));
+        std::fill(dvbuf.begin(), dvbuf.begin() + n * Dv, T(0));
+        bool any = false;
+        for (int64_t h = hk * rep; h < (hk + 1) * rep; ++h) {
+          const int64_t bm = pl.Bm == 1 ? 0 : b, hm = pl.Hm == 1 ? 0 : h;
+          const int64_t c = (bm * pl.Hm + hm) * nK + kj;
+          const int64_t t_end = pl.col_ptr[c + 1];
+          for (int64_t t = pl.col_ptr[c]; t < t_end;) {
+            int64_t t2 = t + 1;
+            while (t2 < t_end && pl.col_row[t2] == pl.col_row[t2 - 1] + 1 && (t2 - t + 1) * bq <= rmax) ++t2;
+            any = true;
+            const int64_t i0 = pl.col_row[t] * bq, i1 = std::min(T_, (pl.col_row[t2 - 1] + 1) * bq), m = i1 - i0;
+            const int64_t row0 = (b * H + h) * T_ + i0;
+            const T* qb = qp + row0 * D;
+            const T* dob = dop + row0 * Dv;
+            T* p = pbuf.data();
+            T* dp = dpbuf.data();
+            gemm<T>(false, true, m, n, D, scale, qb, D, kb, D, T(0), p, n);  // scores
+            for (int64_t u = t; u < t2; ++u) {
+              if (pl.col_lib[u] < 0) continue;
+              const int64_t r0 = (u - t) * bq, nr = std::min(bq, m - r0);
+              apply_mask<T>(p + r0 * n, n, nr, n, pl.masks + pl.col_lib[u] * bq * bk, bk, bk);
+            }
+            for (int64_t i = 0; i < m; ++i) {  // p = exp(s - lse); dead rows (lse = -inf) give 0
+              const T l = lp[row0 + i];
+              T* pi = p + i * n;
+              if (l == -std::numeric_limits<T>::infinity()) {
+                std::fill(pi, pi + n, T(0));
+              } else {
+                exp_sum(pi, n, l);
+              }
+            }
+            gemm<T>(true, false, n, Dv, m, T(1), p, n, dob, Dv, T(1), dvbuf.data(), Dv);  // dV += P^T dO
+            gemm<T>(false, true, m, n, Dv, T(1), dob, Dv, vb, Dv, T(0), dp, n);          // dP = dO V^T
+            for (int64_t i = 0; i < m; ++i) {  // dS = P * (dP - delta)
+              const T d = dlp[row0 + i];
+              T* pi = p + i * n;
+              const T* dpi = dp + i * n;
+              at::vec::map2([d](Vec<T> x, Vec<T> y) { return x * (y - Vec<T>(d)); }, pi, pi, dpi, n);
+            }
+            gemm<T>(true, false, n, D, m, scale, p, n, qb, D, T(1), dkbuf.data(), D);     // dK += dS^T Q
+            gemm<T>(false, false, m, D, n, scale, p, n, kb, D, T(1), dqp + row0 * D, D);  // dQ += dS K
+            t = t2;
+          }
+        }
+        if (any) {
+          std::copy(dkbuf.begin(), dkbuf.begin() + n * D, dkp + ((b * Hkv + hk) * S + j0) * D);
+          std::copy(dvbuf.begin(), dvbuf.begin() + n * Dv, dvp + ((b * Hkv + hk) * S + j0) * Dv);
+        }
+      }
+    }
+  });
+  for (auto& buf : dq_bufs) {
+    if (buf.defined()) dq.add_(buf);
+  }
+}
+
+std::vector<at::Tensor> backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                 const at::Tensor& dout, const at::Tensor& lse, const at::Tensor& delta,
+                                 const std::vector<at::Tensor>& plan, int64_t Bm, int64_t Hm, int64_t nQ,
+                                 int64_t nK, int64_t bq, int64_t bk, int64_t G, double scale) {
+  TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous() && dout.is_contiguous() &&
+                  lse.is_contiguous() && delta.is_contiguous(),
+              "inputs must be contiguous");
+  TORCH_CHECK(bq <= kMaxRun, "block_q must be at most ", kMaxRun);
+  Plan pl = make_plan(plan, Bm, Hm, nQ, nK, bq, bk, G);
+  at::Tensor dq = at::zeros_like(q), dk = at::zeros_like(k), dv = at::zeros_like(v);
+  if (q.scalar_type() == at::kFloat) {
+    backward_impl<float>(q, k, v, dout, lse, delta, dq, dk, dv, pl, scale);
+  } else {
+    TORCH_CHECK(q.scalar_type() == at::kDouble, "float32 or float64 expected");
+    backward_impl<double>(q, k, v, dout, lse, delta, dq, dk, dv, pl, scale);
+  }
+  return {dq, dk, dv};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "tile-sparse attention forward: (out, lse)");
+  m.def("backward", &backward, "tile-sparse attention backward: (dq, dk, dv)");
+  m.def("has_blas", &has_blas, "whether libtorch exports the BLAS sgemm_/dgemm_ used for tile products");
+}
