@@ -269,3 +269,14 @@ def test_explain_dispatch_names_a_misspelt_keyword():
     q, k, v = qkv()
     with pytest.raises(attnkit.AttnKitError, match=r"unknown keyword arguments \['wieght'\].*weight"):
         attnkit.explain_dispatch(q, k, v, wieght="softmax")
+
+
+@pytest.mark.parametrize("mask", [None, "causal"])
+def test_auto_with_return_lse_does_not_fall_to_the_dense_reference(mask):
+    """sdpa cannot return the log-sum-exp, so the tiled implementations must not defer to it."""
+    q = torch.randn(1, 2, 4096, 16)
+    m = None if mask is None else attnkit.masks.causal()
+    report = attnkit.explain_dispatch(q, q, q, m, return_lse=True)
+    assert report.chosen not in ("reference", "sdpa", None), report
+    with attnkit.use_impl(["block_sparse", "blockwise", "sdpa", "reference"]):
+        assert attnkit.explain_dispatch(q, q, q, m, return_lse=True).chosen in ("block_sparse", "blockwise")
