@@ -311,6 +311,14 @@ class Trainer:
             self.bad_evals += 1
         return record
 
+    def fit_run(self, what: str, *, resume: bool = False, log: Callable[[str], None] = print) -> TrainResult:
+        """:meth:`fit`, after resuming from the run folder's checkpoint when ``resume`` is asked
+        (and one exists), with a line saying so and one saying what trains (``what``)."""
+        if resume and self.resume():
+            log(f"resumed {self.run.path} at step {self.step}")
+        log(f"training {what}, run folder {self.run.path}")
+        return self.fit()
+
     def fit(self) -> TrainResult:
         """Train until a budget, the target or the patience stops it; evaluate at the end too."""
         from tqdm.auto import tqdm

@@ -262,11 +262,9 @@ def train(*, data: str = "sentences", model: str = "minilm-attn", quick: bool = 
 
     trainer = Trainer(net, cfg, run, batches=_batches(feats, labels, train_idx, kind, preset.batch_size), loss_fn=_loss,
                       evaluate=evaluate)
-    if resume and trainer.resume():
-        log(f"resumed {run.path} at step {trainer.step}")
-    log(f"training {model} on {data} (test fold {fold}): {len(train_idx)} train / {len(valid_idx)} valid / "
-        f"{len(test_idx)} test, {trainable:,} trainable parameters, run folder {run.path}")
-    result = trainer.fit()
+    result = trainer.fit_run(f"{model} on {data} (test fold {fold}): {len(train_idx)} train / {len(valid_idx)} "
+                             f"valid / {len(test_idx)} test, {trainable:,} trainable parameters",
+                             resume=resume, log=log)
     return run, evaluate_run(run, log=log, pictures=pictures, train_result=result,
                              setup_seconds=time.perf_counter() - t0 - result.seconds)
 

@@ -221,11 +221,8 @@ def train(*, data: str = "numbers", model: str = "transformer", lang: str = "fr"
     batches = _batches(_encoded(tok, splits["train"]), preset.batch_size)
     trainer = Trainer(net, replace(cfg, metric=valid_metric(data)), run, batches=batches, loss_fn=_loss,
                       evaluate=evaluate)
-    if resume and trainer.resume():
-        log(f"resumed {run.path} at step {trainer.step}")
-    log(f"training {model} on {data} (en->{lang}): {len(splits['train'])} pairs, "
-        f"{sum(p.numel() for p in net.parameters()):,} parameters, run folder {run.path}")
-    result = trainer.fit()
+    result = trainer.fit_run(f"{model} on {data} (en->{lang}): {len(splits['train'])} pairs, "
+                             f"{sum(p.numel() for p in net.parameters()):,} parameters", resume=resume, log=log)
     results = evaluate_run(run, log=log, train_result=result, setup_seconds=time.perf_counter() - t0 - result.seconds)
     return run, results
 

@@ -166,11 +166,8 @@ def train(*, data: str = "scenes", model: str = "attention", quick: bool = False
     batches = _batches(stack_images(train_scenes), _targets(vocab, [s.caption for s in train_scenes]),
                        preset.batch_size)
     trainer = Trainer(net, cfg, run, batches=batches, loss_fn=_loss, evaluate=evaluate)
-    if resume and trainer.resume():
-        log(f"resumed {run.path} at step {trainer.step}")
-    log(f"training the {model} captioner: {len(train_scenes)} scenes, {sum(p.numel() for p in net.parameters()):,} "
-        f"parameters, run folder {run.path}")
-    result = trainer.fit()
+    result = trainer.fit_run(f"the {model} captioner: {len(train_scenes)} scenes, "
+                             f"{sum(p.numel() for p in net.parameters()):,} parameters", resume=resume, log=log)
     results = evaluate_run(run, log=log, train_result=result, setup_seconds=time.perf_counter() - t0 - result.seconds)
     return run, results
 

@@ -159,11 +159,8 @@ def train(*, data: str = "fashion-mnist", model: str = "vit", quick: bool = Fals
 
     trainer = Trainer(net, cfg, run, batches=_batches(*splits["train"], preset.batch_size, preset.augment),
                       loss_fn=_loss, evaluate=evaluate)
-    if resume and trainer.resume():
-        log(f"resumed {run.path} at step {trainer.step}")
-    log(f"training {model} on {data}: {len(splits['train'][1])} images, {n_params:,} parameters, "
-        f"run folder {run.path}")
-    result = trainer.fit()
+    result = trainer.fit_run(f"{model} on {data}: {len(splits['train'][1])} images, {n_params:,} parameters",
+                             resume=resume, log=log)
     results = evaluate_run(run, log=log, train_result=result, setup_seconds=time.perf_counter() - t0 - result.seconds,
                            splits=splits)
     return run, results
