@@ -25,7 +25,7 @@ from ..translation.decoding import beam_search, greedy
 from ..translation.tokenizer import BOS, EOS, PAD
 from .captioner import CAPTION_MODELS, CaptionConfig, Captioner, Vocabulary
 from .cider import cider_d
-from .common import load_scenes, time_to_thresholds
+from .common import ScenePreset, load_scenes, time_to_thresholds
 from .scenes import Scene, SceneConfig, relation_scores, stack_images
 
 __all__ = ["TASK", "MODELS", "Preset", "PRESETS", "THRESHOLDS", "train", "LoadedRun", "load_run", "caption_images",
@@ -37,17 +37,7 @@ THRESHOLDS = (0.5, 0.8, 0.9)  # validation relation-accuracy levels whose first 
 METRIC = "relation_accuracy"
 
 
-@dataclass(frozen=True)
-class Preset:
-    """Sizes of one run: scenes, model and training."""
-
-    n_train: int
-    n_valid: int
-    n_test: int
-    batch_size: int
-    model: dict[str, Any]  # CaptionConfig fields
-    train: TrainConfig
-
+Preset = ScenePreset
 
 PRESETS = {
     "quick": Preset(2000, 150, 300, 32, dict(d_model=64, enc_layers=1, dec_layers=1, heads=4, ff=128),

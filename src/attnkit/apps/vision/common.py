@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,22 @@ import torch
 from torch import Tensor
 
 from ...errors import AttnKitError
-from ..trainer import cache_dir
+from ..trainer import TrainConfig, cache_dir
 from .scenes import Scene, SceneConfig, make_scenes
 
-__all__ = ["load_scenes", "read_image", "write_image", "time_to_thresholds"]
+__all__ = ["ScenePreset", "load_scenes", "read_image", "write_image", "time_to_thresholds"]
+
+
+@dataclass(frozen=True)
+class ScenePreset:
+    """Sizes of one scene run (captioning or detection): scenes, model and training."""
+
+    n_train: int
+    n_valid: int
+    n_test: int
+    batch_size: int
+    model: dict[str, Any]  # the model config's fields
+    train: TrainConfig
 
 
 def _pack(scenes: Sequence[Scene]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ...errors import AttnKitError
 from ..trainer import RunFolder, TrainConfig, Trainer, TrainResult, load_weights, read_json, write_json
-from .common import load_scenes, time_to_thresholds
+from .common import ScenePreset, load_scenes, time_to_thresholds
 from .data import CLASSES
 from .detector import DETECT_MODELS, DetectConfig, build_detector
 from .scenes import Scene, SceneConfig, stack_images
@@ -36,17 +36,7 @@ THRESHOLDS = (0.3, 0.5, 0.6)  # validation mAP@0.5 levels whose first step and s
 Detections = list[tuple[Tensor, Tensor, Tensor]]
 
 
-@dataclass(frozen=True)
-class Preset:
-    """Sizes of one run: scenes, model and training."""
-
-    n_train: int
-    n_valid: int
-    n_test: int
-    batch_size: int
-    model: dict[str, Any]  # DetectConfig fields
-    train: TrainConfig
-
+Preset = ScenePreset
 
 PRESETS = {
     "quick": Preset(2000, 150, 300, 32, dict(d_model=64, enc_layers=1, dec_layers=2, heads=4, ff=128),
