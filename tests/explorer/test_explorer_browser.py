@@ -115,8 +115,9 @@ def test_text_mode_values_selection_and_hover(page, server, tmp_path):
     entropies = [float(x) for x in page.locator("#table-stats tr.pick td:nth-child(3)").all_text_contents()]
     assert entropies == sorted(entropies, reverse=True)
     first.click()
-    page.wait_for_function("explorer.heatmap('attention').layer === +document.querySelector('#table-stats "
-                           "tr.pick').dataset.layer", timeout=TIMEOUT_MS)
+    # while the picked head's matrix is on its way the heatmap is empty (undefined): wait for it to arrive
+    page.wait_for_function("(h => !!h && h.layer === +document.querySelector('#table-stats "
+                           "tr.pick').dataset.layer)(explorer.heatmap('attention'))", timeout=TIMEOUT_MS)
     page.screenshot(path=str(tmp_path / "explorer-text.png"), full_page=True)
     assert (tmp_path / "explorer-text.png").stat().st_size > 10_000
 
