@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -86,8 +87,40 @@ def test_non_finite_loss_is_an_error(tmp_path):
         tr.fit()
 
 
+def _lrs(tr: Trainer, steps) -> list[float]:
+    out = []
+    for s in steps:
+        tr.step = s
+        out.append(tr._lr())
+    return out
+
+
+def test_schedules_warm_up_then_decay_to_the_floor(tmp_path):
+    const = _trainer(tmp_path, "c")
+    assert _lrs(const, [0, 4, 30, 59]) == pytest.approx([0.01, 0.05, 0.05, 0.05])
+    cos = _trainer(tmp_path, "cos", schedule="cosine", min_lr_ratio=0.1, max_steps=100)
+    lr = _lrs(cos, [0, 50, 100])
+    assert lr[0] == pytest.approx(0.05 / 5 * (0.1 + 0.9 * 0.5 * (1 + math.cos(0.0))))  # warm-up times the curve
+    assert lr[1] == pytest.approx(0.05 * 0.55) and lr[2] == pytest.approx(0.005)  # half way; the floor
+    lin = _trainer(tmp_path, "lin", schedule="linear", max_steps=100)
+    assert _lrs(lin, [25, 75, 100]) == pytest.approx([0.0375, 0.0125, 0.0])
+    res = _trainer(tmp_path, "fit", schedule="cosine").fit()  # the logged learning rates fall after warm-up
+    logged = [x["lr"] for x in (json.loads(line) for line in (tmp_path / "fit" / "metrics.jsonl").read_text()
+                                .splitlines()) if x["event"] == "train"]
+    scores = [e["score"] for e in res.evals]
+    assert logged == sorted(logged, reverse=True) and logged[-1] < 0.01 and scores == sorted(scores)
+
+
+def test_a_wall_clock_budget_drives_the_schedule(tmp_path):
+    tr = _trainer(tmp_path, schedule="linear", max_steps=1000, budget_seconds=10.0)
+    tr.step, tr.seconds = 10, 5.0  # half the wall-clock budget is spent, 1% of the steps
+    assert tr.progress() == pytest.approx(0.5) and tr._lr() == pytest.approx(0.025)
+    tr.seconds = 20.0
+    assert tr.progress() == 1.0
+
+
 @pytest.mark.parametrize("field,value", [("max_steps", 0), ("eval_every", -1), ("budget_seconds", 0.0), ("lr", 0.0),
-                                         ("patience", 0)])
+                                         ("patience", 0), ("schedule", "step"), ("min_lr_ratio", 1.5)])
 def test_config_refuses_bad_values(field, value):
     with pytest.raises(AttnKitError, match=f"TrainConfig.{field}"):
         TrainConfig(**{field: value})

@@ -38,6 +38,9 @@ __all__ = ["TrainConfig", "TrainResult", "Trainer", "RunFolder", "set_seed", "sa
            "cache_dir", "write_json", "read_json"]
 
 
+SCHEDULES = ("constant", "cosine", "linear")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train (all budgets are upper bounds; the first one reached stops the run)."""
@@ -46,7 +49,9 @@ class TrainConfig:
     budget_seconds: float | None = None  # wall-clock budget of the training loop (None: no limit)
     lr: float = 1e-3  # peak learning rate of AdamW
     weight_decay: float = 0.0  # AdamW weight decay
-    warmup_steps: int = 100  # linear warm-up, then constant
+    warmup_steps: int = 100  # linear warm-up, then the schedule
+    schedule: str = "constant"  # after warm-up: "constant", "cosine" or "linear" decay to min_lr_ratio * lr
+    min_lr_ratio: float = 0.0  # where a decaying schedule ends, as a fraction of lr
     grad_clip: float = 1.0  # max global gradient norm (0: no clipping)
     eval_every: int = 200  # steps between evaluations (also at the end)
     metric: str = "score"  # key of evaluate()'s dict that is maximised
@@ -65,6 +70,10 @@ class TrainConfig:
             raise AttnKitError(f"TrainConfig.budget_seconds must be > 0 or None; got {self.budget_seconds!r}")
         if not self.lr > 0:
             raise AttnKitError(f"TrainConfig.lr must be > 0; got {self.lr!r}")
+        if self.schedule not in SCHEDULES:
+            raise AttnKitError(f"TrainConfig.schedule must be one of {list(SCHEDULES)}; got {self.schedule!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise AttnKitError(f"TrainConfig.min_lr_ratio must be in [0, 1]; got {self.min_lr_ratio!r}")
         if self.patience is not None and self.patience < 1:
             raise AttnKitError(f"TrainConfig.patience must be >= 1 or None; got {self.patience!r}")
 
@@ -274,9 +283,23 @@ class Trainer:
         return True
 
     # -- the loop ------------------------------------------------------------------------------
+    def progress(self) -> float:
+        """How much of the run is spent, in [0, 1]: the larger of the step budget's and the
+        wall-clock budget's fractions, so a decaying schedule reaches its end whichever runs out first."""
+        cfg = self.config
+        done = self.step / cfg.max_steps
+        if cfg.budget_seconds is not None:
+            done = max(done, self.seconds / cfg.budget_seconds)
+        return min(1.0, done)
+
     def _lr(self) -> float:
-        warm = self.config.warmup_steps
-        return self.config.lr * min(1.0, (self.step + 1) / warm) if warm > 0 else self.config.lr
+        cfg = self.config
+        warm = min(1.0, (self.step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+        if cfg.schedule == "constant":
+            return cfg.lr * warm
+        p = self.progress()
+        shape = 0.5 * (1.0 + math.cos(math.pi * p)) if cfg.schedule == "cosine" else 1.0 - p
+        return cfg.lr * warm * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * shape)
 
     def _train_step(self, batch: Any) -> float:
         self.model.train()

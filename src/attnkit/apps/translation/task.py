@@ -68,8 +68,9 @@ BIBLE_PRESETS = {
                     TrainConfig(max_steps=600, budget_seconds=30, lr=3e-3, warmup_steps=30, eval_every=200,
                                 progress=False), max_words=12),
     "full": Preset(30000, 270, None, 8000, 48, dict(d_model=256, emb_dim=128, dropout=0.1),
-                   dict(d_model=256, layers=3, heads=4, ff=1024, dropout=0.1),
-                   TrainConfig(max_steps=100000, budget_seconds=1380, lr=7e-4, warmup_steps=400, eval_every=500),
+                   dict(d_model=128, layers=3, heads=4, ff=512, dropout=0.1),
+                   TrainConfig(max_steps=100000, budget_seconds=1380, lr=1e-3, warmup_steps=400, eval_every=500,
+                               schedule="cosine", min_lr_ratio=0.05),
                    max_words=40),
 }
 
@@ -121,11 +122,18 @@ def _encoded(tok: SubwordTokenizer, pairs: Sequence[Pair]) -> list[tuple[list[in
     return [(tok.encode(p.src) + [EOS], [BOS] + tok.encode(p.tgt) + [EOS]) for p in pairs]
 
 
-def _batches(encoded: list[tuple[list[int], list[int]]], batch_size: int):
+def _batches(encoded: list[tuple[list[int], list[int]]], batch_size: int, pool: int = 32):
+    """Batches of ``batch_size`` pairs in a random order each pass, each batch drawn from pairs of
+    similar length: a shuffled pool of ``pool`` batches is sorted by source length before it is cut,
+    so little of a padded batch is padding, and the batches are shuffled again."""
     def make(gen: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
         order = torch.randperm(len(encoded), generator=gen).tolist()
-        for i in range(0, len(order) - batch_size + 1, batch_size):
-            chunk = [encoded[j] for j in order[i : i + batch_size]]
+        batches: list[list[int]] = []
+        for p in range(0, len(order), batch_size * pool):
+            part = sorted(order[p : p + batch_size * pool], key=lambda j: (len(encoded[j][0]), len(encoded[j][1])))
+            batches += [part[i : i + batch_size] for i in range(0, len(part) - batch_size + 1, batch_size)]
+        for b in torch.randperm(len(batches), generator=gen).tolist():
+            chunk = [encoded[j] for j in batches[b]]
             yield _pad([s for s, _ in chunk]), _pad([t for _, t in chunk])
 
     return make

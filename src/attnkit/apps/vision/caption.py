@@ -45,7 +45,7 @@ PRESETS = {
                                 metric=METRIC, progress=False)),
     "full": Preset(20000, 400, 2000, 32, dict(d_model=96, enc_layers=2, dec_layers=2, heads=4, ff=192),
                    TrainConfig(max_steps=30000, budget_seconds=25 * 60, lr=1e-3, warmup_steps=200, eval_every=500,
-                               metric=METRIC)),
+                               metric=METRIC, schedule="cosine", min_lr_ratio=0.05)),
 }
 
 

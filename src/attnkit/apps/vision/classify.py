@@ -55,8 +55,8 @@ PRESETS = {
                                 progress=False)),
     "full": Preset(None, N_VALID, None, 128, dict(d_model=64, layers=6, heads=4, ff=128, local_layers=3),
                    dict(channels=(32, 64)),
-                   TrainConfig(max_steps=8000, budget_seconds=1080, lr=1e-3, weight_decay=0.05, warmup_steps=200,
-                               eval_every=250)),
+                   TrainConfig(max_steps=20000, budget_seconds=1620, lr=1e-3, weight_decay=0.05, warmup_steps=300,
+                               eval_every=500, schedule="cosine", min_lr_ratio=0.02)),
 }
 
 
