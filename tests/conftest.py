@@ -101,6 +101,33 @@ def quick_run(attnkit_cache, tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session")
+def vision_quick_run(attnkit_cache):
+    """``vision_quick_run(task) -> (run folder, results)``: the quick run of a vision task that the
+    demo uses (``caption``, ``detect``), trained once per session into the session's cache."""
+
+    def get(task: str):
+        from attnkit.apps.trainer import read_json
+        from attnkit.apps.vision.data import data_status
+        from attnkit.apps.vision.demo import cached_run
+
+        require_data(data_status()["fashion-mnist"] == "installed", "Debian dataset-fashion-mnist", "make data")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            path = cached_run(task, log=lambda *_: None)
+        finally:
+            torch.set_num_threads(threads)
+        return path, read_json(path / "results.json")
+
+    return get
+
+
+def png_ok(path, min_bytes: int = 2000) -> bool:
+    """``path`` is a PNG file of at least ``min_bytes`` (a picture, not an empty canvas)."""
+    return path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size >= min_bytes
+
+
 @pytest.fixture
 def need_data():
     """:func:`require_data` as a fixture: ``need_data(present, "what", "install command")``."""

@@ -182,6 +182,15 @@ class RunFolder:
                                "expected a finished run")
         return cls(p)
 
+    @classmethod
+    def open_task(cls, path: str | Path, task: str) -> tuple[RunFolder, dict[str, Any]]:
+        """An existing run folder of ``task`` and its ``config.json``; a run of another task is an error."""
+        run = cls.open(path)
+        config = read_json(run / "config.json")
+        if config.get("task") != task:
+            raise AttnKitError(f"run {str(path)!r} is a {config.get('task')!r} run; expected a {task} run")
+        return run, config
+
     def __truediv__(self, name: str) -> Path:
         return self.path / name
 

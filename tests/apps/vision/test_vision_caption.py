@@ -8,31 +8,15 @@ import pytest
 import torch
 
 from attnkit.apps.vision.captioner import CaptionConfig, Captioner, Vocabulary
-from attnkit.apps.vision.data import data_status
 from attnkit.cli import main
 from attnkit.errors import ShapeError
-
-
-def _png_ok(path) -> bool:
-    return path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000
+from conftest import png_ok
 
 
 @pytest.fixture(scope="module")
-def quick(attnkit_cache):
-    """The quick run the demo uses (trained once per session into the session's cache)."""
-    from conftest import require_data
-
-    require_data(data_status()["fashion-mnist"] == "installed", "Debian dataset-fashion-mnist", "make data")
-    from attnkit.apps.trainer import read_json
-    from attnkit.apps.vision.demo import cached_run
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        path = cached_run("caption", log=lambda *_: None)
-    finally:
-        torch.set_num_threads(threads)
-    return path, read_json(path / "results.json")
+def quick(vision_quick_run):
+    """The quick run the demo uses."""
+    return vision_quick_run("caption")
 
 
 def test_vocabulary_round_trip():
@@ -82,7 +66,7 @@ def test_quick_run_beats_the_trivial_baseline(quick):
     assert t["cider_d"] > base["cider_d"]
     assert t["item_f1"] > base["item_f1"]
     assert set(results["time_to_valid_relation_accuracy"]) == {"0.5", "0.8", "0.9"}
-    assert results["pictures"] and all(_png_ok(path / p) for p in results["pictures"])
+    assert results["pictures"] and all(png_ok(path / p) for p in results["pictures"])
     for name in ("config.json", "model.safetensors", "metrics.jsonl", "results.json"):
         assert (path / name).is_file()
 
@@ -96,7 +80,7 @@ def test_caption_command_and_eval(quick, tmp_path, capsys):
     pic = tmp_path / "attention.png"
     assert main(["caption", str(path), str(image), "--out", str(pic)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] and out[1] == f"wrote {pic}" and _png_ok(pic)
+    assert out[0] and out[1] == f"wrote {pic}" and png_ok(pic)
     assert main(["caption", str(path), str(image), "--beam", "3"]) == 0
     assert capsys.readouterr().out.strip()
     assert main(["eval", "caption", str(path)]) == 0

@@ -7,32 +7,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnkit.apps.vision.data import data_status
 from attnkit.apps.vision.detector import DetectConfig, GridDetector, build_detector, match, nms
 from attnkit.apps.vision.scenes import Scene
 from attnkit.cli import main
-
-
-def _png_ok(path) -> bool:
-    return path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000
+from conftest import png_ok
 
 
 @pytest.fixture(scope="module")
-def quick(attnkit_cache):
-    """The quick run the demo uses (trained once per session into the session's cache)."""
-    from conftest import require_data
-
-    require_data(data_status()["fashion-mnist"] == "installed", "Debian dataset-fashion-mnist", "make data")
-    from attnkit.apps.trainer import read_json
-    from attnkit.apps.vision.demo import cached_run
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        path = cached_run("detect", log=lambda *_: None)
-    finally:
-        torch.set_num_threads(threads)
-    return path, read_json(path / "results.json")
+def quick(vision_quick_run):
+    """The quick run the demo uses."""
+    return vision_quick_run("detect")
 
 
 def _scene(boxes, labels) -> Scene:
@@ -102,7 +86,7 @@ def test_quick_run_beats_the_trivial_baseline(quick):
     assert t["n"] == 300 and t["objects"] > 300
     assert t["map50"] > base["map50"] + 0.02 and t["map"] > base["map"]
     assert set(results["time_to_valid_map50"]) == {"0.3", "0.5", "0.6"}
-    assert len(results["pictures"]) == 2 and all(_png_ok(path / p) for p in results["pictures"])
+    assert len(results["pictures"]) == 2 and all(png_ok(path / p) for p in results["pictures"])
 
 
 def test_detect_command(quick, tmp_path, capsys):
@@ -113,7 +97,7 @@ def test_detect_command(quick, tmp_path, capsys):
     pic = tmp_path / "det.png"
     assert main(["detect", str(path), str(image), "--threshold", "0.05", "--out", str(pic)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[-1] == f"wrote {pic}" and _png_ok(pic) and len(out) >= 2
+    assert out[-1] == f"wrote {pic}" and png_ok(pic) and len(out) >= 2
     assert main(["eval", "detect", str(path)]) == 0
     assert "mAP@0.5" in capsys.readouterr().out
 

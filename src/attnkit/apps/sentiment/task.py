@@ -390,10 +390,7 @@ def check_text(text: object, data: str) -> str:
 
 def load_run(path: str | Path) -> LoadedRun:
     """The model of a sentiment run folder, in eval mode, with its best weights."""
-    run = RunFolder.open(path)
-    config = read_json(run / "config.json")
-    if config.get("task") != TASK:
-        raise AttnKitError(f"run {str(path)!r} is a {config.get('task')!r} run; expected a {TASK} run")
+    run, config = RunFolder.open_task(path, TASK)
     kind = config["model"]["kind"]
     weights = load_weights(run / "model.safetensors")
     if kind in SKLEARN_MODELS:

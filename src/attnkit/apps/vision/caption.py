@@ -184,10 +184,7 @@ class LoadedRun:
 
 def load_run(path: str | Path) -> LoadedRun:
     """The captioner of a run folder, in eval mode, with the best weights."""
-    run = RunFolder.open(path)
-    config = read_json(run / "config.json")
-    if config.get("task") != TASK:
-        raise AttnKitError(f"run {str(path)!r} is a {config.get('task')!r} run; expected a {TASK} run")
+    run, config = RunFolder.open_task(path, TASK)
     model = Captioner(CaptionConfig(**config["model"]))
     model.load_state_dict(load_weights(run / "model.safetensors"))
     return LoadedRun(run, config, model.eval(), Vocabulary())
