@@ -67,6 +67,8 @@ def run_bad(argv, capsys) -> str:
 CASES = [
     # the applications
     (["train", "vision"], "TASK vision"),
+    (["train", "translation", "--fold", "3"], "--fold applies to sentiment; got task 'translation'"),
+    (["train", "sentiment", "--fold", "11"], "--fold"),
     (["eval", "translation", "{missing}"], "is not a folder"),
     (["translate", "{dir}", "  "], "is empty"),
     (["apps", "--runs"], "--runs got no value"),

@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lang", default="fr", choices=["fr", "de"],
                    help="translation: target language of number words (default fr)")
     p.add_argument("--model", default=None, help=f"model (default: the task's first) - {models}")
+    p.add_argument("--fold", type=int_range(1, 10), default=None,
+                   help="sentiment: the test fold of the ten fixed folds (default 10; the next fold validates)")
     p.add_argument("--quick", action="store_true", help="the small preset (well under a minute)")
     p.add_argument("--budget-minutes", type=_minutes, default=None,
                    help="wall-clock budget of the training loop (default: the preset's)")
@@ -57,7 +59,10 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    options = {name: getattr(args, name) for name in task.train_options}
+    if args.fold is not None and "fold" not in task.train_options:
+        raise UsageError(f"--fold applies to {', '.join(n for n, t in TASKS.items() if 'fold' in t.train_options)}; "
+                         f"got task {args.task!r}")
+    options = {name: getattr(args, name) for name in task.train_options if getattr(args, name) is not None}
     mod.train(data=data, model=model, quick=args.quick, budget_minutes=args.budget_minutes,
               max_steps=args.max_steps, eval_every=args.eval_every, out=args.out, seed=args.seed,
               progress=not args.no_progress, resume=args.resume, **options)

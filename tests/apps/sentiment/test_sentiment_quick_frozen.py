@@ -92,3 +92,15 @@ def test_cli_classify_refuses_a_foreign_run(tmp_path, capsys):
 def test_cli_train_refuses_model_for_other_data(capsys, tmp_path):
     assert main(["train", "sentiment", "--data", "sentences", "--model", "han", "--out", str(tmp_path / "x")]) == 2
     assert "does not run on --data sentences" in capsys.readouterr().err
+
+
+def test_cli_train_on_another_fold(capsys, tmp_path, need_data_module):
+    import json
+
+    out = tmp_path / "fold3"
+    assert main(["train", "sentiment", "--model", "minilm-lr", "--quick", "--fold", "3", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert "test fold 3" in capsys.readouterr().out
+    config, results = (json.loads((out / name).read_text()) for name in ("config.json", "results.json"))
+    assert config["fold"] == 3 and results["fold"] == 3
+    assert results["test"]["accuracy"] > results["baselines"]["majority-class"]["accuracy"] + 0.15
