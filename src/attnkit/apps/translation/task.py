@@ -194,13 +194,10 @@ def train(*, data: str = "numbers", model: str = "transformer", lang: str = "fr"
     preset = preset_of(data, "quick" if quick else "full")
     if data == "bible":
         lang = "es"
-    cfg = replace(preset.train, seed=seed, progress=progress,
-                  **({"budget_seconds": budget_minutes * 60} if budget_minutes is not None else {}),
-                  **({"max_steps": max_steps} if max_steps is not None else {}),
-                  **({"target": target} if target is not None else {}),
-                  **({"eval_every": eval_every} if eval_every is not None else {}))
-    if out is not None and not resume and (Path(out) / "config.json").exists():
-        raise AttnKitError(f"--out {str(out)!r} already holds a run; expected a new folder, or --resume to continue it")
+    cfg = preset.train.overridden(seed=seed, progress=progress,
+                                  budget_minutes=budget_minutes, max_steps=max_steps, target=target,
+                                  eval_every=eval_every)
+    RunFolder.refuse_existing(out, resume)
     t0 = time.perf_counter()
     splits = load_data(data, lang, preset, seed=0)
     run = RunFolder.create(TASK, model, out)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -135,12 +135,9 @@ def train(*, data: str = "fashion-mnist", model: str = "vit", quick: bool = Fals
     if data != "fashion-mnist":
         raise AttnKitError(f"--data {data!r} is not available; expected fashion-mnist")
     preset = PRESETS["quick" if quick else "full"]
-    cfg = replace(preset.train, seed=seed, progress=progress, metric="accuracy",
-                  **({"budget_seconds": budget_minutes * 60} if budget_minutes is not None else {}),
-                  **({"max_steps": max_steps} if max_steps is not None else {}),
-                  **({"eval_every": eval_every} if eval_every is not None else {}))
-    if out is not None and not resume and (Path(out) / "config.json").exists():
-        raise AttnKitError(f"--out {str(out)!r} already holds a run; expected a new folder, or --resume to continue it")
+    cfg = preset.train.overridden(seed=seed, progress=progress, metric="accuracy",
+                                  budget_minutes=budget_minutes, max_steps=max_steps, eval_every=eval_every)
+    RunFolder.refuse_existing(out, resume)
     t0 = time.perf_counter()
     splits = load_splits(preset)
     run = RunFolder.create(TASK, model, out)
