@@ -81,10 +81,10 @@ def test_page_and_static_files_are_served(client):
 
 def test_modes_hide_applications_not_given(client):
     names = [m["name"] for m in client.get("/api/modes").json()["modes"]]
-    assert names == ["text", "compare", "translation"]
+    assert names == ["text", "compare", "translation", "vision", "speech"]
     with TestClient(create_app()) as bare:
         modes = bare.get("/api/modes").json()["modes"]
-    assert [m["name"] for m in modes] == ["text", "compare"]
+    assert [m["name"] for m in modes] == ["text", "compare", "vision", "speech"]
     text = modes[0]
     assert [i["name"] for i in text["inputs"]] == ["text", "text_b"] and text["actions"] == ["flow"]
 
@@ -259,7 +259,7 @@ BAD_RUNS = [
     ({"mode": "text", "inputs": {"text": 3}}, 422, "text must be a string"),
     ({"mode": "text", "inputs": {"text": "a", "colour": "red"}}, 422, "unknown input 'colour'"),
     ({"mode": "text", "inputs": ["a"]}, 422, "inputs must be an object"),
-    ({"mode": "vision", "inputs": {"text": "a"}}, 404, "mode 'vision' is not enabled"),
+    ({"mode": "audio", "inputs": {"text": "a"}}, 404, "mode 'audio' is not enabled"),
     ({"inputs": {"text": "a"}}, 404, "mode None is not enabled"),
     ({"mode": "compare", "inputs": {"text": "a", "method": "magic"}}, 422, "method 'magic' is not available"),
     ({"mode": "compare", "inputs": {"text": "a", "window": -1}}, 422, "window -1 is out of range"),

@@ -175,7 +175,7 @@ def test_serve_starts_and_answers(tmp_path):
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "the server did not come up"
                 time.sleep(0.3)
-        assert [m["name"] for m in r.json()["modes"]] == ["text", "compare"]
+        assert [m["name"] for m in r.json()["modes"]] == ["text", "compare", "vision", "speech"]
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)

@@ -151,11 +151,31 @@ def test_word_timings_on_constructed_clip(whisper, need_data):
     x = torch.as_tensor(clip.audio)
     states = whisper.model.embed_audio(log_mel_spectrogram(x)[None])
     tokens = whisper.tokenizer.encode(" " + " ".join(w for w, _, _ in clip.words))
-    got = align_words(whisper, states, tokens, x.numel()).words
-    err = timing_errors(got, clip.words)
+    dtw_only = align_words(whisper, states, tokens, x.numel(), trim=None).words
+    err = timing_errors(dtw_only, clip.words)
     assert err["median_ms"] <= 200  # DTW alone: a pause is split between its neighbours (docs/apps/speech.md)
-    refined = timing_errors(refine_with_energy(got, clip.audio), clip.words)
+    assert dtw_only[0].start == 0.0  # the path starts at (0, 0): the leading 0.3 s of silence joins the first word
+    assert all(a.end == b.start for a, b in zip(dtw_only, dtw_only[1:]))
+    got = align_words(whisper, states, tokens, x.numel()).words  # spans trimmed to each word's attention
+    trimmed = timing_errors(got, clip.words)
+    assert trimmed["median_ms"] <= 120 and trimmed["median_ms"] < err["median_ms"]
+    assert got[0].start >= 0.2 and all(a.end <= b.start for a, b in zip(got, got[1:]))
+    refined = timing_errors(refine_with_energy(dtw_only, clip.audio), clip.words)
     assert refined["median_ms"] <= 100 and refined["median_ms"] <= err["median_ms"]
+
+
+def test_trim_to_attention():
+    from attnkit import AttnKitError
+    from attnkit.models.whisper import trim_to_attention
+
+    m = np.zeros((3, 12))
+    m[0, 1:4] = [2.0, 4.0, 2.0]  # word 0: one token, strong at 1..3
+    m[1, 6], m[2, 7] = 3.0, 1.0  # word 1: two tokens; token 2 stays below half the peak
+    spans = trim_to_attention(m, [(0, 5), (5, 12)], [(0, 1), (1, 3)], fraction=0.5)
+    assert spans == [(1, 4), (6, 7)]
+    assert trim_to_attention(-np.ones((1, 4)), [(0, 4)], [(0, 1)]) == [(0, 4)]  # no attention above average: kept
+    with pytest.raises(AttnKitError, match="fraction"):
+        trim_to_attention(m, [(0, 5)], [(0, 1)], fraction=1.5)
 
 
 def _write_wav(path: Path, samples: np.ndarray, rate: int, channels: int = 1) -> None:
@@ -197,20 +217,99 @@ def test_bad_audio_gives_clear_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_long_audio_in_windows(whisper, need_data):
+@pytest.mark.parametrize("condition", [True, False])
+def test_long_audio_in_windows(whisper, need_data, condition):
     need_data(CLIP.exists(), "Debian pocketsphinx-testdata")
     jiwer = pytest.importorskip("jiwer")
     from attnkit.apps.speech.data import real_clips
     from attnkit.apps.speech.normalizer import normalize_english
 
-    clips = [c for c in real_clips() if c.group == "librivox"]
-    gap = np.zeros(24_000, np.float32)  # 1.5 s
+    clips = real_clips()  # 12 recordings (LibriVox, cards, goforward, tidigits): 51.6 s, two windows or more
+    gap = np.zeros(16_000, np.float32)  # 1 s
     x = np.concatenate([p for c in clips for p in (c.audio(), gap)])
-    assert len(x) > 30 * 16000
-    tr = transcribe(whisper, x)
+    assert len(x) > 45 * 16000
+    tr = transcribe(whisper, x, condition_on_previous_text=condition)
     ref = normalize_english(" ".join(c.reference for c in clips))
     assert len(tr.segments) >= 2 and tr.segments[-1].end > 30
-    assert jiwer.wer(ref, normalize_english(tr.text)) <= 0.15
+    assert jiwer.wer(ref, normalize_english(tr.text)) <= 0.15  # measured: 3.0% conditioned, 9.9% not
+
+
+def _two_windows(short_clip) -> np.ndarray:
+    """The short clip at 0 s and again at 30.5 s, silence between: two 30 s windows."""
+    x = np.zeros(int(32.5 * 16000), np.float32)
+    x[: len(short_clip)] = short_clip
+    x[int(30.5 * 16000): int(30.5 * 16000) + len(short_clip)] = short_clip
+    return x
+
+
+def _recording_decode(monkeypatch, hot_first_window: bool = False) -> list[tuple[float, list[int]]]:
+    """Replace ``decoding.decode`` by one that records ``(temperature, prompt)`` of every call; with
+    ``hot_first_window`` the first window's decodings below temperature 0.8 count as repetitive and
+    the one at 0.8 as confident."""
+    from attnkit.models.whisper import compression_ratio, decoding
+
+    real, seen, windows = decoding.decode, [], []
+
+    def recording(w, mel, options=None, **kw):
+        seen.append((options.temperature, list(kw["prompt"])))
+        if not windows:
+            windows.append(kw["audio"])  # the first window's encoder output
+        r = real(w, mel, options, **kw)
+        if hot_first_window and kw["audio"] is windows[0]:
+            if options.temperature < 0.8:
+                r.text = " of clubs" * 40
+                r.compression_ratio = compression_ratio(r.text)
+            else:
+                r.avg_logprob = -0.1
+        return r
+
+    monkeypatch.setattr(decoding, "decode", recording)
+    return seen
+
+
+def test_condition_on_previous_text_prompts_the_next_window(whisper, short_clip, monkeypatch):
+    from attnkit.models.whisper import decoding
+
+    tok = whisper.tokenizer
+    sot = tok.sot_sequence(timestamps=True)
+    x = _two_windows(short_clip)
+    seen = _recording_decode(monkeypatch)
+    tr = decoding.transcribe(whisper, x)
+    assert len(seen) == 2 and seen[0][1] == sot
+    first = [t for s in tr.segments if s.start < 30 for t in s.tokens]
+    prompt = seen[1][1]
+    assert prompt[0] == tok.special.prev and prompt[-len(sot):] == sot
+    history = prompt[1: -len(sot)]
+    assert [t for t in history if t < tok.eot] == first and "clubs" in tok.decode(history).lower()
+    assert history[0] >= tok.timestamp_begin  # the window's timestamps are part of the prompt
+    assert tr.text.lower().count("clubs") == 2
+
+    seen.clear()
+    decoding.transcribe(whisper, x, condition_on_previous_text=False)
+    assert [p for _, p in seen] == [sot, sot]
+
+    seen.clear()
+    decoding.transcribe(whisper, x, condition_on_previous_text=False, initial_prompt="Ten of spades.")
+    assert seen[0][1] == [tok.special.prev, *tok.encode(" Ten of spades."), *sot] and seen[-1][1] == sot
+
+
+def test_prompt_dropped_after_a_hot_window(whisper, short_clip, monkeypatch):
+    from attnkit.models.whisper import decoding
+
+    seen = _recording_decode(monkeypatch, hot_first_window=True)
+    decoding.transcribe(whisper, _two_windows(short_clip))
+    temps = [t for t, _ in seen]
+    assert temps[:5] == [0.0, 0.2, 0.4, 0.6, 0.8]  # the first window ends up decoded at 0.8
+    assert seen[5][0] == 0.0 and seen[5][1] == whisper.tokenizer.sot_sequence(timestamps=True)
+    assert seen[-1][0] == 0.0 and seen[-1][1] == whisper.tokenizer.sot_sequence(timestamps=True)
+
+
+def test_prompt_keeps_the_last_223_tokens(whisper):
+    tok = whisper.tokenizer
+    history = list(range(300))
+    p = tok.prompt_sequence(history, whisper.model.config.n_text_ctx // 2 - 1, timestamps=True)
+    assert p == [tok.special.prev, *range(77, 300), tok.special.sot]
+    assert tok.prompt_sequence([], 223) == tok.sot_sequence()
 
 
 def test_temperature_fallback_on_repetition(whisper, short_clip, monkeypatch):

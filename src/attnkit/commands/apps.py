@@ -75,7 +75,8 @@ TASKS: dict[str, Task] = {
     "summarization": Task("one-line summaries of docstrings, man pages and Debian package descriptions: a "
                           "pointer-generator transformer against the same transformer without copying, a GRU without "
                           "attention and the lead baseline", "summarize", "attnkit.apps.summarization",
-                          models=("pointer", "transformer", "rnn"), datasets=("all", "docstrings", "manpages", "dpkg")),
+                          models=("pointer", "transformer", "rnn"), datasets=("all", "docstrings", "manpages", "dpkg"),
+                          eval_options=("beam", "length_penalty")),
 }
 
 # `attnkit demo TASK`: the module whose run_demo(out: str) shows the task (trains its quick model if needed)
@@ -84,6 +85,7 @@ DEMOS: dict[str, str] = {
     "speech": "attnkit.apps.speech.demo",
     "vision": "attnkit.apps.vision.demo",
     "sentiment": "attnkit.apps.sentiment.demo",
+    "summarization": "attnkit.apps.summarization.demo",
 }
 
 

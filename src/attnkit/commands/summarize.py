@@ -7,7 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._args import UsageError, output_file, picture_formats, shown
+from ._args import UsageError, int_range, output_file, picture_formats, shown
+from .eval import non_negative_float
 
 MAX_WORDS = 5000  # longer inputs are refused
 MAX_BYTES = 1_000_000  # a larger file is refused before it is read
@@ -20,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"the text to summarize, or a UTF-8 text file holding it (1 to {MAX_WORDS} words)")
     p.add_argument("--out", type=output_file(picture_formats, "picture"), default=None,
                    help="write the cross-attention / copy picture of the summary here (.png, .svg, .pdf)")
+    p.add_argument("--beam", type=int_range(1, 64), default=1, help="beam size (default 1: greedy)")
+    p.add_argument("--length-penalty", type=non_negative_float, default=1.0,
+                   help="beam ranking: log p / length ** this (default 1.0)")
     p.set_defaults(func=run)
 
 
@@ -60,11 +64,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"TEXT_OR_FILE {shown(args.text)} has no words (letters or digits); expected some text")
     if n > limit:
         print(f"note: the model reads the first {limit} of the {n} words", file=sys.stderr)
-    print(lr.summarize([text])[0])
+    print(lr.summarize([text], beam=args.beam, length_penalty=args.length_penalty)[0])
     if args.out is not None:
         from ..apps.summarization.pictures import copy_picture
 
-        made = copy_picture(lr, text, args.out)
+        made = copy_picture(lr, text, args.out, beam=args.beam, length_penalty=args.length_penalty)
         if made is None:
             print(f"no picture: the {lr.config['model']['kind']} model has no attention to show")
         else:

@@ -1,6 +1,7 @@
 """``attnkit transcribe AUDIO``: speech to text with Whisper tiny.en running on attnkit;
 ``--words`` adds word timings from cross-attention, ``--json`` writes the transcript, ``--picture``
-the cross-attention picture (of the first 30 s)."""
+the cross-attention picture (of the first 30 s). Long audio is conditioned on the previous window's
+text unless ``--no-condition``; ``--prompt`` gives text to condition the first window on."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ._args import UsageError, int_range, output_file, picture_formats, shown
+from ._args import UsageError, check_sentence, int_range, output_file, picture_formats, shown
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".raw")  # as attnkit.models.whisper.audio reads them
 
@@ -19,6 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("audio", metavar="AUDIO", help="the audio file: .wav, .flac, .ogg (any rate, mixed to mono) or "
                                                   ".raw (16 kHz signed 16-bit mono)")
     p.add_argument("--beam", type=int_range(1, 16), default=1, help="beam size (default 1: greedy)")
+    p.add_argument("--no-condition", action="store_true",
+                   help="decode each 30 s window on its own, without the previous window's text as a prompt")
+    p.add_argument("--prompt", default=None, metavar="TEXT",
+                   help="text to condition the first window on (names, spelling, style; at most 100 words)")
     p.add_argument("--words", action="store_true", help="print each word with its start and end time")
     p.add_argument("--json", type=output_file(("json",), "JSON file"), default=None,
                    help="write the transcript (segments and words) to this .json file")
@@ -40,18 +45,21 @@ def _check_audio(text: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     path = _check_audio(args.audio)
+    prompt = None if args.prompt is None else check_sentence("--prompt", args.prompt, max_words=100)
     from ..models.whisper import load_audio, load_whisper, transcribe
 
     audio = load_audio(path)  # AudioError (one line, exit 2) for unreadable or empty files
     w = load_whisper()
     words = args.words or args.json is not None or args.picture is not None
-    tr = transcribe(w, audio, beam_size=args.beam, words=words)
+    tr = transcribe(w, audio, beam_size=args.beam, words=words, condition_on_previous_text=not args.no_condition,
+                    initial_prompt=prompt)
     print(tr.text)
     if args.words:
         for wt in tr.words:
             print(f"{wt.start:7.2f} {wt.end:7.2f}  {wt.word.strip()}")
     if args.json is not None:
         doc = {"audio": str(path), "duration": tr.duration, "text": tr.text, "beam": args.beam,
+               "condition_on_previous_text": not args.no_condition, "initial_prompt": prompt,
                "segments": [{"start": s.start, "end": s.end, "text": s.text, "temperature": s.temperature,
                              "avg_logprob": s.avg_logprob,
                              "words": [{"word": x.word.strip(), "start": x.start, "end": x.end,

@@ -28,7 +28,7 @@ from torch import Tensor
 from ..errors import AttnKitError, ShapeError
 
 __all__ = ["View", "Analysis", "ResultStore", "RequestError", "pool_blocks", "encode_f16", "encode_u8",
-           "token_sums", "analysis_key", "MAX_CELLS", "STORE_BYTES"]
+           "encode_picture", "token_sums", "analysis_key", "MAX_CELLS", "STORE_BYTES"]
 
 MAX_CELLS = 2048  # cells per matrix side a client may ask for (a 512-token head fits unpooled)
 STORE_BYTES = 512 * 2**20  # the analyses kept at once, in bytes of stored weights
@@ -224,6 +224,22 @@ def encode_u8(t: Tensor) -> tuple[str, list[float]]:
     scale = flat.amax(1).clamp_min(1e-12)  # (N,)
     q = torch.round(255 * flat / scale[:, None]).clamp(0, 255).to(torch.uint8)
     return base64.b64encode(q.numpy().tobytes()).decode("ascii"), [float(s) for s in scale]
+
+
+def encode_picture(values: Tensor, kind: str, **extra: Any) -> dict[str, Any]:
+    """A greyscale picture ``values (height, width)`` for the page (an image, a spectrogram) as one
+    byte per pixel, scaled from its own minimum (0) to its maximum (255), row by row from the top:
+    ``{"kind", "width", "height", "data", "range": [min, max], **extra}``."""
+    if not isinstance(values, Tensor) or values.dim() != 2 or values.numel() == 0:
+        got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+        raise ShapeError(f"a picture must be a non-empty (height, width) tensor; got {got}")
+    v = values.detach().double().cpu()
+    if not torch.isfinite(v).all():
+        raise AttnKitError("a picture holds non-finite values; expected finite pixel values")
+    lo, hi = float(v.min()), float(v.max())
+    q = torch.round(255 * (v - lo) / max(hi - lo, 1e-12)).clamp(0, 255).to(torch.uint8)
+    return {"kind": kind, "height": int(v.shape[0]), "width": int(v.shape[1]),
+            "data": base64.b64encode(q.contiguous().numpy().tobytes()).decode("ascii"), "range": [lo, hi], **extra}
 
 
 def token_sums(m: Tensor, tokens: Sequence[int]) -> dict[str, list[float]]:

@@ -56,13 +56,16 @@ class Explorer:
     """The enabled modes and the stored analyses: what the routes work on.
 
     ``runs`` maps an application name to its run folder (``{"translation": "runs/x"}``); modes
-    that need an application not given are left out. Unknown application names are refused.
+    that need an application not given are left out. A mode may also name applications whose runs
+    it takes when given (``optional_apps``: the vision mode's ``vit`` and ``caption``, passed as
+    keyword arguments) and otherwise finds itself. Unknown application names are refused.
     """
 
     def __init__(self, runs: Mapping[str, str | Path] | None = None, *, store: ResultStore | None = None):
         runs = dict(runs or {})
         types = mode_types()
         apps = {cls.app for cls in types.values() if cls.app}
+        apps |= {a for cls in types.values() for a in getattr(cls, "optional_apps", ())}
         unknown = sorted(set(runs) - apps)
         if unknown:
             raise AttnKitError(f"--run {unknown[0]}=...: no mode shows {unknown[0]!r} runs; expected one of "
@@ -70,7 +73,7 @@ class Explorer:
         self.modes: dict[str, Mode] = {}
         for name, cls in types.items():
             if cls.app is None:
-                self.modes[name] = cls()
+                self.modes[name] = cls(**{a: runs[a] for a in getattr(cls, "optional_apps", ()) if a in runs})
             elif cls.app in runs:
                 self.modes[name] = cls(runs[cls.app])
         self.store = store or ResultStore()

@@ -65,3 +65,10 @@ def test_demo_speech_writes_picture(tmp_path, capsys, need_data):
     assert main(["demo", "speech", "--out", str(out)]) == 0
     assert out.stat().st_size > 10_000
     assert "Unless to be rather cold" in capsys.readouterr().out
+
+
+def test_prompt_option_is_checked(capsys, need_data):
+    clip = DATA / "cards" / "001.wav"
+    need_data(clip.exists(), "Debian pocketsphinx-testdata", INSTALL)
+    assert "--prompt '   ' is empty" in _error(capsys, ["transcribe", str(clip), "--prompt", "   "])
+    assert "--prompt has 101 words" in _error(capsys, ["transcribe", str(clip), "--prompt", "word " * 101])

@@ -84,6 +84,9 @@ def test_bad_command_lines(tmp_path, capsys, no_training):
         (["summarize", other, "some text"], "expected a summarization run"),
         (["summarize", run, "some text", "--out", tmp_path / "pic.txt"], "expected a picture name ending in"),
         (["summarize", run, "some text", "--out", tmp_path / "no" / "pic.png"], "does not exist"),
+        (["summarize", run, "some text", "--beam", "0"], "--beam 0; expected an integer from 1 to 64"),
+        (["summarize", run, "some text", "--length-penalty", "abc"], "--length-penalty abc; expected a number >= 0"),
+        (["eval", "summarization", run, "--beam", "65"], "--beam 65; expected an integer from 1 to 64"),
     ]
     for argv, expected in cases:
         assert expected in run_bad(argv, capsys), argv

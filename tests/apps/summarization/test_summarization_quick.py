@@ -12,7 +12,7 @@ import torch
 from attnkit.apps.summarization import data, load_run
 from attnkit.apps.summarization.models import PAD
 from attnkit.apps.summarization.task import collate, encode, evaluate_run, train
-from attnkit.apps.trainer import load_weights, save_weights
+from attnkit.apps.trainer import load_weights, read_json, save_weights
 
 
 def _installed() -> bool:
@@ -28,8 +28,20 @@ def _train(tmp_path_factory, model: str):
 
 
 @pytest.fixture(scope="module")
-def pointer_run(tmp_path_factory):
-    return _train(tmp_path_factory, "pointer")
+def pointer_run(attnkit_cache):
+    """The quick pointer run that ``attnkit demo summarization`` uses, trained once per session into
+    the session's cache (by whichever test asks first) on one thread."""
+    if not _installed():
+        return None
+    from attnkit.apps.summarization.demo import demo_run
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        path = demo_run(log=lambda s: None)
+    finally:
+        torch.set_num_threads(threads)
+    return load_run(path).run, read_json(path / "results.json")
 
 
 def _check_report(results):

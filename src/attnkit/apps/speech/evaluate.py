@@ -7,6 +7,8 @@
 * ``timing``: word-boundary errors on clips of separately synthesised words joined by known pauses,
   with OpenAI's alignment heads and with the heads :func:`find_alignment_heads` picks on other
   clips (other voices and words);
+* ``long``: long audio (real recordings joined with silence, past 30 s) with and without
+  conditioning each window on the previous window's text;
 * ``approx``: the encoder's self-attention over 1,500 frames run exact, with sliding windows
   (block_sparse), BigBird (block_sparse) and LSH, reporting WER and encoder time.
 
@@ -41,12 +43,13 @@ from ...models.whisper import (
     transcribe,
 )
 from ...models.whisper.decoding import DecodingOptions
+from ...models.whisper.timing import TRIM_FRACTION
 from ..trainer import write_json
 from .data import Clip, TimedClip, real_clips, synthetic_clips, timed_clips
 from .normalizer import normalize_english
 
 __all__ = ["wer_rows", "summarize_wer", "markdown_tables", "evaluate_wer", "evaluate_synthetic", "evaluate_timing",
-           "evaluate_approx", "ENCODER_VARIANTS", "HEAD_FINDING_VOICES", "HEAD_FINDING_WORDS"]
+           "evaluate_long", "evaluate_approx", "ENCODER_VARIANTS", "HEAD_FINDING_VOICES", "HEAD_FINDING_WORDS"]
 
 HEAD_FINDING_VOICES = (("espeak-ng", "en-us+m3"), ("flite", "rms"))
 HEAD_FINDING_WORDS = (("green", "apples", "fall", "from", "tall", "trees"),
@@ -129,10 +132,10 @@ def _clip_weights(w: Whisper, clip: TimedClip) -> tuple[torch.Tensor, list[int],
 
 
 def _timing_with(w: Whisper, prepared: list, clips: Sequence[TimedClip], heads,
-                 refine: bool = False) -> dict[str, float]:
+                 refine: bool = False, trim: float | None = TRIM_FRACTION) -> dict[str, float]:
     starts, ends = [], []
     for (states, tokens, weights, n), clip in zip(prepared, clips):
-        got = align_words(w, states, tokens, n, heads=heads, weights=weights).words
+        got = align_words(w, states, tokens, n, heads=heads, weights=weights, trim=trim).words
         if refine:
             got = refine_with_energy(got, clip.audio)
         if len(got) != len(clip.words):
@@ -160,19 +163,53 @@ def evaluate_timing(w: Whisper, log: Callable = print) -> dict[str, Any]:
         if err < best - 1e-9:
             best_k, best = k, err
     found = [h for h, _ in ranked[:best_k]]
-    out = {"test_clips": len(test), "finding_clips": len(finding),
+    fractions = {f: _timing_with(w, prep_find, finding, OPENAI_ALIGNMENT_HEADS, trim=f)["median_ms"]
+                 for f in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)}
+    log("trim fraction on the head-finding clips (median ms): "
+        + ", ".join(f"{f}: {e:.0f}" for f, e in fractions.items()))
+    out = {"test_clips": len(test), "finding_clips": len(finding), "trim_fraction_on_finding_clips": fractions,
+           "openai_heads_dtw": {"heads": [list(h) for h in OPENAI_ALIGNMENT_HEADS],
+                                **_timing_with(w, prep_test, test, OPENAI_ALIGNMENT_HEADS, trim=None)},
+           "found_heads_dtw": {"heads": [list(h) for h in found],
+                               **_timing_with(w, prep_test, test, found, trim=None)},
            "openai_heads": {"heads": [list(h) for h in OPENAI_ALIGNMENT_HEADS],
                             **_timing_with(w, prep_test, test, OPENAI_ALIGNMENT_HEADS)},
            "found_heads": {"heads": [list(h) for h in found], **_timing_with(w, prep_test, test, found)},
            "openai_heads_energy": {"heads": [list(h) for h in OPENAI_ALIGNMENT_HEADS],
-                                   **_timing_with(w, prep_test, test, OPENAI_ALIGNMENT_HEADS, refine=True)},
+                                   **_timing_with(w, prep_test, test, OPENAI_ALIGNMENT_HEADS, refine=True, trim=None)},
            "found_heads_energy": {"heads": [list(h) for h in found],
-                                  **_timing_with(w, prep_test, test, found, refine=True)},
+                                  **_timing_with(w, prep_test, test, found, refine=True, trim=None)},
            "ranked": [[list(h), e] for h, e in ranked]}
-    for name in ("openai_heads", "found_heads", "openai_heads_energy", "found_heads_energy"):
+    for name in ("openai_heads_dtw", "found_heads_dtw", "openai_heads", "found_heads", "openai_heads_energy",
+                 "found_heads_energy"):
         r = out[name]
         log(f"{name} {r['heads']}: start mean/median {r['start_mean_ms']:.0f}/{r['start_median_ms']:.0f} ms, "
             f"end {r['end_mean_ms']:.0f}/{r['end_median_ms']:.0f} ms")
+    return out
+
+
+def long_audio_sets() -> dict[str, tuple[list[Clip], float]]:
+    """Long test audio: ``{name: (clips joined in order, seconds of silence between them)}``."""
+    clips = real_clips()
+    return {"5 LibriVox utterances, 1.5 s gaps": ([c for c in clips if c.group == "librivox"], 1.5),
+            "all 12 real clips, 1 s gaps": (clips, 1.0)}
+
+
+@torch.no_grad()
+def evaluate_long(w: Whisper, log: Callable = print) -> dict[str, Any]:
+    """WER of long audio transcribed with and without conditioning on the previous window's text."""
+    out: dict[str, Any] = {}
+    for name, (clips, gap_s) in long_audio_sets().items():
+        gap = np.zeros(int(gap_s * 16000), np.float32)
+        x = np.concatenate([p for c in clips for p in (c.audio(), gap)])
+        ref = " ".join(c.reference for c in clips)
+        row: dict[str, Any] = {"audio_s": len(x) / 16000, "words": len(normalize_english(ref).split())}
+        for key, cond in (("conditioned", True), ("not_conditioned", False)):
+            tr = transcribe(w, x, condition_on_previous_text=cond)
+            row[key] = {"wer": _wer(ref, tr.text), "text": tr.text, "segments": len(tr.segments),
+                        "temperatures": [s.temperature for s in tr.segments]}
+            log(f"  {name} ({row['audio_s']:.1f} s) {key}: WER {100 * row[key]['wer']:.1f}%")
+        out[name] = row
     return out
 
 
@@ -261,7 +298,8 @@ def markdown_tables(results: dict[str, Any]) -> str:
         t = results["timing"]
         lines += ["| heads | start mean / median ms | end mean / median ms | all boundaries mean / median ms |",
                   "|---|---|---|---|"]
-        for name in ("openai_heads", "found_heads", "openai_heads_energy", "found_heads_energy"):
+        for name in ("openai_heads_dtw", "found_heads_dtw", "openai_heads", "found_heads", "openai_heads_energy",
+                     "found_heads_energy"):
             if name not in t:
                 continue
             r = t[name]
@@ -270,6 +308,14 @@ def markdown_tables(results: dict[str, Any]) -> str:
             lines.append(f"| {label}: {heads} | {r['start_mean_ms']:.0f} / {r['start_median_ms']:.0f} "
                          f"| {r['end_mean_ms']:.0f} / {r['end_median_ms']:.0f} | {r['mean_ms']:.0f} / "
                          f"{r['median_ms']:.0f} |")
+        lines.append("")
+    if "long" in results:
+        lines += ["| long audio | seconds | words | WER % conditioned | WER % not conditioned |",
+                  "|---|---|---|---|---|"]
+        for name, r in results["long"].items():
+            if isinstance(r, dict):
+                lines.append(f"| {name} | {r['audio_s']:.1f} | {r['words']} | {_pct(r['conditioned']['wer'])} | "
+                             f"{_pct(r['not_conditioned']['wer'])} |")
         lines.append("")
     if "approx" in results:
         clips = real_clips()
@@ -288,7 +334,7 @@ def markdown_tables(results: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=("wer", "synthetic", "timing", "approx", "all"), default="all")
+    p.add_argument("--part", choices=("wer", "synthetic", "timing", "long", "approx", "all"), default="all")
     p.add_argument("--out", type=Path, default=Path("speech-results.json"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tables", action="store_true", help="print the Markdown tables of --out and exit")
@@ -298,10 +344,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     w = load_whisper()
-    parts = ("wer", "synthetic", "timing", "approx") if args.part == "all" else (args.part,)
+    parts = ("wer", "synthetic", "timing", "long", "approx") if args.part == "all" else (args.part,)
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
     funcs = {"wer": evaluate_wer, "synthetic": evaluate_synthetic, "timing": evaluate_timing,
-             "approx": evaluate_approx}
+             "long": evaluate_long, "approx": evaluate_approx}
     for part in parts:
         t0 = time.perf_counter()
         results[part] = funcs[part](w)

@@ -16,7 +16,8 @@ word vocabulary with temporary ids for source words outside it.
 
 Every model returns log-probabilities: ``forward(src, src_mask, tgt_in, src_ext, n_ext) -> (B, T, V + n_ext)``
 (``n_ext`` 0 without copying), and decodes with ``start(src, src_mask, src_ext, n_ext) -> state`` and
-``step(state, tokens) -> (B, V + n_ext)``. The transformers decode with the translation model's KV caches.
+``step(state, tokens) -> (B, V + n_ext)`` and ``reorder(state, index)`` (beam search). The transformers
+decode with the translation model's KV caches.
 
 Shape legend: B batch, S source length, T target length, V vocabulary, X = V + n_ext, D model size.
 """
@@ -160,6 +161,10 @@ class Summarizer(nn.Module):
 
     def step(self, state: dict[str, Any], tokens: Tensor) -> Tensor:  # (B, X)
         raise NotImplementedError(f"{type(self).__name__} must implement step() (abstract base)")
+
+    def reorder(self, state: dict[str, Any], index: Tensor) -> None:
+        """Keep batch rows ``index`` of ``state`` (beam search): the decoder's caches and every tensor in it."""
+        self.core.reorder(state, index)
 
     def _in_vocab(self, ids: Tensor) -> Tensor:
         """Temporary (copied-word) ids as ``<unk>``: the embeddings know only the vocabulary."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .models import BOS, EOS, PAD, TransformerSummarizer
-from .task import collate, encode, greedy
+from .task import collate, decode, encode
 
 if TYPE_CHECKING:
     from .task import LoadedRun
@@ -25,8 +25,10 @@ MAX_SOURCE = 60  # source words shown; longer inputs are cut and the title says 
 
 
 @torch.no_grad()
-def copy_picture(lr: LoadedRun, text: str, path: str | Path) -> Path | None:
-    """The attention (and copy) picture of summarizing ``text`` with a run; None for a model without attention."""
+def copy_picture(lr: LoadedRun, text: str, path: str | Path, *, beam: int = 1,
+                 length_penalty: float = 1.0) -> Path | None:
+    """The attention (and copy) picture of summarizing ``text`` with a run (greedy when ``beam`` is 1,
+    else the best beam); None for a model without attention."""
     model = lr.model
     if not isinstance(model, TransformerSummarizer):
         return None
@@ -35,7 +37,7 @@ def copy_picture(lr: LoadedRun, text: str, path: str | Path) -> Path | None:
     src_len, tgt_len = lr.config["src_len"], lr.config["tgt_len"]
     ex = encode(lr.vocab, text, None, src_len, tgt_len)
     batch = collate([ex])
-    ids, _ = greedy(model, batch, tgt_len + 1)
+    ids = decode(model, batch, tgt_len + 1, beam=beam, length_penalty=length_penalty)
     out = [i for i in ids[0].tolist() if i != PAD]
     if not out:
         return None

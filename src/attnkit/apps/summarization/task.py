@@ -18,12 +18,13 @@ from torch import Tensor
 
 from ...errors import AttnKitError
 from ..trainer import RunFolder, TrainConfig, Trainer, TrainResult, load_weights, read_json, write_json
+from ..translation.decoding import beam_hypotheses
 from .data import DATASETS, SummaryPair, load_pairs, require_data, words
 from .metrics import copy_rate, lead, novel_ngram_rate, rouge
 from .models import BOS, EOS, MODELS, PAD, UNK, Summarizer, SummConfig, WordVocab, build_model
 
 __all__ = ["TASK", "Preset", "PRESETS", "THRESHOLDS", "MAX_INPUT_WORDS", "Example", "encode", "collate", "train",
-           "LoadedRun", "load_run", "summarize", "evaluate_run", "summary"]
+           "greedy", "beam_search", "decode", "LoadedRun", "load_run", "summarize", "evaluate_run", "summary"]
 
 TASK = "summarization"
 THRESHOLDS = (20.0, 25.0, 30.0, 33.0, 35.0)  # validation ROUGE-L levels whose first step and second are reported
@@ -165,14 +166,76 @@ def greedy(model: Summarizer, batch: dict[str, Any], max_len: int, *,
     return ids, (torch.stack(gates, 1) if gates else None)
 
 
+class _Bound:
+    """A summarizer with its batch's extended source ids bound: the ``start(src, src_mask)``,
+    ``step``, ``reorder`` interface of :func:`~attnkit.apps.translation.decoding.beam_hypotheses`,
+    which repeats every source row ``K`` times (rows ``b*K + j``)."""
+
+    def __init__(self, model: Summarizer, src_ext: Tensor, n_ext: int):
+        self.model, self.src_ext, self.n_ext = model, src_ext, n_ext
+
+    def start(self, src: Tensor, src_mask: Tensor) -> dict[str, Any]:
+        k = src.shape[0] // self.src_ext.shape[0]
+        return self.model.start(src, src_mask, self.src_ext.repeat_interleave(k, 0), self.n_ext)
+
+    def step(self, state: dict[str, Any], tokens: Tensor) -> Tensor:  # (B*K, X)
+        return self.model.step(state, tokens)
+
+    def reorder(self, state: dict[str, Any], index: Tensor) -> None:
+        self.model.reorder(state, index)
+
+
+def _rules(no_repeat: int) -> Callable[[Tensor, Tensor], Tensor]:
+    """Greedy's rules for beam search: no ``<unk>``, no ``</s>`` first, no repeated ``no_repeat``-gram."""
+
+    def constrain(logp: Tensor, prefixes: Tensor) -> Tensor:  # (N, X), (N, t)
+        logp[:, UNK] = float("-inf")
+        if prefixes.shape[1] == 0:
+            logp[:, EOS] = float("-inf")
+        elif no_repeat:
+            for i, row in enumerate(prefixes.tolist()):
+                banned = _blocked(row, no_repeat)
+                if banned:
+                    logp[i, list(banned)] = float("-inf")
+        return logp
+
+    return constrain
+
+
+@torch.no_grad()
+def beam_search(model: Summarizer, batch: dict[str, Any], max_len: int, *, beam: int = 4,
+                length_penalty: float = 1.0, no_repeat: int = 3) -> tuple[Tensor, Tensor]:
+    """Beam-search summaries under greedy's rules, over the extended vocabulary (the pointer model's
+    copies included): all ``beam`` hypotheses best first, extended ids ``(B, K, T <= max_len)``, and
+    their scores ``log p / length ** length_penalty`` ``(B, K)``. ``beam=1`` gives greedy's summaries.
+    Decoding is KV-cached; the cache rows follow the hypotheses they belong to."""
+    if not length_penalty >= 0:
+        raise AttnKitError(f"length_penalty must be a number >= 0; got {length_penalty}")
+    src = batch["src"]
+    n_ext = batch["n_ext"] if model.copies else 0
+    ext = batch["src_ext"] if batch.get("src_ext") is not None else src
+    return beam_hypotheses(_Bound(model, ext, n_ext), src, src != PAD, max_len, beam=beam,
+                           length_penalty=length_penalty, constrain=_rules(no_repeat))
+
+
+def decode(model: Summarizer, batch: dict[str, Any], max_len: int, *, beam: int = 1,
+           length_penalty: float = 1.0) -> Tensor:
+    """Summaries ``(B, T <= max_len)`` in extended ids: greedy when ``beam`` is 1, else the best beam."""
+    if beam == 1:
+        return greedy(model, batch, max_len)[0]
+    return beam_search(model, batch, max_len, beam=beam, length_penalty=length_penalty)[0][:, 0]
+
+
 def summarize(model: Summarizer, vocab: WordVocab, texts: Sequence[str], *, src_len: int, tgt_len: int,
-              batch_size: int = 128) -> list[str]:
-    """Greedy summaries of ``texts`` (each read up to its first ``src_len`` words)."""
+              beam: int = 1, length_penalty: float = 1.0, batch_size: int = 128) -> list[str]:
+    """Summaries of ``texts`` (each read up to its first ``src_len`` words; greedy when ``beam`` is 1)."""
+    if beam < 1:
+        raise AttnKitError(f"beam must be >= 1; got {beam}")
     model.eval()
     out: list[str] = []
     for i in range(0, len(texts), batch_size):
         batch = collate([encode(vocab, t, None, src_len, tgt_len) for t in texts[i : i + batch_size]])
-        ids, _ = greedy(model, batch, tgt_len + 1)
+        ids = decode(model, batch, tgt_len + 1, beam=beam, length_penalty=length_penalty)
         out.extend(" ".join(vocab.decode(row, oov)) for row, oov in zip(ids.tolist(), batch["oov"]))
     return out
 
@@ -265,8 +328,10 @@ class LoadedRun:
     model: Summarizer
     vocab: WordVocab
 
-    def summarize(self, texts: Sequence[str]) -> list[str]:
-        return summarize(self.model, self.vocab, texts, src_len=self.config["src_len"], tgt_len=self.config["tgt_len"])
+    def summarize(self, texts: Sequence[str], *, beam: int = 1, length_penalty: float = 1.0) -> list[str]:
+        """Summaries of ``texts`` (greedy when ``beam`` is 1)."""
+        return summarize(self.model, self.vocab, texts, src_len=self.config["src_len"], tgt_len=self.config["tgt_len"],
+                         beam=beam, length_penalty=length_penalty)
 
 
 def load_run(path: str | Path) -> LoadedRun:
@@ -283,16 +348,21 @@ def _abstractiveness(hyps: Sequence[str], sources: Sequence[str]) -> dict[str, f
             "copy_rate": copy_rate(hyps, sources)}
 
 
-def _copy_stats(lr: LoadedRun, test: Sequence[SummaryPair]) -> dict[str, float] | None:
-    """Mean ``p_gen`` over emitted words, and the share of emitted words outside the vocabulary
-    (only copying makes them)."""
+def _copy_stats(lr: LoadedRun, test: Sequence[SummaryPair], beam: int = 1,
+                length_penalty: float = 1.0) -> dict[str, float] | None:
+    """Mean ``p_gen`` over emitted words (teacher-forced on the model's own summaries), and the share
+    of emitted words outside the vocabulary (only copying makes them)."""
     if not lr.model.copies:
         return None
     gates, oov_words, total = [], 0, 0
     src_len, tgt_len = lr.config["src_len"], lr.config["tgt_len"]
     for i in range(0, len(test), 128):
         batch = collate([encode(lr.vocab, p.text, None, src_len, tgt_len) for p in test[i : i + 128]])
-        ids, p_gen = greedy(lr.model, batch, tgt_len + 1)
+        ids = decode(lr.model, batch, tgt_len + 1, beam=beam, length_penalty=length_penalty)  # (B, T)
+        tgt_in = torch.cat((torch.full((len(ids), 1), BOS, dtype=torch.long), ids[:, :-1]), dim=1)
+        with torch.no_grad():
+            p_gen = lr.model.cross_attention(batch["src"], batch["src"] != PAD, tgt_in, batch["src_ext"],
+                                             batch["n_ext"])["p_gen"]  # (B, T)
         keep = (ids != PAD) & (ids != EOS)
         gates.append(p_gen[keep])
         oov_words += int((ids[keep] >= len(lr.vocab)).sum())
@@ -301,18 +371,30 @@ def _copy_stats(lr: LoadedRun, test: Sequence[SummaryPair]) -> dict[str, float] 
             "oov_word_share": oov_words / total if total else 0.0}
 
 
-def evaluate_run(path: str | Path | RunFolder, *, log: Callable[[str], None] = print,
-                 train_result: TrainResult | None = None, setup_seconds: float | None = None,
-                 pictures: bool = True) -> dict[str, Any]:
-    """Evaluate a run on its held-out test split against the lead baseline; writes ``results.json``
-    (and pictures) and returns it."""
+def results_name(beam: int = 1, length_penalty: float = 1.0) -> str:
+    """``results.json`` for greedy decoding, else ``results-beam<N>[-lp<A>].json``."""
+    if beam == 1:
+        return "results.json"
+    return f"results-beam{beam}" + ("" if length_penalty == 1.0 else f"-lp{length_penalty:g}") + ".json"
+
+
+def evaluate_run(path: str | Path | RunFolder, *, beam: int = 1, length_penalty: float = 1.0,
+                 log: Callable[[str], None] = print, train_result: TrainResult | None = None,
+                 setup_seconds: float | None = None, pictures: bool = True) -> dict[str, Any]:
+    """Evaluate a run on its held-out test split against the lead baseline; returns the results and
+    writes them to ``results.json`` with pictures (greedy, ``beam`` 1) or, for beam search, to
+    ``results-beam<N>[-lp<A>].json`` (no pictures), leaving the greedy results in place."""
+    if beam < 1:
+        raise AttnKitError(f"--beam must be >= 1; got {beam}")
+    if not length_penalty >= 0:
+        raise AttnKitError(f"--length-penalty must be a number >= 0; got {length_penalty}")
     lr = load_run(path.path if isinstance(path, RunFolder) else path)
     run, config = lr.run, lr.config
     preset = PRESETS[config["preset"]]
     splits, counts = _load_splits(config["data"], preset)
     test = splits["test"]
     t0 = time.perf_counter()
-    hyps = lr.summarize([p.text for p in test])
+    hyps = lr.summarize([p.text for p in test], beam=beam, length_penalty=length_penalty)
     decode_seconds = time.perf_counter() - t0
     refs, sources = [p.summary for p in test], [" ".join(words(p.text)[: config["src_len"]]) for p in test]
     lead_words = round(sum(len(words(p.summary)) for p in splits["train"]) / max(1, len(splits["train"])))
@@ -323,7 +405,9 @@ def evaluate_run(path: str | Path | RunFolder, *, log: Callable[[str], None] = p
         by_source[source] = {"n": len(idx), "model": rouge([hyps[i] for i in idx], [refs[i] for i in idx]),
                              "lead": rouge([leads[i] for i in idx], [refs[i] for i in idx])}
     state = read_json(run / "trainer_state.json") if (run / "trainer_state.json").exists() else {}
-    before = read_json(run / "results.json").get("train", {}) if (run / "results.json").exists() else {}
+    before = {}
+    if (run / "results.json").exists():
+        before = read_json(run / "results.json").get("train", {}) or {}
     evals = [e for e in run.metrics() if e.get("event") == "eval"]  # metrics.jsonl
     reached = {}
     for th in THRESHOLDS:
@@ -336,8 +420,9 @@ def evaluate_run(path: str | Path | RunFolder, *, log: Callable[[str], None] = p
         "lead": {"words": lead_words, **rouge(leads, refs), **_abstractiveness(leads, sources)},
         "references": _abstractiveness(refs, sources),
         "by_source": by_source,
-        "copy": _copy_stats(lr, test),
-        "decoding": {"greedy": True, "no_repeat_ngram": 3, "seconds": round(decode_seconds, 3)},
+        "copy": _copy_stats(lr, test, beam, length_penalty),
+        "decoding": {"beam": beam, "length_penalty": length_penalty, "no_repeat_ngram": 3,
+                     "seconds": round(decode_seconds, 3)},
         "train": {"steps": state.get("step"), "seconds": state.get("seconds"),
                   "best_valid_rougeL": state.get("best"), "best_step": state.get("best_step"),
                   "stopped": before.get("stopped") if train_result is None else train_result.stopped,
@@ -346,9 +431,9 @@ def evaluate_run(path: str | Path | RunFolder, *, log: Callable[[str], None] = p
         "examples": [{"key": p.key, "text": " ".join(words(p.text)[:40]), "ref": p.summary, "hyp": h}
                      for p, h in list(zip(test, hyps))[:: max(1, len(test) // 8)][:8]],
     }
-    if pictures:
+    if pictures and beam == 1:
         results["pictures"] = _pictures(lr, test)
-    write_json(run / "results.json", results)
+    write_json(run / results_name(beam, length_penalty), results)
     log(summary(results))
     return results
 
@@ -375,7 +460,9 @@ def _pictures(lr: LoadedRun, test: Sequence[SummaryPair], n: int = 3) -> list[st
 def summary(results: dict[str, Any]) -> str:
     """The results of one run as a few printable lines."""
     t, ld, tr = results["test"], results["lead"], results["train"]
-    lines = [f"{results['model']} on {results['data']}, test n={t['n']}: ROUGE-1 {t['rouge1']:.1f}  "
+    dec = results.get("decoding", {})
+    how = "greedy" if dec.get("beam", 1) == 1 else f"beam {dec['beam']}, length penalty {dec['length_penalty']:g}"
+    lines = [f"{results['model']} on {results['data']}, test n={t['n']} ({how}): ROUGE-1 {t['rouge1']:.1f}  "
              f"ROUGE-2 {t['rouge2']:.1f}  ROUGE-L {t['rougeL']:.1f}"
              + (f"  ({tr['steps']} steps, {tr['seconds']:.0f} s)" if tr.get("seconds") else ""),
              f"  lead-{ld['words']} baseline: ROUGE-1 {ld['rouge1']:.1f}  ROUGE-2 {ld['rouge2']:.1f}  "

@@ -5,10 +5,16 @@ it and are ``<pad>`` after it (``<s>`` and ``<pad>`` are never emitted before). 
 recomputes the whole prefix with a full forward at every step (the reference that cached decoding
 must equal). Call them with the model in eval mode.
 
-Shape legend: B batch, K beam size, S source length, T output length, V vocabulary.
+:func:`beam_hypotheses` returns all ``K`` hypotheses with their ranking scores; ``constrain`` lets a
+caller rule tokens out (a vocabulary larger than the embedding's, no repeated n-grams, ...).
+
+Shape legend: B batch, K beam size, S source length, T output length, V vocabulary (or any
+output size the model's ``step`` returns).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -17,7 +23,7 @@ from ...errors import AttnKitError
 from .models import Translator
 from .tokenizer import BOS, EOS, PAD
 
-__all__ = ["greedy", "beam_search"]
+__all__ = ["greedy", "beam_search", "beam_hypotheses"]
 
 
 def _allowed(logits: Tensor) -> Tensor:
@@ -58,9 +64,23 @@ def greedy(model: Translator, src: Tensor, src_mask: Tensor, max_len: int, *, us
 
 @torch.no_grad()
 def beam_search(model: Translator, src: Tensor, src_mask: Tensor, max_len: int, *, beam: int = 4,
-                length_penalty: float = 1.0) -> Tensor:
+                length_penalty: float = 1.0,
+                constrain: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
     """The best of ``beam`` hypotheses kept at every step, ranked at the end by
     ``log p / length ** length_penalty``: ids ``(B, T <= max_len)``. ``beam=1`` is greedy."""
+    return beam_hypotheses(model, src, src_mask, max_len, beam=beam, length_penalty=length_penalty,
+                           constrain=constrain)[0][:, 0]
+
+
+@torch.no_grad()
+def beam_hypotheses(model: Translator, src: Tensor, src_mask: Tensor, max_len: int, *, beam: int = 4,
+                    length_penalty: float = 1.0,
+                    constrain: Callable[[Tensor, Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """All ``beam`` hypotheses, best first: ids ``(B, K, T <= max_len)`` and their ranking scores
+    ``log p / length ** length_penalty`` ``(B, K)`` (``-inf`` for a hypothesis that never had a
+    finite score). ``constrain(logp (B*K, V), prefixes (B*K, t)) -> logp`` may set the
+    log-probabilities of tokens it rules out to ``-inf`` (rows ``b*K + j``; it is not asked about
+    finished hypotheses, which continue with ``<pad>`` at no cost)."""
     if beam < 1:
         raise AttnKitError(f"beam must be >= 1; got {beam}")
     if max_len < 1:
@@ -75,6 +95,8 @@ def beam_search(model: Translator, src: Tensor, src_mask: Tensor, max_len: int, 
     seqs = torch.zeros(b * k, 0, dtype=torch.long, device=dev)
     for _ in range(max_len):
         logp = torch.log_softmax(_allowed(model.step(state, tok)), dim=-1)  # (B*K, V)
+        if constrain is not None:
+            logp = constrain(logp, seqs)
         # a finished hypothesis continues with <pad> at no cost and nothing else
         logp[done] = float("-inf")
         logp[done, PAD] = 0.0
@@ -92,5 +114,6 @@ def beam_search(model: Translator, src: Tensor, src_mask: Tensor, max_len: int, 
         if bool(done.all()):
             break
     final = scores / lengths.reshape(b, k).clamp(min=1) ** length_penalty  # (B, K)
-    best = final.argmax(-1) + torch.arange(b, device=dev) * k  # (B,)
-    return seqs[best]
+    final, order = final.sort(dim=-1, descending=True, stable=True)  # ties keep the earlier hypothesis
+    rows = (order + torch.arange(b, device=dev).unsqueeze(1) * k).reshape(-1)
+    return seqs[rows].reshape(b, k, -1), final

@@ -6,12 +6,13 @@
 const HEAT_PX = 512;          // heatmap side in CSS pixels: more tokens than this are pooled into blocks
 const LINE_CELLS = 48;        // the lines view pools longer inputs into this many token groups
 const OVERVIEW_CELLS = 48;    // cells per side of each overview panel
+const SPECTRO_PX = 120;       // height of the spectrogram drawn under a speech heatmap (plus a band of words)
 const HEAD_COLORS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f',
   '#bcbd22', '#17becf', '#393b79', '#637939'];
 
 const $ = (id) => document.getElementById(id);
 const S = {modes: [], mode: null, analysis: null, view: null, layer: 0, head: 0, selected: new Set(),
-  heat: {}, selection: null, runStart: 0, runs: 0};
+  heat: {}, selection: null, runStart: 0, runs: 0, hoverRow: null, picture: null};
 const timings = {};
 
 // ---------------------------------------------------------------------------------------- data
@@ -222,7 +223,8 @@ function drawMatrix(canvas, m, side) {
   const t0 = performance.now();
   const [n, k] = m.shape, vals = m.values, px1 = side / Math.max(n, k);
   canvas.style.width = `${Math.round(k * px1)}px`;
-  canvas.style.height = `${Math.round(n * px1)}px`;
+  // a wide, short matrix (a few tokens over many audio steps) gets taller rows, up to half the side
+  canvas.style.height = `${Math.round(Math.max(n * px1, Math.min(n * 14, side / 2)))}px`;
   let mx = 1e-12;
   for (let i = 0; i < vals.length; i++) if (vals[i] > mx) mx = vals[i];
   canvas.width = k; canvas.height = n;
@@ -252,7 +254,7 @@ async function drawHeatmaps() {
     Object.assign(c.dataset, {view: v, layer: m.layer, head: m.head, shape: m.shape.join('x'),
       group: m.group.join('x'), ready: '1'});
     c.onmousemove = (ev) => hover(ev, c, m, v);
-    c.onmouseleave = () => { $('hover').textContent = ''; };
+    c.onmouseleave = () => { $('hover').textContent = ''; if (S.hoverRow) { S.hoverRow = null; drawPicture(); } };
     wrap.appendChild(labelled(c, m, a.views[v]));
     wrap.append(a.views[v].title);
     box.appendChild(wrap);
@@ -261,6 +263,8 @@ async function drawHeatmaps() {
   const g = mats[0].group;
   $('pool-note').textContent = g[0] > 1 || g[1] > 1 ? `(${mats[0].tokens[0]} tokens: each cell is a block of ` +
     `${g[0]} x ${g[1]} tokens, the mean over its queries of the summed weight)` : '';
+  S.hoverRow = null;
+  drawPicture();
   box.dataset.ready = String(Date.now());
 }
 
@@ -295,6 +299,117 @@ function hover(ev, canvas, m, view) {
   const lab = (labels, idx, g) => g === 1 ? labels[idx] : `${labels[idx * g]}…${labels[Math.min(labels.length, (idx + 1) * g) - 1]}`;
   $('hover').textContent = `${lab(v.rows, i, m.group[0])} → ${lab(v.cols, j, m.group[1])}: ` +
     m.values[i * m.shape[1] + j].toFixed(4);
+  if (S.analysis.info.picture && (!S.hoverRow || S.hoverRow.row !== i || S.hoverRow.view !== view)) {
+    S.hoverRow = {view, row: i, label: lab(v.rows, i, m.group[0]), group: m.group[1],
+      values: Array.from(m.values.subarray(i * m.shape[1], (i + 1) * m.shape[1]))};
+    drawPicture();
+  }
+}
+
+// ---------------------------------------------------------------------------------------- picture
+// An analysis may carry a picture (info.picture): an image whose patches are columns of some views
+// (picture.patches: view -> column of the first patch), or a spectrogram whose time steps are the
+// columns of some views (picture.views). The attention of one row is laid over it: the hovered row,
+// else the selected tokens' summed attention, else the heatmap's first row.
+function pictureOverlay(p) {
+  const applies = p.kind === 'image' ? (p.patches || {})[S.view] !== undefined : (p.views || []).includes(S.view);
+  if (!applies) return null;
+  if (S.hoverRow && S.hoverRow.view === S.view) return S.hoverRow;
+  if (S.selection && S.selection.view === S.view) {
+    const rows = S.analysis.views[S.view].rows;
+    return {label: `selection (${S.selection.tokens.map((i) => rows[i]).join(' ')})`, group: 1, values: S.selection.rows};
+  }
+  const m = S.heat[S.view];
+  if (!m) return null;
+  return {label: S.analysis.views[S.view].rows[0] + (m.group[0] > 1 ? '…' : ''), group: m.group[1],
+    values: Array.from(m.values.subarray(0, m.shape[1]))};
+}
+
+function drawPicture() {
+  const p = S.analysis && S.analysis.info.picture;
+  $('picture-panel').hidden = !(p && p.kind === 'image');
+  $('spectrogram-box').hidden = !(p && p.kind === 'spectrogram' && (p.views || []).includes(S.view));
+  if (!p) { S.picture = null; return; }
+  if (!p.pixels) p.pixels = bytes(p.data);
+  const o = pictureOverlay(p);
+  if (p.kind === 'image') drawImagePicture(p, o); else drawSpectrogram(p, o);
+}
+
+function drawImagePicture(p, o) {  // native pixels, scaled up by CSS; patch weights tint the image red
+  const c = $('picture'), [gh, gw] = p.grid, first = (p.patches || {})[S.view];
+  c.width = p.width; c.height = p.height;
+  const ctx = c.getContext('2d'), img = ctx.createImageData(p.width, p.height);
+  let patches = null;
+  if (o) {
+    patches = [];
+    for (let q = 0; q < gh * gw; q++) patches.push(o.values[Math.floor((first + q) / o.group)] || 0);
+  }
+  const mx = patches ? Math.max(...patches, 1e-12) : 1, ph = p.height / gh, pw = p.width / gw;
+  for (let y = 0; y < p.height; y++) {
+    for (let x = 0; x < p.width; x++) {
+      const g = p.pixels[y * p.width + x], i = 4 * (y * p.width + x);
+      const a = patches ? 0.8 * patches[Math.floor(y / ph) * gw + Math.floor(x / pw)] / mx : 0;
+      img.data[i] = Math.round(g * (1 - a) + 255 * a);
+      img.data[i + 1] = Math.round(g * (1 - a) + 40 * a);
+      img.data[i + 2] = Math.round(g * (1 - a) + 20 * a);
+      img.data[i + 3] = 255;
+    }
+  }
+  ctx.putImageData(img, 0, 0);
+  $('picture-note').textContent = `${p.title || 'image'} (${gh} x ${gw} patches)` + (o ? `; red: attention of ` +
+    `${o.label} over the patches (largest ${mx.toFixed(4)})` : '; this view is not over the patches');
+  S.picture = {kind: p.kind, view: S.view, label: o ? o.label : null, overlay: patches};
+  c.dataset.ready = '1';
+}
+
+function drawSpectrogram(p, o) {  // under the heatmap, as wide as it: column j of the heatmap above time j
+  const heat = document.querySelector('#heatmaps canvas.heat');
+  const c = $('spectrogram'), W = Math.max(64, Math.round(parseFloat(heat ? heat.style.width : 512) || 512));
+  const H = SPECTRO_PX, band = 18;
+  c.width = W; c.height = H + band;
+  c.style.width = `${W}px`; c.style.height = `${H + band}px`;
+  const off = document.createElement('canvas');
+  off.width = p.width; off.height = p.height;
+  const octx = off.getContext('2d'), img = octx.createImageData(p.width, p.height);
+  for (let i = 0; i < p.pixels.length; i++) {
+    const [r, g, b] = heatColor(p.pixels[i] / 255);
+    img.data.set([r, g, b, 255], 4 * i);
+  }
+  octx.putImageData(img, 0, 0);
+  const ctx = c.getContext('2d');
+  ctx.clearRect(0, 0, W, H + band);
+  ctx.imageSmoothingEnabled = false;
+  ctx.drawImage(off, 0, 0, W, H);
+  const seconds = p.width / p.frames_per_col * p.seconds_per_col;
+  ctx.font = '10px monospace';
+  ctx.textBaseline = 'middle';
+  (p.words || []).forEach((w, i) => {
+    const x0 = w.start / seconds * W, x1 = w.end / seconds * W;
+    ctx.fillStyle = i % 2 ? '#dde6f0' : '#c6d4e4';
+    ctx.fillRect(x0, H + 1, Math.max(1, x1 - x0), band - 2);
+    ctx.fillStyle = '#222';
+    ctx.save();
+    ctx.beginPath(); ctx.rect(x0, H, Math.max(1, x1 - x0), band); ctx.clip();
+    ctx.fillText(w.word, x0 + 2, H + band / 2);
+    ctx.restore();
+  });
+  let curve = null;
+  if (o) {
+    curve = o.values;
+    const mx = Math.max(...curve, 1e-12), k = curve.length;
+    ctx.strokeStyle = '#d00';
+    ctx.lineWidth = 1.5;
+    ctx.beginPath();
+    curve.forEach((v, j) => {
+      const x = (j + 0.5) * W / k, y = H - 4 - (H - 8) * v / mx;
+      if (j) ctx.lineTo(x, y); else ctx.moveTo(x, y);
+    });
+    ctx.stroke();
+  }
+  c.title = o ? `red: attention of ${o.label} over time` : '';
+  S.picture = {kind: p.kind, view: S.view, label: o ? o.label : null, overlay: curve && Array.from(curve),
+    words: (p.words || []).length, width: W};
+  c.dataset.ready = '1';
 }
 
 // ---------------------------------------------------------------------------------------- overview
@@ -394,10 +509,11 @@ async function toggleToken(i) {
 async function updateSelection() {
   const v = S.analysis.views[S.view], spans = $('tokens').children;
   for (const s of spans) { s.classList.toggle('selected', S.selected.has(+s.dataset.i)); s.style.background = ''; s.title = ''; }
-  if (!S.selected.size) { S.selection = null; $('selection-info').textContent = ''; return; }
+  if (!S.selected.size) { S.selection = null; $('selection-info').textContent = ''; drawPicture(); return; }
   const sel = await api('/api/select', {key: S.analysis.key, view: S.view, layer: S.layer,
     head: v.heads === 1 ? 0 : S.head, tokens: [...S.selected]});
   S.selection = sel;
+  drawPicture();
   const sameAxis = v.rows === v.cols || JSON.stringify(v.rows) === JSON.stringify(v.cols);
   const mx = Math.max(...sel.rows, 1e-12);
   if (sameAxis) {
@@ -482,6 +598,7 @@ window.explorer = {
   heatmap: (view) => { const m = S.heat[view || S.view]; return m && {view: m.view, layer: m.layer, head: m.head,
     shape: m.shape, group: m.group, values: Array.from(m.values)}; },
   selection: () => S.selection,
+  picture: () => S.picture,
   setHead, selectMode, toggleToken,
 };
 start();

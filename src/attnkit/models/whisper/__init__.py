@@ -19,6 +19,7 @@ from .timing import (
     median_filter,
     refine_with_energy,
     timing_errors,
+    trim_to_attention,
     word_timings,
 )
 from .tokenizer import WhisperTokenizer
@@ -29,4 +30,4 @@ __all__ = ["AUDIO_SUFFIXES", "AudioError", "load_audio", "resample", "CT2File", 
            "OPENAI_ALIGNMENT_HEADS", "WHISPER_SHA256", "Whisper", "load_whisper", "whisper_dir", "DecoderState",
            "WhisperConfig", "WhisperModel", "from_ct2", "AlignmentResult", "WordTiming", "align_words",
            "alignment_matrix", "cross_attention_weights", "dtw", "find_alignment_heads", "median_filter",
-           "refine_with_energy", "timing_errors", "word_timings", "WhisperTokenizer"]
+           "refine_with_energy", "timing_errors", "trim_to_attention", "word_timings", "WhisperTokenizer"]

@@ -143,9 +143,9 @@ class _Stepper:
     def __call__(self, tokens: Tensor) -> Tensor:
         """Logits ``(B, V)`` after the last of ``tokens (B, L)``."""
         if self.state is None:
-            return self.model.decoder(tokens, self.audio)[0][:, -1]
+            return self.model.decoder(tokens, self.audio, last_only=True)[0][:, -1]
         new = tokens[:, self.fed:]
-        logits = self.model.decoder(new, self.audio if self.fed == 0 else None, self.state)[0]
+        logits = self.model.decoder(new, self.audio if self.fed == 0 else None, self.state, last_only=True)[0]
         self.fed = tokens.shape[1]
         return logits[:, -1]
 
@@ -310,7 +310,8 @@ def _split_segments(w: Whisper, tokens: list[int], offset: float, r: DecodingRes
 @torch.no_grad()
 def transcribe(w: Whisper, audio: np.ndarray | Tensor, *, beam_size: int = 1, timestamps: bool | None = None,
                temperatures: tuple[float, ...] = TEMPERATURES, length_penalty: float | None = None,
-               words: bool = False, heads: Sequence[tuple[int, int]] | None = None) -> Transcript:
+               words: bool = False, heads: Sequence[tuple[int, int]] | None = None,
+               condition_on_previous_text: bool = True, initial_prompt: str | None = None) -> Transcript:
     """Transcribe 16 kHz mono ``audio (N,)`` of any length, in 30 s windows.
 
     Each window is decoded at the first temperature; when its text is repetitive or unlikely it is
@@ -318,6 +319,12 @@ def transcribe(w: Whisper, audio: np.ndarray | Tensor, *, beam_size: int = 1, ti
     model predicted (``timestamps``, default: on for audio longer than 30 s), else by 30 s.
     ``words`` adds word timings from the cross-attention of ``heads`` (default: the model's
     alignment heads) to each segment.
+
+    With ``condition_on_previous_text`` each window's decoder input starts with
+    ``<|startofprev|>`` and the tokens transcribed so far (the last ``n_text_ctx // 2 - 1``, 223),
+    as Whisper does; after a window decoded at a temperature above 0.5 the earlier text is dropped
+    from the prompt. ``initial_prompt`` is text placed before the first window's transcript (kept
+    in the prompt while conditioning lasts; for the first window only when conditioning is off).
     """
     x = torch.as_tensor(audio, dtype=torch.float32)
     if x.dim() != 1 or x.numel() == 0:
@@ -330,6 +337,10 @@ def transcribe(w: Whisper, audio: np.ndarray | Tensor, *, beam_size: int = 1, ti
     n_frames = x.numel() // HOP_LENGTH
     mel = log_mel_spectrogram(x, w.model.config.n_mels, pad_to=x.numel() + N_FRAMES * HOP_LENGTH)  # (M, F + 3000)
     seek, segments = 0, []
+    tok = w.tokenizer
+    max_prev = w.model.config.n_text_ctx // 2 - 1
+    history = tok.encode(" " + initial_prompt.strip()) if initial_prompt and initial_prompt.strip() else []
+    reset_since = 0  # history[reset_since:] is the prompt of the next window
     while seek < n_frames:
         window = mel[:, seek: seek + N_FRAMES][None]  # (1, M, 3000)
         size = min(N_FRAMES, n_frames - seek)
@@ -337,10 +348,11 @@ def transcribe(w: Whisper, audio: np.ndarray | Tensor, *, beam_size: int = 1, ti
         window_samples = min(N_FRAMES * HOP_LENGTH, x.numel() - seek * HOP_LENGTH)
         enc = w.model.embed_audio(window)
         result = None
+        prompt = tok.prompt_sequence(history[reset_since:], max_prev, timestamps)
         for t in temperatures:
             opts = DecodingOptions(beam_size=beam_size if t == 0 else 1, temperature=t, timestamps=timestamps,
                                    length_penalty=length_penalty)
-            result = decode(w, window, opts, audio=enc)
+            result = decode(w, window, opts, audio=enc, prompt=prompt)
             if not _needs_fallback(result):
                 break
         assert result is not None
@@ -349,6 +361,7 @@ def transcribe(w: Whisper, audio: np.ndarray | Tensor, *, beam_size: int = 1, ti
             continue
         toks = result.tokens
         ts = w.tokenizer.timestamp_begin
+        consumed = toks
         if timestamps:
             segs = _split_segments(w, toks, offset, result)
             ends_single = len(toks) >= 2 and toks[-1] >= ts and toks[-2] < ts
@@ -357,6 +370,7 @@ def transcribe(w: Whisper, audio: np.ndarray | Tensor, *, beam_size: int = 1, ti
                 last = toks[consecutive[-1] - 1] - ts  # the end of the last complete segment
                 seek += max(1, last * INPUT_STRIDE)
                 segs = [s for s in segs if s.end <= offset + last * TIME_STEP + 1e-6]
+                consumed = toks[: consecutive[-1]]  # through the last complete segment's end timestamp
             else:
                 seek += size
             for s in segs:
@@ -366,6 +380,9 @@ def transcribe(w: Whisper, audio: np.ndarray | Tensor, *, beam_size: int = 1, ti
                             result.temperature, result.avg_logprob)]
             seek += size
         segs = [s for s in segs if s.text]
+        history.extend(consumed)
+        if not condition_on_previous_text or result.temperature > 0.5:
+            reset_since = len(history)  # a window decoded at a high temperature does not prompt the next
         if words and segs:
             _add_words(w, enc, segs, offset, window_samples, heads)
         segments.extend(segs)

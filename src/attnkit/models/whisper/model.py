@@ -162,10 +162,11 @@ class TextDecoder(nn.Module):
                             [KVCache(static=True) for _ in range(n)])
 
     def forward(self, tokens: Tensor, audio: Tensor | None, state: DecoderState | None = None,
-                need_weights: bool = False) -> tuple[Tensor, list[Tensor]]:
+                need_weights: bool = False, last_only: bool = False) -> tuple[Tensor, list[Tensor]]:
         """Logits ``(B, T, V)`` of the next token after each of ``tokens``, and the cross-attention
         weights ``(B, H, T, S)`` per layer (empty unless ``need_weights``). With ``state``, the
-        tokens continue the cached ones."""
+        tokens continue the cached ones. ``last_only`` gives the logits ``(B, 1, V)`` of the last
+        token alone (decoding: the vocabulary projection of a long prompt is skipped)."""
         offset = 0 if state is None else state.length
         t = tokens.shape[1]
         if offset + t > self.positions.shape[0]:
@@ -178,7 +179,7 @@ class TextDecoder(nn.Module):
             x, w = layer(x, audio, sc, cc, need_weights)
             if w is not None:
                 weights.append(w)
-        x = self.ln(x)
+        x = self.ln(x[:, -1:] if last_only else x)
         return F.linear(x, self.token_embedding.weight), weights  # (B, T, V), tied to the embedding
 
 

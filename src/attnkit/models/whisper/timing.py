@@ -28,7 +28,7 @@ from .files import Whisper
 
 __all__ = ["WordTiming", "AlignmentResult", "dtw", "median_filter", "cross_attention_weights", "alignment_matrix",
            "align_words", "word_timings", "timing_errors", "find_alignment_heads", "split_words",
-           "refine_with_energy", "SECONDS_PER_POSITION"]
+           "refine_with_energy", "trim_to_attention", "TRIM_FRACTION", "SECONDS_PER_POSITION"]
 
 SECONDS_PER_POSITION = 0.02  # one audio position = two 10 ms mel frames
 _PREPEND = "\"'“¿([{-"
@@ -174,11 +174,39 @@ def _merge_punctuation(timings: list[WordTiming]) -> list[WordTiming]:
     return out
 
 
+TRIM_FRACTION = 0.6  # chosen on the head-finding clips (docs/apps/speech.md), not on the test clips
+
+
+def trim_to_attention(matrix: np.ndarray, spans: Sequence[tuple[int, int]], rows: Sequence[tuple[int, int]],
+                      fraction: float = TRIM_FRACTION) -> list[tuple[int, int]]:
+    """Shrink each word's DTW span to where its own attention is strong.
+
+    DTW gives every position to some token, so a pause goes to a neighbouring word. For word ``k``
+    with positions ``spans[k] = (a, b)`` and matrix rows ``rows[k] = (r0, r1)``, take the profile
+    ``matrix[r0:r1, a:b].max(0)`` and keep the positions from the first to the last where it reaches
+    ``fraction`` of its peak. A span whose profile never rises above zero (the average over tokens)
+    is kept whole. Returns the new ``(a, b)`` (b exclusive)."""
+    if not 0.0 < fraction < 1.0:
+        raise AttnKitError(f"trim fraction must be in (0, 1); got {fraction}")
+    out = []
+    for (a, b), (r0, r1) in zip(spans, rows):
+        prof = matrix[r0:r1, a:b].max(axis=0) if b > a and r1 > r0 else np.zeros(0)
+        if prof.size == 0 or prof.max() <= 0:
+            out.append((a, b))
+            continue
+        keep = np.flatnonzero(prof >= fraction * prof.max())
+        out.append((a + int(keep[0]), a + int(keep[-1]) + 1))
+    return out
+
+
 def align_words(w: Whisper, audio_states: Tensor, text_tokens: Sequence[int], n_samples: int, *,
                 heads: Sequence[tuple[int, int]] | None = None, medfilt_width: int = 7,
-                weights: Tensor | None = None) -> AlignmentResult:
+                weights: Tensor | None = None, trim: float | None = TRIM_FRACTION) -> AlignmentResult:
     """Word timings (seconds from the window start) of ``text_tokens`` spoken in a 30 s window whose
-    audio states are ``audio_states (1, S, E)``; ``n_samples`` is the audio's length within it."""
+    audio states are ``audio_states (1, S, E)``; ``n_samples`` is the audio's length within it.
+
+    ``trim`` shrinks each word's DTW span with :func:`trim_to_attention` (None: Whisper's contiguous
+    spans, where a word ends where the next begins)."""
     tok = w.tokenizer
     text_tokens = [t for t in text_tokens if t < tok.eot]
     if not text_tokens:
@@ -197,6 +225,12 @@ def align_words(w: Whisper, audio_states: Tensor, text_tokens: Sequence[int], n_
     jumps = np.concatenate([[True], np.diff(rows) != 0])
     jump_times = cols[jumps] * SECONDS_PER_POSITION  # (len(text_tokens) + 1,)
     starts, ends = jump_times[bounds[:-1]], jump_times[bounds[1:]]
+    if trim is not None:
+        pos = np.rint(np.stack([starts, ends], 1) / SECONDS_PER_POSITION).astype(int)
+        spans = trim_to_attention(matrix.double().numpy(), [tuple(p) for p in pos],
+                                  [(int(bounds[k]), int(bounds[k + 1])) for k in range(len(bounds) - 1)], trim)
+        starts = np.array([a for a, _ in spans]) * SECONDS_PER_POSITION
+        ends = np.array([b for _, b in spans]) * SECONDS_PER_POSITION
     if logits is not None:
         probs = torch.softmax(logits.float(), dim=-1)
         tok_p = [float(probs[len(prompt) - 1 + i, t]) for i, t in enumerate(text_tokens)]

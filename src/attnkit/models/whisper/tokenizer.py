@@ -23,6 +23,7 @@ class _Specials:
     no_speech: int
     no_timestamps: int
     timestamp_begin: int
+    prev: int  # <|startofprev|>: a prompt of earlier text comes after it
 
 
 class WhisperTokenizer:
@@ -37,13 +38,15 @@ class WhisperTokenizer:
         except Exception as exc:  # tokenizers raises a plain Exception on a bad file
             raise AttnKitError(f"cannot read the tokenizer {str(path)!r}: {exc}") from exc
         self.n_vocab = n_vocab
-        names = ("<|endoftext|>", "<|startoftranscript|>", "<|transcribe|>", "<|nocaptions|>", "<|notimestamps|>")
+        names = ("<|endoftext|>", "<|startoftranscript|>", "<|transcribe|>", "<|nocaptions|>", "<|notimestamps|>",
+                 "<|startofprev|>")
         ids = [self._tok.token_to_id(n) for n in names]
         if any(i is None for i in ids):
             raise AttnKitError(f"tokenizer {str(path)!r} lacks Whisper's special tokens; expected all of {names}")
-        eot, sot, transcribe, no_speech, no_ts = ids
+        eot, sot, transcribe, no_speech, no_ts, prev = ids
         self.special = _Specials(eot=eot, sot=sot, transcribe=transcribe, no_speech=no_speech, no_timestamps=no_ts,
-                                 timestamp_begin=no_ts + 1)  # timestamps follow <|notimestamps|>
+                                 timestamp_begin=no_ts + 1,  # timestamps follow <|notimestamps|>
+                                 prev=prev)
         self.multilingual = n_vocab >= 51865
 
     @property
@@ -57,6 +60,13 @@ class WhisperTokenizer:
     def sot_sequence(self, timestamps: bool = False) -> list[int]:
         """The prompt of a transcript: ``[sot]`` (plus no-timestamps unless ``timestamps``)."""
         return [self.special.sot] if timestamps else [self.special.sot, self.special.no_timestamps]
+
+    def prompt_sequence(self, previous: list[int], max_previous: int, timestamps: bool = False) -> list[int]:
+        """``[<|startofprev|>, *previous[-max_previous:], *sot_sequence]``: a transcript conditioned on
+        earlier text; ``[sot_sequence]`` alone when ``previous`` is empty."""
+        keep = previous[-max_previous:] if max_previous > 0 else []
+        head = [self.special.prev, *keep] if keep else []
+        return [*head, *self.sot_sequence(timestamps)]
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
