@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -275,12 +275,9 @@ def train(*, data: str = "all", model: str = "pointer", quick: bool = False, bud
         raise AttnKitError(f"--data {data!r} is not known; expected one of {', '.join(DATASETS)}")
     require_data(data)
     preset = PRESETS["quick" if quick else "full"]
-    cfg = replace(preset.train, seed=seed, progress=progress,
-                  **({"budget_seconds": budget_minutes * 60} if budget_minutes is not None else {}),
-                  **({"max_steps": max_steps} if max_steps is not None else {}),
-                  **({"eval_every": eval_every} if eval_every is not None else {}))
-    if out is not None and not resume and (Path(out) / "config.json").exists():
-        raise AttnKitError(f"--out {str(out)!r} already holds a run; expected a new folder, or --resume to continue it")
+    cfg = preset.train.overridden(seed=seed, progress=progress, budget_minutes=budget_minutes, max_steps=max_steps,
+                                  eval_every=eval_every)
+    RunFolder.refuse_existing(out, resume)
     t0 = time.perf_counter()
     splits, counts = _load_splits(data, preset)
     log(f"pairs per source: {', '.join(f'{k} {v}' for k, v in counts.items())}; "

@@ -9,21 +9,27 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..trainer import cache_dir
-from . import caption, detect
+from . import caption, classify, detect
 from .common import load_scenes, write_image
 from .data import CLASSES
 
-__all__ = ["cached_run", "run_demo"]
+__all__ = ["cached_path", "cached_run", "run_demo"]
 
 
-_RUNS = {"caption": (caption, "caption-attention-quick", "attention"), "detect": (detect, "detect-detr-quick", "detr")}
+_RUNS = {"vit": (classify, "vit-quick", "vit"), "caption": (caption, "caption-attention-quick", "attention"),
+         "detect": (detect, "detect-detr-quick", "detr")}
+
+
+def cached_path(task: str) -> Path:
+    """Where the quick run of ``task`` is cached under ``$ATTNKIT_CACHE/runs/`` (trained or not)."""
+    return cache_dir("runs") / _RUNS[task][1]
 
 
 def cached_run(task: str, log: Callable[[str], None] = print) -> Path:
-    """The cached quick run of ``task`` (``"caption"``: the attention captioner, ``"detect"``:
-    DETR) under ``$ATTNKIT_CACHE/runs/``, trained now if missing."""
-    module, name, model = _RUNS[task]
-    path = cache_dir("runs") / name
+    """The cached quick run of ``task`` (``"vit"``: the ViT classifier, ``"caption"``: the attention
+    captioner, ``"detect"``: DETR) under ``$ATTNKIT_CACHE/runs/``, trained now if missing."""
+    module, _, model = _RUNS[task]
+    path = cached_path(task)
     if not (path / "results.json").exists():
         if path.exists():  # an unfinished earlier attempt (the folder is the cache's own)
             shutil.rmtree(path)

@@ -14,12 +14,11 @@ The image travels in ``info["picture"]`` (one byte per pixel, with the patch gri
 the column where the patches start) so the page can draw it beside the heatmap and lay a row's
 attention over it. The models are the run folders given to ``attnkit serve --run vit=PATH --run
 caption=PATH``, else the quick runs trained once under ``$ATTNKIT_CACHE/runs`` on first use
-(:func:`attnkit.apps.vision.demo.cached_run` for the captioner, ``vit-quick`` for the ViT).
+(:func:`attnkit.apps.vision.demo.cached_run`).
 """
 
 from __future__ import annotations
 
-import shutil
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,26 +29,10 @@ import torch
 from ..api import Analysis, RequestError, View, encode_picture
 from ._base import Input, Mode
 
-__all__ = ["VisionMode", "MODE", "N_TEST", "N_SCENES", "cached_vit_run"]
+__all__ = ["VisionMode", "MODE", "N_TEST", "N_SCENES"]
 
 N_TEST = 10_000  # images in the Fashion-MNIST test split
 N_SCENES = 300  # held-out scenes offered (the demo's set)
-VIT_RUN = "vit-quick"
-CAPTION_RUN = "caption-attention-quick"  # the folder demo.cached_run("caption") trains into
-
-
-def cached_vit_run() -> Path:
-    """The quick ViT run under ``$ATTNKIT_CACHE/runs/vit-quick``, trained now if missing (about
-    10 s on 2 cores), as :func:`attnkit.apps.vision.demo.cached_run` does for the captioner."""
-    from ...apps.trainer import cache_dir
-    from ...apps.vision import classify
-
-    path = cache_dir("runs") / VIT_RUN
-    if not (path / "results.json").exists():
-        if path.exists():  # an unfinished earlier attempt (the folder is the cache's own)
-            shutil.rmtree(path)
-        classify.train(model="vit", quick=True, out=path, progress=False, log=lambda *_: None)
-    return path
 
 
 def _patch_labels(grid: int) -> list[str]:
@@ -108,9 +91,10 @@ class VisionMode(Mode):
 
     def _load_vit(self) -> None:
         from ...apps.vision import classify
+        from ...apps.vision.demo import cached_run
         from ...apps.vision.vit import ViT
 
-        lr = classify.load_run(self.vit_run or cached_vit_run())
+        lr = classify.load_run(self.vit_run or cached_run("vit", log=lambda *_: None))
         if not isinstance(lr.model, ViT):
             raise RequestError(f"the classifier in {lr.run.path} is a {lr.config['model']['kind']!r}, which has no "
                                "attention; expected a 'vit' or 'vit-neighborhood' run", 409)
@@ -158,17 +142,16 @@ class VisionMode(Mode):
     def warm(self) -> None:
         """Load the models that need no training (given runs, or quick runs already cached); the
         first vision request trains the missing ones, so the server starts at once."""
-        from ...apps.trainer import cache_dir
         from ...apps.vision.data import data_status
+        from ...apps.vision.demo import cached_path
 
         if data_status()["fashion-mnist"] != "installed":
             return  # each request then says what to install
-        cached = cache_dir("runs")
         with self.lock:
-            if self.vit_run is not None or (cached / VIT_RUN / "results.json").exists():
+            if self.vit_run is not None or (cached_path("vit") / "results.json").exists():
                 self.vit()
                 self.test_images()
-            if self.caption_run is not None or (cached / CAPTION_RUN / "results.json").exists():
+            if self.caption_run is not None or (cached_path("caption") / "results.json").exists():
                 self.captioner()
                 self.scenes()
 
