@@ -10,11 +10,39 @@ from pathlib import Path
 
 import torch
 
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's chromium, installed by make data
+TIMEOUT_MS = 120_000
+
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def browser_page(app, width: int = 1300, height: int = 1000):
+    """A headless Chromium page on ``app`` (served on loopback) once the page says it is ready;
+    yields ``(page, url, errors)``, ``errors`` collecting the page's uncaught JavaScript errors."""
+    import pytest
+
+    from conftest import require_data
+
+    require_data(CHROMIUM.exists(), "Debian chromium", "apt-get install chromium")
+    pytest.importorskip("playwright", reason="playwright (dev extra) is not installed")
+    from playwright.sync_api import sync_playwright
+
+    with running_server(app) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url)
+            page.wait_for_selector('body[data-ready="1"]', timeout=TIMEOUT_MS)
+            yield page, url, errors
+        finally:
+            browser.close()
 
 
 @contextmanager

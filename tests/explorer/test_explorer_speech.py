@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,13 +13,11 @@ import torch
 
 pytest.importorskip("starlette", reason="the serve extra (starlette, uvicorn) is not installed")
 
-from explorer_helpers import running_server  # noqa: E402
+from explorer_helpers import TIMEOUT_MS, browser_page  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 from attnkit.explorer import create_app  # noqa: E402
 
-CHROMIUM = Path("/usr/bin/chromium")
-TIMEOUT_MS = 120_000
 CLIP = "cards/005"  # "eight of spades four of clubs seven of hearts", 3.5 s
 
 
@@ -159,19 +156,7 @@ def test_clip_list_is_offered(client):
 
 
 def test_speech_in_the_browser(app, client, tmp_path):
-    from conftest import require_data
-
-    require_data(CHROMIUM.exists(), "Debian chromium", "apt-get install chromium")
-    pytest.importorskip("playwright", reason="playwright (dev extra) is not installed")
-    from playwright.sync_api import sync_playwright
-
-    with running_server(app) as url, sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"])
-        pg = b.new_page(viewport={"width": 1300, "height": 1000})
-        errors: list[str] = []
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.goto(url)
-        pg.wait_for_selector('body[data-ready="1"]', timeout=TIMEOUT_MS)
+    with browser_page(app) as (pg, _, errors):
         pg.click('#modes button[data-mode="speech"]')
         pg.select_option("select[name=clip]", "goforward")
         pg.click("#run")
@@ -203,5 +188,4 @@ def test_speech_in_the_browser(app, client, tmp_path):
         pg.wait_for_function("(h => !!h && h.view === 'decoder')(explorer.heatmap('decoder'))", timeout=TIMEOUT_MS)
         assert not pg.is_visible("#spectrogram")  # the decoder's columns are tokens, not time
         pg.screenshot(path=str(tmp_path / "explorer-speech.png"), full_page=True)
-        b.close()
     assert errors == []

@@ -5,7 +5,6 @@ The numbers served and drawn must be the models' own (attnkit.apps.vision)."""
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,13 +12,10 @@ import torch
 
 pytest.importorskip("starlette", reason="the serve extra (starlette, uvicorn) is not installed")
 
-from explorer_helpers import running_server  # noqa: E402
+from explorer_helpers import TIMEOUT_MS, browser_page  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 from attnkit.explorer import create_app  # noqa: E402
-
-CHROMIUM = Path("/usr/bin/chromium")
-TIMEOUT_MS = 120_000
 
 
 @pytest.fixture(scope="module")
@@ -198,21 +194,8 @@ def test_warm_trains_nothing(app, tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def page(app, need_data_module):
-    from conftest import require_data
-
-    require_data(CHROMIUM.exists(), "Debian chromium", "apt-get install chromium")
-    pytest.importorskip("playwright", reason="playwright (dev extra) is not installed")
-    from playwright.sync_api import sync_playwright
-
-    with running_server(app) as url, sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"])
-        pg = b.new_page(viewport={"width": 1300, "height": 1000})
-        errors: list[str] = []
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.goto(url)
-        pg.wait_for_selector('body[data-ready="1"]', timeout=TIMEOUT_MS)
+    with browser_page(app) as (pg, url, errors):
         yield pg, url
-        b.close()
     assert errors == []
 
 
