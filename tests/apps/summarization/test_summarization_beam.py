@@ -6,19 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from summarization_helpers import V, copy_task, tiny, trained_copier
 
-from attnkit.apps.summarization.models import BOS, EOS, MODELS, PAD, UNK, SummConfig, build_model
-from attnkit.apps.summarization.task import _loss, beam_search, decode, greedy, results_name
+from attnkit.apps.summarization.models import BOS, EOS, MODELS, PAD, UNK
+from attnkit.apps.summarization.task import beam_search, decode, greedy, results_name
 from attnkit.errors import AttnKitError
 
 torch.set_num_threads(1)
-V = 12  # 4 specials + 8 words
-
-
-def _tiny(kind: str, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return build_model(SummConfig(kind, vocab=V, d_model=32, emb_dim=16, layers=1, heads=2, ff=64, dropout=0.0,
-                                  max_len=32))
 
 
 def _batch(b: int = 4, s: int = 8, seed: int = 0) -> dict:
@@ -36,7 +30,7 @@ def _batch(b: int = 4, s: int = 8, seed: int = 0) -> dict:
 
 @pytest.mark.parametrize("kind", MODELS)
 def test_beam_one_is_greedy(kind):
-    model = _tiny(kind).eval()
+    model = tiny(kind).eval()
     batch = _batch()
     for max_len in (1, 6, 12):
         g, _ = greedy(model, batch, max_len)
@@ -65,7 +59,7 @@ def _recomputed(model, batch, ids: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("kind", MODELS)
 def test_beams_are_sorted_and_cached_scores_equal_recomputation(kind):
-    model = _tiny(kind).eval()
+    model = tiny(kind).eval()
     batch = _batch()
     k = 4
     ids, scores = beam_search(model, batch, 10, beam=k, length_penalty=0.0)  # scores: plain log p
@@ -90,7 +84,7 @@ def test_beams_are_sorted_and_cached_scores_equal_recomputation(kind):
 
 @pytest.mark.parametrize("kind", MODELS)
 def test_beam_keeps_greedys_rules(kind):
-    model = _tiny(kind, seed=1).eval()
+    model = tiny(kind, seed=1).eval()
     batch = _batch(seed=3)
     ids, _ = beam_search(model, batch, 20, beam=3, no_repeat=3)
     for hyp in ids.reshape(-1, ids.shape[-1]).tolist():
@@ -105,30 +99,9 @@ def test_beam_keeps_greedys_rules(kind):
             assert max(hyp) < V
 
 
-def _copy_task(n: int, seed: int) -> dict:
-    """Sources of in-vocabulary words with one unknown word at a random place; the summary is that word."""
-    g = torch.Generator().manual_seed(seed)
-    src = torch.randint(4, V, (n, 6), generator=g)
-    pos = torch.randint(0, 6, (n,), generator=g)
-    ext = src.clone()
-    ext[torch.arange(n), pos] = V
-    src = src.masked_fill(ext >= V, UNK)
-    eos = torch.full((n, 1), EOS)
-    src, ext = torch.cat((src, eos), 1), torch.cat((ext, eos), 1)
-    return {"src": src, "src_ext": ext, "tgt": torch.tensor([[BOS, V, EOS]]).repeat(n, 1), "n_ext": 1}
-
-
 def test_pointer_copies_an_unknown_word_under_beam():
-    torch.manual_seed(0)
-    model = _tiny("pointer")
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for step in range(150):
-        loss, _ = _loss(model, _copy_task(32, step))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    test = _copy_task(48, 10_000)
+    model = trained_copier()
+    test = copy_task(48, 10_000)
     ids, scores = beam_search(model, test, 3, beam=4)
     assert (ids[:, 0, 0] == V).float().mean() >= 0.9  # the best beam copies the word the vocabulary lacks
     assert (ids[:, 0, 1] == EOS).float().mean() >= 0.9
@@ -136,7 +109,7 @@ def test_pointer_copies_an_unknown_word_under_beam():
 
 
 def test_bad_beam_options():
-    model = _tiny("transformer").eval()
+    model = tiny("transformer").eval()
     with pytest.raises(AttnKitError, match="beam must be >= 1; got 0"):
         beam_search(model, _batch(), 5, beam=0)
     with pytest.raises(AttnKitError, match="length_penalty must be a number >= 0; got -1"):

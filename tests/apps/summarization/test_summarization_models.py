@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from summarization_helpers import V, copy_task, tiny, trained_copier
 
 from attnkit.apps.summarization.models import (
     BOS,
@@ -16,19 +17,11 @@ from attnkit.apps.summarization.models import (
     SummConfig,
     TransformerSummarizer,
     WordVocab,
-    build_model,
 )
-from attnkit.apps.summarization.task import _blocked, _loss, collate, encode, greedy
+from attnkit.apps.summarization.task import _blocked, collate, encode, greedy
 from attnkit.errors import AttnKitError
 
 torch.set_num_threads(1)
-V = 12  # 4 specials + 8 words
-
-
-def _tiny(kind: str, **kw) -> torch.nn.Module:
-    torch.manual_seed(0)
-    sizes = dict(d_model=32, emb_dim=16, layers=1, heads=2, ff=64, dropout=0.0, max_len=32) | kw
-    return build_model(SummConfig(kind, vocab=V, **sizes))
 
 
 def _batch(b: int = 3, s: int = 7, n_ext: int = 2, seed: int = 0):
@@ -46,7 +39,7 @@ def _batch(b: int = 3, s: int = 7, n_ext: int = 2, seed: int = 0):
 
 @pytest.mark.parametrize("kind", MODELS)
 def test_output_is_a_distribution_and_cached_steps_match(kind):
-    model = _tiny(kind).eval()
+    model = tiny(kind).eval()
     src, ext, tgt, n_ext = _batch()
     with torch.no_grad():
         logp = model(src, src != PAD, tgt, ext, n_ext)  # (B, T, X)
@@ -58,7 +51,7 @@ def test_output_is_a_distribution_and_cached_steps_match(kind):
 
 
 def test_copy_probability_is_p_gen_weighted_attention():
-    model = _tiny("pointer").eval()
+    model = tiny("pointer").eval()
     src, ext, tgt, n_ext = _batch()
     with torch.no_grad():
         p = model(src, src != PAD, tgt, ext, n_ext).exp()  # (B, T, V + 2)
@@ -75,43 +68,21 @@ def test_copy_probability_is_p_gen_weighted_attention():
 
 
 def test_pointer_needs_extended_ids():
-    model = _tiny("pointer")
+    model = tiny("pointer")
     src, _, tgt, _ = _batch()
     with pytest.raises(AttnKitError, match="src_ext"):
         model(src, src != PAD, tgt)
 
 
-def _copy_task(n: int, seed: int):
-    """Sources of in-vocabulary words with one unknown word at a random place; the summary is that word."""
-    g = torch.Generator().manual_seed(seed)
-    src = torch.randint(4, V, (n, 6), generator=g)
-    pos = torch.randint(0, 6, (n,), generator=g)
-    ext = src.clone()
-    ext[torch.arange(n), pos] = V
-    src = src.masked_fill(ext >= V, UNK)
-    eos = torch.full((n, 1), EOS)
-    src, ext = torch.cat((src, eos), 1), torch.cat((ext, eos), 1)
-    tgt = torch.tensor([[BOS, V, EOS]]).repeat(n, 1)
-    return {"src": src, "src_ext": ext, "tgt": tgt, "n_ext": 1}
-
-
 def test_pointer_learns_to_copy_a_word_outside_the_vocabulary():
     """The vocabulary cannot produce id V (it has V entries): only the copy distribution can."""
-    torch.manual_seed(0)
-    model = _tiny("pointer")
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for step in range(150):
-        loss, _ = _loss(model, _copy_task(32, step))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    test = _copy_task(64, 10_000)
+    model = trained_copier()
+    test = copy_task(64, 10_000)
     ids, p_gen = greedy(model, test, 3)
     assert (ids[:, 0] == V).float().mean() >= 0.9
     assert p_gen[:, 0].mean() < 0.5  # it copies: the generator's share is small for that word
     # the same model without its copy mechanism cannot emit the word at all
-    plain = _tiny("transformer").eval()
+    plain = tiny("transformer").eval()
     ids_plain, gates = greedy(plain, test, 3)
     assert gates is None and bool((ids_plain < V).all())
 
@@ -145,7 +116,7 @@ def test_encode_and_collate():
 def test_no_repeated_trigrams():
     assert _blocked([5, 6, 7, 5, 6]) == {7}
     assert _blocked([5, 6]) == set()
-    model = _tiny("transformer").eval()
+    model = tiny("transformer").eval()
     src, ext, _, _ = _batch()
     ids, _ = greedy(model, {"src": src, "src_ext": ext, "n_ext": 0}, 20)
     for row in ids.tolist():
@@ -158,4 +129,4 @@ def test_no_repeated_trigrams():
 def test_unknown_model_kind():
     with pytest.raises(AttnKitError, match="model 'bert' is not known; expected one of pointer, transformer, rnn"):
         SummConfig("bert", vocab=10)
-    assert isinstance(_tiny("pointer"), TransformerSummarizer)
+    assert isinstance(tiny("pointer"), TransformerSummarizer)
