@@ -86,7 +86,7 @@ def test_modes_hide_applications_not_given(client):
         modes = bare.get("/api/modes").json()["modes"]
     assert [m["name"] for m in modes] == ["text", "compare", "vision", "speech"]
     text = modes[0]
-    assert [i["name"] for i in text["inputs"]] == ["text", "text_b"] and text["actions"] == ["flow"]
+    assert [i["name"] for i in text["inputs"]] == ["text", "text_b"] and text["actions"] == ["flow", "stats"]
 
 
 def test_unknown_application_and_bad_run_are_refused(tmp_path):
@@ -120,7 +120,13 @@ def test_text_statistics_rollout_and_flow(client, captured):
 
     att, tokens = captured
     a = run_text(client)
-    table = a["info"]["tables"][0]
+    assert a["info"]["tables"] == [] and a["info"]["later"] == ["stats"]  # computed after the first picture
+    r = client.post("/api/action", json={"key": a["key"], "action": "stats"})
+    assert r.status_code == 200
+    table = r.json()["tables"][0]
+    again = client.post("/api/action", json={"key": a["key"], "action": "stats"}).json()["tables"][0]
+    assert again == table  # computed once, then kept
+    assert run_text(client)["info"]["tables"] == [table]  # and sent with the stored analysis
     assert table["columns"][:3] == ["layer", "head", "entropy"] and len(table["rows"]) == 72
     st = head_stats(att, tokens)
     row = next(r for r in table["rows"] if r[:2] == [4, 9])

@@ -83,10 +83,10 @@ def head_stats(attentions: Tensor | Sequence[Tensor], tokens: Sequence[str] | No
     sep_pos = [i for i, s in enumerate(toks) if s in sep_tokens] if toks else [t - 1]
     idx = torch.arange(t, dtype=torch.float64)
     dist = (idx.view(-1, 1) - idx.view(1, -1)).abs()  # (T, T)
-    ent = -(a * torch.log(a.clamp_min(1e-30))).sum(-1)  # (L, H, T)
+    ent = torch.special.entr(a).sum(-1)  # (L, H, T): -sum a log a, one pass, 0 log 0 = 0
     return HeadStats(
         entropy=ent.mean(-1),
-        distance=(a * dist).sum(-1).mean(-1),
+        distance=torch.einsum("lhij,ij->lhi", a, dist).mean(-1),  # no (L, H, T, T) temporary
         cls=a[..., cls_pos].sum(-1).mean(-1),
         sep=a[..., sep_pos].sum(-1).mean(-1),
         self=a.diagonal(dim1=-2, dim2=-1).mean(-1),

@@ -2,8 +2,10 @@
 
 Views: ``attention`` (every layer and head), ``rollout`` (:func:`attnkit.interpret.attention_rollout`)
 and, on request for short inputs, ``flow`` (:func:`attnkit.interpret.attention_flow`, which costs
-``T^2`` max-flow problems). Info: the head statistics of :func:`attnkit.interpret.head_stats` as a
-table, and a notice when the input was truncated.
+``T^2`` max-flow problems). Info: a notice when the input was truncated. The head statistics of
+:func:`attnkit.interpret.head_stats` come as a table from the ``stats`` action, which the page asks
+for once the first heatmap is drawn (``info["later"]``): at 512 tokens they cost as much as the
+model's forward pass, and the first picture does not wait for them.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class TextMode(Mode):
     order = 10
     help = ("Type one sentence, or two (the second box) to see attention across a pair. Click a head in the "
             "overview or the statistics table; click tokens to select them.")
-    actions = ("flow",)
+    actions = ("flow", "stats")
 
     @property
     def inputs(self):
@@ -70,11 +72,13 @@ class TextMode(Mode):
         views = {"attention": View("attention", att, toks, toks),
                  "rollout": View("rollout (all layers, heads averaged, residual)",
                                  attention_rollout(att)[None, None], toks, toks, ["all layers"])}
-        info = {"tokens": toks, "notices": truncation_notice(enc), "tables": [stats_table(att, toks)],
+        info = {"tokens": toks, "notices": truncation_notice(enc), "tables": [], "later": ["stats"],
                 "flow_available": len(toks) <= FLOW_MAX_TOKENS}
         return Analysis(key, self.name, views, info, state={"att": att})
 
     def action(self, analysis: Analysis, name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        if name == "stats":
+            return {"tables": self.stats(analysis)}
         if name != "flow":
             return super().action(analysis, name, params)
         from ...interpret import attention_flow
@@ -89,6 +93,13 @@ class TextMode(Mode):
                 analysis.views["flow"] = View("flow (max flow from each input token)", flow[None, None], toks, toks,
                                               ["all layers"])
         return {"view": "flow", "description": analysis.views["flow"].describe()}
+
+    def stats(self, analysis: Analysis) -> list[dict[str, Any]]:
+        """The head-statistics table of ``analysis`` (computed once, then kept in its info)."""
+        with analysis.lock:
+            if not analysis.info["tables"]:
+                analysis.info["tables"] = [stats_table(analysis.state["att"], analysis.info["tokens"])]
+            return analysis.info["tables"]
 
 
 MODE = TextMode
