@@ -141,6 +141,7 @@ def render_test(url: str, shots: Path | None, translation: bool) -> dict:
         out["tokens"] = len(page.evaluate("explorer.heatmap('attention').values")) ** 0.5
         out["first_heatmap_ms"] = [round(t["first_heatmap_ms"]) for t in firsts]
         out["analysis_ms"] = [round(t["run_ms"]) for t in firsts]
+        out["all_views_ms"] = [round(t["all_views_ms"]) for t in firsts]  # overview, lines and tokens drawn too
         out["switch_head"] = {k: [round(t[k], 1) for t in switches] for k in ("fetch_ms", "decode_ms", "draw_ms")}
         if shots is not None:
             shots.mkdir(parents=True, exist_ok=True)

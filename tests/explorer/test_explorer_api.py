@@ -115,6 +115,16 @@ def test_text_run_matches_interpret(client, captured):
     assert every.shape == (12, len(tokens), len(tokens))
 
 
+def test_run_sends_the_first_matrix_when_asked(client):
+    plain = run_text(client)
+    assert "first_matrix" not in plain
+    r = client.post("/api/run", json={"mode": "text", "inputs": {"text": SENTENCE}, "first": {"cells": 4}})
+    first = r.json()["first_matrix"]
+    assert (first["view"], first["layer"], first["head"]) == ("attention", 5, 0)  # what the page draws first
+    assert first == matrix(client, plain["key"], "attention", 5, 0, cells=4)  # pooled to 4 cells, like /api/matrix
+    assert first["group"] != [1, 1]
+
+
 def test_text_statistics_rollout_and_flow(client, captured):
     from attnkit.interpret import attention_flow, attention_rollout, head_stats
 
@@ -271,6 +281,8 @@ BAD_RUNS = [
     ({"mode": "compare", "inputs": {"text": "a", "window": -1}}, 422, "window -1 is out of range"),
     ({"mode": "compare", "inputs": {"text": "a", "block": True}}, 422, "block must be an integer"),
     ({"mode": "compare", "inputs": {"text": "a", "n_features": "many"}}, 422, "n_features must be an integer"),
+    ({"mode": "text", "inputs": {"text": "a"}, "first": 512}, 422, "first must be an object"),
+    ({"mode": "text", "inputs": {"text": "a"}, "first": {"cells": 0}}, 422, "first.cells"),
 ]
 
 
@@ -376,5 +388,12 @@ def test_view_refuses_bad_weights():
         View("v", torch.ones(3, 3), ["a"] * 3, ["a"] * 3)
     with pytest.raises(AttnKitError, match="labels give"):
         View("v", torch.ones(1, 1, 3, 3), ["a"] * 2, ["a"] * 3)
-    with pytest.raises(AttnKitError, match="non-finite"):
-        View("v", torch.full((1, 1, 2, 2), float("nan")), ["a"] * 2, ["a"] * 2)
+    for bad in (float("nan"), float("inf"), -float("inf")):  # one bad cell among finite ones
+        w = torch.full((1, 1, 2, 2), 0.5)
+        w[0, 0, 1, 0] = bad
+        with pytest.raises(AttnKitError, match="non-finite"):
+            View("v", w, ["a"] * 2, ["a"] * 2)
+    with pytest.raises(AttnKitError, match="float16's range"):  # stored as float16: never silently inf
+        View("v", torch.full((1, 1, 2, 2), 7e4), ["a"] * 2, ["a"] * 2)
+    big = torch.full((1, 1, 2, 2), 6e4)  # large finite values whose float16 sum overflows are kept
+    assert View("v", big, ["a"] * 2, ["a"] * 2).weights.float().max() == pytest.approx(6e4, rel=1e-3)

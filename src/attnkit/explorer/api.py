@@ -61,9 +61,11 @@ class View:
         if w.shape[-2] != len(self.rows) or w.shape[-1] != len(self.cols):
             raise ShapeError(f"view {self.title!r}: weights cover {tuple(w.shape[-2:])} tokens; labels give "
                              f"{len(self.rows)} rows and {len(self.cols)} columns")
-        if not torch.isfinite(w).all():
-            raise AttnKitError(f"view {self.title!r} holds non-finite weights; expected finite attention weights")
-        self.weights = w.detach().to(torch.float16).cpu().contiguous()
+        half = w.detach().to(torch.float16).cpu().contiguous()
+        if not torch.isfinite(half.sum(dtype=torch.float64)):  # a NaN or inf cell makes the sum so; finite ones cannot
+            raise AttnKitError(f"view {self.title!r} holds non-finite weights (or beyond float16's range, 65504); "
+                               "expected finite attention weights")
+        self.weights = half
 
     @property
     def layers(self) -> int:
@@ -81,12 +83,11 @@ class View:
     def matrix(self, layer: int, head: int | str) -> Tensor:
         """``(Tq, Tk)`` float32 for one head, or the mean of the layer's heads (``head="mean"``),
         or every head of the layer ``(H, Tq, Tk)`` (``head="all"``)."""
-        w = self.weights[layer].float()  # (H, Tq, Tk)
         if head == "mean":
-            return w.mean(0)
+            return self.weights[layer].float().mean(0)
         if head == "all":
-            return w
-        return w[int(head)]
+            return self.weights[layer].float()  # (H, Tq, Tk)
+        return self.weights[layer, int(head)].float()
 
 
 @dataclass

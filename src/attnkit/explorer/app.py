@@ -179,18 +179,34 @@ def create_app(runs: Mapping[str, str | Path] | None = None, *, warm: bool = Fal
     async def modes(request: Request) -> Response:
         return JSONResponse({"modes": [m.describe() for m in ex.modes.values()]})
 
+    def _run(body: Mapping[str, Any]) -> dict[str, Any]:
+        """The analysis of ``body``; with ``"first": {"cells": N}`` also the matrix the page draws
+        first (the first view's last layer, head 0), so that picture needs no second request."""
+        first = body.get("first")
+        if first is not None and not isinstance(first, Mapping):
+            raise RequestError(f"first must be an object like {{\"cells\": 512}}; got {type(first).__name__}")
+        cells = _int(first.get("cells", MAX_CELLS), "first.cells", 1, MAX_CELLS) if first is not None else 0
+        analysis = ex.run(body)
+        out = analysis.describe()
+        if first is not None:
+            name, view = next(iter(analysis.views.items()))
+            out["first_matrix"] = _matrix_payload(name, view, view.layers - 1, 0, cells)
+        return out
+
     async def run(request: Request) -> Response:
         body = await _json_body(request)
-        analysis = await run_in_threadpool(ex.run, body)
-        return JSONResponse(analysis.describe())
+        return JSONResponse(await run_in_threadpool(_run, body))
+
+    def _matrix_payload(name: str, view: Any, layer: int, head: int | str, cells: int) -> dict[str, Any]:
+        m, (gq, gk) = pool_blocks(view.matrix(layer, head), cells)
+        return {"view": name, "layer": layer, "head": head, "shape": list(m.shape), "group": [gq, gk],
+                "tokens": [len(view.rows), len(view.cols)], "dtype": "float16", "data": encode_f16(m)}
 
     def _matrix(params: Mapping[str, Any]) -> dict[str, Any]:
         _, view, layer, head = _find(ex, params)
         head = _head(head, view.heads)
         cells = _int(params.get("cells", MAX_CELLS), "cells", 1, MAX_CELLS)
-        m, (gq, gk) = pool_blocks(view.matrix(layer, head), cells)
-        return {"view": params["view"], "layer": layer, "head": head, "shape": list(m.shape), "group": [gq, gk],
-                "tokens": [len(view.rows), len(view.cols)], "dtype": "float16", "data": encode_f16(m)}
+        return _matrix_payload(params["view"], view, layer, head, cells)
 
     async def matrix(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(_matrix, dict(request.query_params)))

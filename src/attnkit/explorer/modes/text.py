@@ -61,7 +61,10 @@ class TextMode(Mode):
         return {"max_tokens": MAX_TOKENS, "flow_max_tokens": FLOW_MAX_TOKENS}
 
     def warm(self) -> None:
+        """Load the model and analyse one full-length input (not stored), so the first long input a
+        person types does not also pay for the first use of every step at that size."""
         minilm()
+        self.analyse({"text": "warm " * MAX_TOKENS}, "warm-up")  # not stored
 
     def analyse(self, inputs: Mapping[str, Any], key: str) -> Analysis:
         from ...interpret import attention_rollout

@@ -140,7 +140,9 @@ async function run() {
   S.runStart = performance.now();
   S.firstDrawn = false;
   try {
-    const a = await api('/api/run', {mode: S.mode.name, inputs});
+    const a = await api('/api/run', {mode: S.mode.name, inputs, first: {cells: HEAT_PX}});
+    S.firstMatrix = a.first_matrix;  // the first picture's matrix came with the analysis
+    delete a.first_matrix;
     timings.run_ms = performance.now() - S.runStart;
     await showAnalysis(a);
     timings.all_views_ms = performance.now() - S.runStart;
@@ -194,7 +196,8 @@ async function setView(name) {
   fillSelect($('head'), [...Array(v.heads).keys()].map((h) => [`head ${h}`, h]).concat([['mean of heads', 'mean']]),
     S.head);
   drawTokens();
-  await Promise.all([drawHeatmaps(), drawOverview(), drawLines()]);
+  await drawHeatmaps();  // the picture first: the other views' requests would share the server with it
+  await Promise.all([drawOverview(), drawLines()]);
   await updateSelection();
 }
 
@@ -222,7 +225,10 @@ function heatColor(x) {  // 0..1 -> white..dark blue
 async function fetchMatrix(view, layer, head, cells) {
   const q = new URLSearchParams({key: S.analysis.key, view, layer, head, cells});
   const t0 = performance.now();
-  const m = await api('/api/matrix?' + q);
+  const f = S.firstMatrix;
+  S.firstMatrix = null;  // used once, for exactly the matrix it is
+  const m = f && f.view === view && f.layer === layer && String(f.head) === String(head) && cells === HEAT_PX
+    ? f : await api('/api/matrix?' + q);
   const t1 = performance.now();
   m.values = decodeF16(m.data);
   delete m.data;
