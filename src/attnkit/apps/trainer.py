@@ -365,6 +365,17 @@ class Trainer:
         log(f"training {what}, run folder {self.run.path}")
         return self.fit()
 
+    def fit_and_evaluate(self, what: str, evaluate_run: Callable[..., dict[str, Any]], *, started: float,
+                         resume: bool = False, log: Callable[[str], None] = print,
+                         **options: Any) -> tuple[RunFolder, dict[str, Any]]:
+        """The closing lines of a task's ``train``: :meth:`fit_run`, then the task's
+        ``evaluate_run(run, log=, train_result=, setup_seconds=, **options)``, where the set-up
+        time is the wall-clock since ``started`` (a ``time.perf_counter()``) less the training's.
+        Returns the run folder and the results."""
+        result = self.fit_run(what, resume=resume, log=log)
+        setup = time.perf_counter() - started - result.seconds
+        return self.run, evaluate_run(self.run, log=log, train_result=result, setup_seconds=setup, **options)
+
     def fit(self) -> TrainResult:
         """Train until a budget, the target or the patience stops it; evaluate at the end too."""
         from tqdm.auto import tqdm

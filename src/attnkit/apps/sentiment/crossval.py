@@ -5,7 +5,9 @@
 under ``--runs``), and writes after each fold: per model the test accuracy of each fold, the mean,
 the 95% t-interval over the folds, and the steps and seconds to each validation-accuracy
 threshold. ``--folds 1 2 3`` runs some folds only (the table says how many ran). An existing
-output file is extended: folds already in it are not run again.
+output file is extended: folds already in it are not run again. ``--tune-layers N`` sets how many
+top MiniLM layers ``minilm-ft`` fine-tunes (default: its preset's); the table records it, and a
+model's folds are never mixed across settings.
 """
 
 from __future__ import annotations
@@ -59,9 +61,11 @@ def summarize(per_fold: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def crossval(data: str, models: Sequence[str], out: str | Path, *, folds: Sequence[int] = tuple(range(1, FOLDS + 1)),
              runs: str | Path = "runs/sentiment-cv", seed: int = 0, budget_minutes: float | None = None,
-             progress: bool = False) -> dict[str, Any]:
-    """Run ``models`` on ``folds`` of ``data``; extend and return the JSON table in ``out``."""
-    from .task import train
+             progress: bool = False, tune_layers: int | None = None) -> dict[str, Any]:
+    """Run ``models`` on ``folds`` of ``data``; extend and return the JSON table in ``out``.
+    ``tune_layers`` applies to ``minilm-ft`` (default: its preset's)."""
+    from .models import ModelConfig
+    from .task import PRESETS, train
 
     for m in models:
         if m not in MODEL_DATA[data]:
@@ -71,7 +75,17 @@ def crossval(data: str, models: Sequence[str], out: str | Path, *, folds: Sequen
     if table.get("data") != data:
         raise AttnKitError(f"{out} holds a {table.get('data')!r} table; expected {data!r}")
     for model in models:
-        entry = table["models"].setdefault(model, {"per_fold": {}})
+        options = {}
+        if model == "minilm-ft":
+            preset = ModelConfig("minilm-ft", **PRESETS[("minilm-ft", False)].model)
+            options["tune_layers"] = preset.tune_layers if tune_layers is None else ModelConfig(
+                "minilm-ft", tune_layers=tune_layers).tune_layers
+        entry = table["models"].setdefault(model, {"per_fold": {}, **({"options": options} if options else {})})
+        if entry.get("options", {}) != options and entry["per_fold"]:
+            raise AttnKitError(f"{out} holds {model} folds run with {entry.get('options', {})}; got {options} "
+                               f"(write to another --out)")
+        if options:
+            entry["options"] = options
         for fold in folds:
             if str(fold) in entry["per_fold"]:
                 continue
@@ -81,7 +95,7 @@ def crossval(data: str, models: Sequence[str], out: str | Path, *, folds: Sequen
 
                 shutil.rmtree(run_dir)
             _, res = train(data=data, model=model, fold=fold, out=run_dir, seed=seed, progress=progress,
-                           budget_minutes=budget_minutes, pictures=False)
+                           budget_minutes=budget_minutes, pictures=False, **options)
             entry["per_fold"][str(fold)] = {"accuracy": res["test"]["accuracy"],
                                             "majority": res["baselines"]["majority-class"]["accuracy"],
                                             "steps": res["train"]["steps"], "seconds": res["train"]["seconds"],
@@ -132,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="JSON file (default runs/sentiment-cv-<data>.json)")
     ap.add_argument("--runs", default="runs/sentiment-cv", help="folder of the per-fold run folders")
     ap.add_argument("--budget-minutes", type=float, default=None, help="per-fold training budget (default: preset's)")
+    ap.add_argument("--tune-layers", type=int, default=None,
+                    help="minilm-ft: how many top MiniLM layers are fine-tuned, 1..6 (default: the preset's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--markdown", action="store_true", help="print the table in --out as Markdown and stop")
     a = ap.parse_args(argv)
@@ -146,8 +162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"error: --folds {bad}; expected integers from 1 to {FOLDS}")
     out = a.out or f"runs/sentiment-cv-{a.data}.json"
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    crossval(a.data, a.models or MODEL_DATA[a.data], out, folds=a.folds, runs=a.runs,
-             budget_minutes=a.budget_minutes)
+    try:
+        crossval(a.data, a.models or MODEL_DATA[a.data], out, folds=a.folds, runs=a.runs,
+                 budget_minutes=a.budget_minutes, tune_layers=a.tune_layers)
+    except AttnKitError as e:
+        raise SystemExit(f"error: {e}") from None
     return 0
 
 

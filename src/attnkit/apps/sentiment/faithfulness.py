@@ -68,11 +68,10 @@ class _Full:
                 if self.kind == "ids":
                     logits, w = self.lr.model({"ids": x, "mask": mask})
                 else:
-                    from .features import MID_LAYER
-
                     out = self.bert(x, mask.long(), output_hidden_states=self.kind == "mid")
                     if self.kind == "mid":
-                        batch = {"mid": out.hidden_states[MID_LAYER], "mask": mask}
+                        layer = self.lr.model.config.mid_layer  # the input of the fine-tuned top layers
+                        batch = {"mid": out.hidden_states[layer], "mask": mask, "mid_layer": torch.tensor(layer)}
                     else:
                         batch = {"states": out.last_hidden_state, "mask": mask}
                     logits, w = self.lr.model(batch)

@@ -6,19 +6,26 @@ sentences, see :func:`~attnkit.apps.sentiment.data.split_sentences`), each unit 
 cache ``cache_dir("sentiment")/<data>-minilm.safetensors`` holds, flat over all tokens:
 
 * ``ids (N_tok,)`` WordPiece ids, ``states (N_tok, 384)`` last-layer states (float16);
-* ``mid (N_tok, 384)``: for ``sentences`` only, the output of layer 4 (the input of the top two
-  layers, which the fine-tuned model trains on top of);
+* ``mid (N_tok, 384)`` and ``mid_layer (1,)``: for ``sentences`` only, the hidden state
+  :data:`MID_LAYER` (the output of layer 4, the input of the top two layers, which the fine-tuned
+  model trains on top of by default) and the index of that hidden state;
 * ``unit_offsets (N_unit + 1,)`` token offsets of each unit, ``text_offsets (N_text + 1,)`` unit
   offsets of each text.
 
 Reviews are encoded in chunks (each one file, so an interrupted run resumes), then joined.
+
+Fine-tuning another number of top layers reads another hidden state (index ``6 - tune_layers``;
+index 0 is the embedding output): :func:`features` with ``layer=`` swaps ``mid`` for that state,
+cached per layer (all missing layers in one pass) in ``<data>-minilm-layer<L>.safetensors``
+(``mid`` and ``mid_layer``). Every cache records the layer it holds and is refused when asked for
+another.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -28,12 +35,13 @@ from ...errors import AttnKitError
 from ..trainer import cache_dir
 from .data import DATASETS, Example, load, split_sentences
 
-__all__ = ["MAX_TOKENS", "MAX_SENTENCES", "MID_LAYER", "Features", "units_of", "encode_units", "token_ids", "features",
-           "feature_path"]
+__all__ = ["MAX_TOKENS", "MAX_SENTENCES", "LAYERS", "MID_LAYER", "Features", "mid_layer_of", "units_of",
+           "encode_units", "token_ids", "features", "feature_path", "layer_path"]
 
 MAX_TOKENS = {"sentences": 128, "reviews": 48}  # per unit, [CLS] and [SEP] included
 MAX_SENTENCES = 48  # per review (first 24 and last 24 when longer)
-MID_LAYER = 4  # cached hidden state index for fine-tuning the top layers (6 - 4 = 2 layers)
+LAYERS = 6  # transformer layers of all-MiniLM-L6-v2
+MID_LAYER = 4  # hidden state cached with the last-layer states: the input of the default 2 fine-tuned layers
 _CHUNK = 250  # reviews per cache chunk
 
 
@@ -46,6 +54,7 @@ class Features:
     mid: Tensor | None  # (N_tok, C) float16 or None
     unit_offsets: Tensor  # (N_unit + 1,) int64
     text_offsets: Tensor  # (N_text + 1,) int64
+    mid_layer: int | None = None  # the hidden-state index ``mid`` holds (0: embedding output)
 
     @property
     def n_texts(self) -> int:
@@ -60,6 +69,19 @@ class Features:
         return slice(int(self.unit_offsets[unit]), int(self.unit_offsets[unit + 1]))
 
 
+def mid_layer_of(tune_layers: int) -> int:
+    """The hidden-state index under the top ``tune_layers`` layers (``6 - tune_layers``)."""
+    if isinstance(tune_layers, bool) or not isinstance(tune_layers, int) or not 1 <= tune_layers <= LAYERS:
+        raise AttnKitError(f"tune_layers must be an int from 1 to {LAYERS}; got {tune_layers!r}")
+    return LAYERS - tune_layers
+
+
+def _check_layer(layer: int) -> int:
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < LAYERS:
+        raise AttnKitError(f"layer must be a hidden-state index from 0 to {LAYERS - 1}; got {layer!r}")
+    return layer
+
+
 def units_of(data: str, text: str) -> list[str]:
     """The units one text is cut into for ``data``."""
     return [text] if data == "sentences" else split_sentences(text, MAX_SENTENCES)
@@ -69,11 +91,20 @@ def feature_path(data: str) -> Path:
     return cache_dir("sentiment") / f"{data}-minilm.safetensors"
 
 
+def layer_path(data: str, layer: int) -> Path:
+    """The cache of hidden state ``layer`` of ``data`` (other than the one in :func:`feature_path`)."""
+    return cache_dir("sentiment") / f"{data}-minilm-layer{_check_layer(layer)}.safetensors"
+
+
 def encode_units(model, tokenizer, units: list[str], max_tokens: int, *, mid: bool = False,
-                 batch_size: int = 64) -> tuple[list[Tensor], list[Tensor], list[Tensor] | None]:
-    """Per unit: ids ``(T_i,)``, last-layer states ``(T_i, C)`` and (``mid``) layer-4 states, in input order."""
+                 batch_size: int = 64, layer: int = MID_LAYER
+                 ) -> tuple[list[Tensor], list[Tensor], list[Tensor] | None]:
+    """Per unit: ids ``(T_i,)``, last-layer states ``(T_i, C)`` and (``mid``) the states of hidden
+    state ``layer`` (0: embedding output, 6: last layer), in input order."""
     import warnings
 
+    if mid and (isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= LAYERS):
+        raise AttnKitError(f"layer must be a hidden-state index from 0 to {LAYERS}; got {layer!r}")
     order = sorted(range(len(units)), key=lambda i: -len(units[i]))
     ids: list[Tensor | None] = [None] * len(units)
     last: list[Tensor | None] = [None] * len(units)
@@ -89,7 +120,7 @@ def encode_units(model, tokenizer, units: list[str], max_tokens: int, *, mid: bo
                 ids[i] = b["input_ids"][j, :n].to(torch.int32)
                 last[i] = out.last_hidden_state[j, :n].to(torch.float16)
                 if mid:
-                    middle[i] = out.hidden_states[MID_LAYER][j, :n].to(torch.float16)
+                    middle[i] = out.hidden_states[layer][j, :n].to(torch.float16)
     return ids, last, (middle if mid else None)  # type: ignore[return-value]
 
 
@@ -114,11 +145,14 @@ def _encode_texts(data: str, examples: list[Example], model, tokenizer) -> dict[
                                       torch.tensor([len(u) for u in units_per_text]).cumsum(0)])}
     if middle is not None:
         out["mid"] = torch.cat(middle)
+        out["mid_layer"] = torch.tensor([MID_LAYER])
     return out
 
 
 def _join(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     out = {k: torch.cat([p[k] for p in parts]) for k in ("ids", "states") + (("mid",) if "mid" in parts[0] else ())}
+    if "mid_layer" in parts[0]:
+        out["mid_layer"] = parts[0]["mid_layer"]
     unit_off, text_off = [torch.zeros(1, dtype=torch.int64)], [torch.zeros(1, dtype=torch.int64)]
     tok_base = unit_base = 0
     for p in parts:
@@ -130,19 +164,108 @@ def _join(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     return out
 
 
-_memo: dict[str, Features] = {}
+_memo: dict[tuple[str, int | None], Features] = {}
 
 
-def features(data: str, *, log: Callable[[str], None] = print, chunks: int | None = None) -> Features:
+def _stored_layer(t: dict[str, Tensor], path: Path) -> int | None:
+    """The hidden-state index a cache file records for its ``mid`` (None: it holds no ``mid``)."""
+    if "mid" not in t:
+        return None
+    if "mid_layer" not in t:
+        raise AttnKitError(f"{path} holds intermediate states without the layer they come from; delete it to "
+                           f"re-encode (python -m attnkit.apps.sentiment.features sentences)")
+    return int(t["mid_layer"].reshape(-1)[0])
+
+
+def _record_legacy_layer(path: Path, t: dict[str, Tensor]) -> None:
+    """Give a cache written before caches recorded their layer its ``mid_layer``, after checking on a
+    few units that its ``mid`` is the output of layer :data:`MID_LAYER` (refused otherwise)."""
+    from safetensors.torch import save_file
+
+    from ...models import load_minilm
+
+    model, tok = load_minilm(max_length=MAX_TOKENS["sentences"])
+    examples = load("sentences")
+    n = 8
+    _, _, middle = encode_units(model, tok, [e.text for e in examples[:n]], MAX_TOKENS["sentences"], mid=True)
+    stored = t["mid"][: int(t["unit_offsets"][n])].float()
+    fresh = torch.cat(middle).float()  # type: ignore[arg-type]
+    if stored.shape != fresh.shape or not torch.allclose(stored, fresh, atol=2e-2, rtol=1e-2):
+        raise AttnKitError(f"{path} holds intermediate states that are not the output of layer {MID_LAYER}; "
+                           f"delete it to re-encode")
+    t["mid_layer"] = torch.tensor([MID_LAYER])
+    save_file(t, str(path.with_suffix(".tmp")))
+    path.with_suffix(".tmp").replace(path)
+
+
+def _encode_layers(data: str, base: Features, log: Callable[[str], None]) -> None:
+    """Write the cache of every hidden state 0..5 but :data:`MID_LAYER` that is missing, in one pass
+    of MiniLM over ``data`` (its tokens checked against ``base``'s)."""
+    import warnings
+
+    from safetensors.torch import save_file
+
+    from ...models import load_minilm
+
+    layers = [k for k in range(LAYERS) if k != MID_LAYER and not layer_path(data, k).is_file()]
+    t0 = time.perf_counter()
+    model, tok = load_minilm(max_length=MAX_TOKENS[data])
+    flat = [u for e in load(data) for u in units_of(data, e.text)]
+    order = sorted(range(len(flat)), key=lambda i: -len(flat[i]))
+    ids: list[Tensor] = [torch.zeros(0)] * len(flat)
+    per_layer: dict[int, list[Tensor]] = {k: [torch.zeros(0)] * len(flat) for k in layers}
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # truncation of long units is by design
+        for s in range(0, len(flat), 64):
+            idx = order[s:s + 64]
+            b = tok([flat[i] for i in idx], max_length=MAX_TOKENS[data])
+            out = model.bert(b["input_ids"], b["attention_mask"], unpad=True, output_hidden_states=True)
+            for j, i in enumerate(idx):
+                n = int(b["attention_mask"][j].sum())
+                ids[i] = b["input_ids"][j, :n].to(torch.int32)
+                for k in layers:
+                    per_layer[k][i] = out.hidden_states[k][j, :n].to(torch.float16)
+    if not torch.equal(torch.cat(ids), base.ids):
+        raise AttnKitError(f"the tokens of {data} differ from those in {feature_path(data)}; delete the caches")
+    for k in layers:
+        path = layer_path(data, k)
+        save_file({"mid": torch.cat(per_layer[k]), "mid_layer": torch.tensor([k])}, str(path.with_suffix(".tmp")))
+        path.with_suffix(".tmp").replace(path)
+    log(f"encoded hidden states {layers} of {data} with frozen MiniLM in {time.perf_counter() - t0:.0f} s")
+
+
+def features(data: str, *, layer: int | None = None, log: Callable[[str], None] = print,
+             chunks: int | None = None) -> Features:
     """The cached frozen-MiniLM states of ``data``, encoding them first if the cache is missing
     (sentences: about 2 minutes on one thread; reviews: about 15, in resumable chunks).
-    ``chunks`` stops after encoding that many new review chunks (for splitting the work)."""
+    ``layer`` (sentences only) makes ``mid`` hidden state ``layer`` (0: embedding output; default
+    :data:`MID_LAYER`), encoded once into its own cache. ``chunks`` stops after encoding that many
+    new review chunks (for splitting the work)."""
     from safetensors.torch import load_file, save_file
 
     if data not in DATASETS:
         raise AttnKitError(f"--data {data!r} is not known; expected one of {', '.join(DATASETS)}")
-    if data in _memo:
-        return _memo[data]
+    if layer is not None:
+        _check_layer(layer)
+        if data != "sentences":
+            raise AttnKitError(f"layer={layer} applies to data 'sentences' only; got {data!r}")
+    if layer is not None and layer != MID_LAYER:
+        if (data, layer) in _memo:
+            return _memo[(data, layer)]
+        base = features(data, log=log)
+        path = layer_path(data, layer)
+        if not path.is_file():
+            _encode_layers(data, base, log)
+        t = load_file(str(path))
+        got = _stored_layer(t, path)
+        if got != layer or t["mid"].shape != base.states.shape:
+            raise AttnKitError(f"{path} holds hidden state {got} of shape {tuple(t['mid'].shape)}; expected hidden "
+                               f"state {layer} of shape {tuple(base.states.shape)} (delete it to re-encode)")
+        feats = replace(base, mid=t["mid"], mid_layer=layer)
+        _memo[(data, layer)] = feats
+        return feats
+    if (data, None) in _memo:
+        return _memo[(data, None)]
     path = feature_path(data)
     if not path.is_file():
         from ...models import load_minilm
@@ -169,10 +292,17 @@ def features(data: str, *, log: Callable[[str], None] = print, chunks: int | Non
         for start in range(0, len(examples), step):
             path.with_name(f"{path.stem}.part{start // step}.safetensors").unlink(missing_ok=True)
     t = load_file(str(path))
-    feats = Features(t["ids"], t["states"], t.get("mid"), t["unit_offsets"], t["text_offsets"])
+    if "mid" in t and "mid_layer" not in t:
+        _record_legacy_layer(path, t)
+    mid_layer = _stored_layer(t, path)
+    if mid_layer is not None and mid_layer != MID_LAYER:
+        raise AttnKitError(f"{path} holds hidden state {mid_layer}; expected {MID_LAYER} (delete it to re-encode)")
+    feats = Features(t["ids"], t["states"], t.get("mid"), t["unit_offsets"], t["text_offsets"], mid_layer)
     if feats.n_texts != len(load(data)):
         raise AttnKitError(f"{path} holds {feats.n_texts} texts; expected {len(load(data))} (delete it to re-encode)")
-    _memo[data] = feats
+    _memo[(data, None)] = feats
+    if mid_layer is not None:
+        _memo[(data, mid_layer)] = feats
     return feats
 
 
@@ -183,7 +313,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="encode a data set with frozen MiniLM into the cache")
     ap.add_argument("data", choices=DATASETS)
     ap.add_argument("--chunks", type=int, default=None, help="reviews: encode at most this many new chunks")
+    ap.add_argument("--layer", type=int, default=None, help="sentences: also cache this hidden state (0..5)")
     a = ap.parse_args()
-    f = features(a.data, chunks=a.chunks)
+    f = features(a.data, chunks=a.chunks, layer=a.layer)
     print(f"{a.data}: {f.n_texts} texts, {len(f.unit_offsets) - 1} units, {len(f.ids)} tokens -> "
           f"{feature_path(a.data)}")

@@ -9,7 +9,8 @@ Batches are dicts (shapes: B texts, T tokens, S sentences, C MiniLM width 384):
 
 * ``states (B, T, C)``, ``mask (B, T)`` bool: frozen MiniLM last-layer states (``minilm-mean``,
   ``minilm-attn``);
-* ``mid (B, T, C)``, ``mask``: layer-4 states, the input of the two fine-tuned top layers (``minilm-ft``);
+* ``mid (B, T, C)``, ``mask``, ``mid_layer`` (a 0-d int tensor): hidden state ``6 - tune_layers``
+  (default 4), the input of the fine-tuned top layers (``minilm-ft``);
 * ``ids (B, T)``, ``mask``: WordPiece ids (``gru``, ``gru-attn``);
 * ``states (B, S, T, C)``, ``mask (B, S, T)``, ``sent_mask (B, S)``: a review's sentences (``han``).
 
@@ -37,7 +38,7 @@ MODELS = {
     "minilm-lr": "frozen MiniLM, mean pooling, logistic regression (scikit-learn)",
     "minilm-mean": "frozen MiniLM, mean pooling, linear layer",
     "minilm-attn": "frozen MiniLM, attention pooling (learned query), linear layer",
-    "minilm-ft": "MiniLM with the top 2 layers fine-tuned, attention pooling",
+    "minilm-ft": "MiniLM with its top layers fine-tuned (tune_layers, default 2), attention pooling",
     "gru": "bidirectional GRU from scratch, mean pooling",
     "gru-attn": "bidirectional GRU from scratch, attention pooling",
     "sent-mean-lr": "reviews: mean of frozen MiniLM sentence embeddings, logistic regression",
@@ -68,12 +69,23 @@ class ModelConfig:
     heads: int = 1  # attention-pooling heads (weights shown averaged over heads)
     attn_dim: int = 64  # width of the attention pooling's keys, values and output
     dropout: float = 0.1
+    tune_layers: int = 2  # minilm-ft: how many top MiniLM layers are fine-tuned (1..6)
 
     def __post_init__(self) -> None:
         if self.kind not in MODELS or self.kind in SKLEARN_MODELS:
             torch_models = [m for m in MODELS if m not in SKLEARN_MODELS]
             raise AttnKitError(f"model kind {self.kind!r} is not a torch model; expected one of "
                                f"{', '.join(torch_models)}")
+        from .features import mid_layer_of
+
+        mid_layer_of(self.tune_layers)  # an AttnKitError naming tune_layers unless an int from 1 to 6
+
+    @property
+    def mid_layer(self) -> int:
+        """The hidden-state index ``minilm-ft`` reads (``6 - tune_layers``; 0 is the embedding output)."""
+        from .features import mid_layer_of
+
+        return mid_layer_of(self.tune_layers)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,10 +152,13 @@ class FrozenHead(nn.Module):
 
 
 class FineTuned(nn.Module):
-    """The top two MiniLM layers (trainable copies) on cached layer-4 states, then attention pooling.
+    """The top ``cfg.tune_layers`` MiniLM layers (trainable copies) on cached hidden states
+    ``6 - tune_layers``, then attention pooling.
 
-    The bottom four layers are frozen, so their output is computed once (see
+    The bottom layers are frozen, so their output is computed once (see
     :mod:`~attnkit.apps.sentiment.features`); :meth:`from_minilm` copies the pretrained top layers.
+    A batch's ``mid_layer`` must be the hidden state these layers expect: states of another layer
+    are refused.
     """
 
     def __init__(self, cfg: ModelConfig, layers: nn.ModuleList | None = None, settings: Any = None):
@@ -153,7 +168,9 @@ class FineTuned(nn.Module):
         self.config = cfg
         if layers is None:  # the architecture only; weights come from a checkpoint
             bcfg = BertConfig(hidden_size=cfg.dim, num_attention_heads=12, intermediate_size=4 * cfg.dim)
-            layers = nn.ModuleList(BertLayer(bcfg) for _ in range(2))
+            layers = nn.ModuleList(BertLayer(bcfg) for _ in range(cfg.tune_layers))
+        if len(layers) != cfg.tune_layers:
+            raise AttnKitError(f"layers has {len(layers)} layers; expected tune_layers={cfg.tune_layers}")
         self.layers = layers
         self.settings = settings or AttentionSettings()
         self.pool = AttentionPool(cfg.dim, cfg.heads, cfg.attn_dim)
@@ -162,9 +179,11 @@ class FineTuned(nn.Module):
 
     @classmethod
     def from_minilm(cls, cfg: ModelConfig, bert: nn.Module) -> FineTuned:
-        from .features import MID_LAYER
+        from .features import LAYERS
 
-        layers = copy.deepcopy(nn.ModuleList(list(bert.layers)[MID_LAYER:]))
+        if len(bert.layers) != LAYERS:
+            raise AttnKitError(f"bert has {len(bert.layers)} layers; expected MiniLM's {LAYERS}")
+        layers = copy.deepcopy(nn.ModuleList(list(bert.layers)[cfg.mid_layer:]))
         layers.requires_grad_(True)
         return cls(cfg, layers, bert.settings)
 
@@ -173,6 +192,10 @@ class FineTuned(nn.Module):
 
         x, mask = batch["mid"], batch["mask"]
         _check_mask(mask, tuple(x.shape[:2]))
+        got = batch.get("mid_layer")
+        if got is None or int(got) != self.config.mid_layer:
+            raise AttnKitError(f"batch['mid_layer'] is {None if got is None else int(got)}; this model fine-tunes the "
+                               f"top {self.config.tune_layers} layers and reads hidden state {self.config.mid_layer}")
         am = padding_mask(mask)
         packing = Packing.from_mask(mask) if am is not None else None  # matmuls on the real tokens only
         h = packing.gather(x) if packing is not None else x  # (N, C) or (B, T, C)

@@ -103,10 +103,10 @@ def batch_of(feats: Features, texts: Sequence[int], kind: str) -> dict[str, Tens
         ids, mask = _pad_rows([_text_tokens(feats, t, feats.ids).long() for t in texts])
         return {"ids": ids, "mask": mask}
     if kind == "mid":
-        if feats.mid is None:
-            raise AttnKitError("the cached features hold no layer-4 states (minilm-ft runs on sentences only)")
+        if feats.mid is None or feats.mid_layer is None:
+            raise AttnKitError("the cached features hold no intermediate states (minilm-ft runs on sentences only)")
         x, mask = _pad_rows([_text_tokens(feats, t, feats.mid) for t in texts])
-        return {"mid": x.float(), "mask": mask}
+        return {"mid": x.float(), "mask": mask, "mid_layer": torch.tensor(feats.mid_layer)}
     x, mask = _pad_rows([_text_tokens(feats, t, feats.states) for t in texts])
     return {"states": x.float(), "mask": mask}
 
@@ -215,15 +215,25 @@ class LinearProbe(nn.Module):
 def train(*, data: str = "sentences", model: str = "minilm-attn", quick: bool = False,
           budget_minutes: float | None = None, max_steps: int | None = None, eval_every: int | None = None,
           out: str | Path | None = None, seed: int = 0, progress: bool = True, resume: bool = False,
-          fold: int = FOLDS, target: float | None = None, pictures: bool = True,
+          fold: int = FOLDS, target: float | None = None, pictures: bool = True, tune_layers: int | None = None,
           log: Callable[[str], None] = print) -> tuple[RunFolder, dict[str, Any]]:
     """Train one model on the non-test folds and evaluate it on fold ``fold``; returns the run folder
-    and its results."""
+    and its results. ``tune_layers`` (``minilm-ft`` only, 1..6; default: the preset's) is how many
+    top MiniLM layers are fine-tuned."""
     _check_model(data, model)
+    options: dict[str, Any] = {}
+    if tune_layers is not None:
+        if model != "minilm-ft":
+            raise AttnKitError(f"--tune-layers applies to --model minilm-ft only; got --model {model}")
+        options["tune_layers"] = tune_layers
+    if model in SKLEARN_MODELS:
+        mcfg = None
+    else:
+        mcfg = ModelConfig(kind=model, **{**PRESETS[(model, quick)].model, **options})
     RunFolder.refuse_existing(out, resume)
     t0 = time.perf_counter()
     examples = load(data)
-    feats = features(data, log=log)
+    feats = features(data, log=log, layer=mcfg.mid_layer if model == "minilm-ft" else None)
     train_idx, valid_idx, test_idx = fold_split(examples, fold)
     labels = [e.label for e in examples]
     run = RunFolder.create(TASK, model, out)
@@ -245,7 +255,7 @@ def train(*, data: str = "sentences", model: str = "minilm-attn", quick: bool = 
                                   budget_minutes=budget_minutes, max_steps=max_steps, target=target,
                                   eval_every=eval_every)
     torch.manual_seed(seed)
-    mcfg = ModelConfig(kind=model, **preset.model)
+    assert mcfg is not None
     bert = _minilm(MAX_TOKENS[data])[0].bert if model == "minilm-ft" else None
     net = build_model(mcfg, bert)
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
@@ -303,7 +313,8 @@ class LoadedRun:
         if input_kind(self.kind) == "ids":  # the GRUs read WordPiece ids only
             ids, last, middle = token_ids(tok, flat, MAX_TOKENS[self.data]), [], None
         else:
-            ids, last, middle = encode_units(enc, tok, flat, MAX_TOKENS[self.data], mid=mid)
+            ids, last, middle = encode_units(enc, tok, flat, MAX_TOKENS[self.data], mid=mid,
+                                             layer=self.model.config.mid_layer if mid else 0)
         vocab = tok._tok  # the WordPiece vocabulary of the tokenizer
         words = [[vocab.id_to_token(int(i)) for i in row] for row in ids]
         per_text, k = [], 0
@@ -320,7 +331,9 @@ class LoadedRun:
             return {"ids": x, "mask": m}, per_text
         src = middle if mid else last
         x, m = _pad_rows([torch.cat([src[j] for j in g]) for g in groups])
-        return {"mid" if mid else "states": x.float(), "mask": m}, per_text
+        if mid:
+            return {"mid": x.float(), "mask": m, "mid_layer": torch.tensor(self.model.config.mid_layer)}, per_text
+        return {"states": x.float(), "mask": m}, per_text
 
     @torch.no_grad()
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
@@ -409,7 +422,7 @@ def evaluate_run(path: str | Path | RunFolder, *, log: Callable[[str], None] = p
     lr = load_run(path.path if isinstance(path, RunFolder) else path)
     run, config, kind, data = lr.run, lr.config, lr.kind, lr.data
     examples = load(data)
-    feats = features(data, log=log)
+    feats = features(data, log=log, layer=lr.model.config.mid_layer if kind == "minilm-ft" else None)
     train_idx, valid_idx, test_idx = fold_split(examples, config["fold"])
     labels = [e.label for e in examples]
     y_test = [labels[i] for i in test_idx]

@@ -305,10 +305,8 @@ def train(*, data: str = "all", model: str = "pointer", quick: bool = False, bud
 
     examples = [encode(vocab, p.text, p.summary, preset.src_len, preset.tgt_len) for p in splits["train"]]
     trainer = Trainer(net, cfg, run, batches=_batches(examples, preset.batch_size), loss_fn=_loss, evaluate=evaluate)
-    result = trainer.fit_run(f"{model} on {data}: {len(examples)} pairs, vocabulary {len(vocab)}, {n_params:,} "
-                             "parameters", resume=resume, log=log)
-    results = evaluate_run(run, log=log, train_result=result, setup_seconds=time.perf_counter() - t0 - result.seconds)
-    return run, results
+    return trainer.fit_and_evaluate(f"{model} on {data}: {len(examples)} pairs, vocabulary {len(vocab)}, {n_params:,} "
+                                    "parameters", evaluate_run, started=t0, resume=resume, log=log)
 
 
 # ----------------------------------------------------------------------------------------------

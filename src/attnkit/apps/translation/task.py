@@ -226,10 +226,9 @@ def train(*, data: str = "numbers", model: str = "transformer", lang: str = "fr"
     batches = _batches(_encoded(tok, splits["train"]), preset.batch_size)
     trainer = Trainer(net, replace(cfg, metric=valid_metric(data)), run, batches=batches, loss_fn=_loss,
                       evaluate=evaluate)
-    result = trainer.fit_run(f"{model} on {data} (en->{lang}): {len(splits['train'])} pairs, "
-                             f"{sum(p.numel() for p in net.parameters()):,} parameters", resume=resume, log=log)
-    results = evaluate_run(run, log=log, train_result=result, setup_seconds=time.perf_counter() - t0 - result.seconds)
-    return run, results
+    return trainer.fit_and_evaluate(f"{model} on {data} (en->{lang}): {len(splits['train'])} pairs, "
+                                    f"{sum(p.numel() for p in net.parameters()):,} parameters", evaluate_run,
+                                    started=t0, resume=resume, log=log)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ PRESETS = {
     "quick": Preset(2000, 150, 300, 32, dict(d_model=64, enc_layers=1, dec_layers=1, heads=4, ff=128),
                     TrainConfig(max_steps=300, budget_seconds=120, lr=2e-3, warmup_steps=30, eval_every=100,
                                 metric=METRIC, progress=False)),
-    "full": Preset(20000, 400, 2000, 32, dict(d_model=96, enc_layers=2, dec_layers=2, heads=4, ff=192),
+    "full": Preset(100000, 400, 2000, 32, dict(d_model=96, enc_layers=2, dec_layers=2, heads=4, ff=192),
                    TrainConfig(max_steps=30000, budget_seconds=25 * 60, lr=1e-3, warmup_steps=200, eval_every=500,
                                metric=METRIC, schedule="cosine", min_lr_ratio=0.05)),
 }
@@ -153,10 +153,9 @@ def train(*, data: str = "scenes", model: str = "attention", quick: bool = False
     batches = _batches(stack_images(train_scenes), _targets(vocab, [s.caption for s in train_scenes]),
                        preset.batch_size)
     trainer = Trainer(net, cfg, run, batches=batches, loss_fn=_loss, evaluate=evaluate)
-    result = trainer.fit_run(f"the {model} captioner: {len(train_scenes)} scenes, "
-                             f"{sum(p.numel() for p in net.parameters()):,} parameters", resume=resume, log=log)
-    results = evaluate_run(run, log=log, train_result=result, setup_seconds=time.perf_counter() - t0 - result.seconds)
-    return run, results
+    return trainer.fit_and_evaluate(f"the {model} captioner: {len(train_scenes)} scenes, "
+                                    f"{sum(p.numel() for p in net.parameters()):,} parameters", evaluate_run,
+                                    started=t0, resume=resume, log=log)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -156,11 +156,8 @@ def train(*, data: str = "fashion-mnist", model: str = "vit", quick: bool = Fals
 
     trainer = Trainer(net, cfg, run, batches=_batches(*splits["train"], preset.batch_size, preset.augment),
                       loss_fn=_loss, evaluate=evaluate)
-    result = trainer.fit_run(f"{model} on {data}: {len(splits['train'][1])} images, {n_params:,} parameters",
-                             resume=resume, log=log)
-    results = evaluate_run(run, log=log, train_result=result, setup_seconds=time.perf_counter() - t0 - result.seconds,
-                           splits=splits)
-    return run, results
+    return trainer.fit_and_evaluate(f"{model} on {data}: {len(splits['train'][1])} images, {n_params:,} parameters",
+                                    evaluate_run, started=t0, resume=resume, log=log, splits=splits)
 
 
 @dataclass

@@ -162,10 +162,9 @@ def train(*, data: str = "scenes", model: str = "detr", quick: bool = False,
 
     batches = _batches(stack_images(train_scenes), _targets(train_scenes), preset.batch_size)
     trainer = Trainer(net, cfg, run, batches=batches, loss_fn=_loss, evaluate=evaluate)
-    result = trainer.fit_run(f"the {model} detector: {len(train_scenes)} scenes, "
-                             f"{sum(p.numel() for p in net.parameters()):,} parameters", resume=resume, log=log)
-    results = evaluate_run(run, log=log, train_result=result, setup_seconds=time.perf_counter() - t0 - result.seconds)
-    return run, results
+    return trainer.fit_and_evaluate(f"the {model} detector: {len(train_scenes)} scenes, "
+                                    f"{sum(p.numel() for p in net.parameters()):,} parameters", evaluate_run,
+                                    started=t0, resume=resume, log=log)
 
 
 # ----------------------------------------------------------------------------------------------
