@@ -92,6 +92,11 @@ def test_a_checkpoint_round_trips_with_four_layers(tmp_path):
         expected = net.eval()({"mid": h.half().float(), "mask": b["attention_mask"].bool(),
                                "mid_layer": torch.tensor(2)})[0]
     torch.testing.assert_close(lr.model(batch)[0], expected, atol=1e-5, rtol=1e-5)
+    from attnkit.apps.sentiment.faithfulness import _Full
+
+    logp, w, _ = _Full(lr)([b["input_ids"][0]])  # the deletion test runs MiniLM up to hidden state 2 itself
+    torch.testing.assert_close(logp, torch.log_softmax(expected, -1), atol=2e-3, rtol=2e-3)
+    assert w.shape == (1, b["input_ids"].shape[1])
 
 
 def _pool_logits(net: FineTuned, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
