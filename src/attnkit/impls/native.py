@@ -21,6 +21,13 @@ build) the spec's ``available`` hook says why, ``impl="auto"`` uses the pure-PyT
 implementations and ``attnkit.explain_dispatch`` shows the reason. A build that fails during a
 call hands that call to the next capable exact implementation.
 
+Score modifiers: the built-in ``bias`` (``attention(bias=...)`` or ``scores.bias``), ``alibi``
+and ``softcap`` run inside the kernel, in the order the call gives them (a bias passed as
+``bias=`` first), on the scaled scores before the mask, forward and backward: the bias is read in
+place through its strides (a broadcast bias is never expanded) and gets its gradient, reduced
+over its broadcast dims, when it requires grad. A user's own ``score_mod`` is declined (the
+dispatcher says why); so are ALiBi slopes that require grad.
+
 Options: ``block`` / ``block_q`` / ``block_k`` (tile sizes, default
 :data:`attnkit.masks.base.DEFAULT_BLOCK`, at most 512).
 
@@ -34,9 +41,10 @@ import torch
 
 from .. import kernels
 from ..call import AttentionCall
-from ..kernels.tiles import MAX_BLOCK, MAX_HEAD_DIM, tile_attention
+from ..kernels.tiles import MAX_BLOCK, MAX_HEAD_DIM, kernel_mod_reasons, kernel_mods, tile_attention
 from ..masks import Causal
 from ..masks.base import DEFAULT_BLOCK
+from ..errors import UnsupportedError
 from ..registry import AttnResult, ImplSpec, get_impl, list_impls, not_supported_reasons, register_impl
 from ._common import Option, compute_dtype, prepared_qk, read_options
 
@@ -72,6 +80,7 @@ def native(call: AttentionCall) -> AttnResult:
     Equivalent PyTorch code (what it computes, not how)::
 
         s = (q @ repeat_kv(k).transpose(-2, -1)) * scale        # only on kept tiles
+        s = apply_mods(s, call.score_mods, b, h, i, j, T, S)    # bias, alibi, softcap, in order
         out = softmax(s.masked_fill(~mask.dense(T, S), -inf)) @ repeat_kv(v)
     """
     try:
@@ -84,7 +93,11 @@ def native(call: AttentionCall) -> AttnResult:
     bq, bk = _blocks(call)
     dtype = compute_dtype(call.q.dtype)
     q, k, scale = prepared_qk(call, dtype)
-    out, lse = tile_attention(q, k, call.v.to(dtype), call.mask, scale, bq, bk)
+    mods = kernel_mods(call.score_mods)
+    if mods is None:  # the dispatcher declines these; reached only by calling this function directly
+        raise UnsupportedError(f"impl 'native' runs only the built-in score modifiers bias, alibi and softcap; "
+                               f"got {[m.name for m in call.score_mods]}")
+    out, lse = tile_attention(q, k, call.v.to(dtype), call.mask, scale, bq, bk, mods)
     return AttnResult(out.to(call.q.dtype), None, lse if call.return_lse else None)
 
 
@@ -96,7 +109,10 @@ def native(call: AttentionCall) -> AttnResult:
 def _check(call: AttentionCall) -> list[str]:
     opts = read_options(call, "native", OPTIONS)
     big = [name for name in ("block", "block_q", "block_k") if (opts[name] or 0) > MAX_BLOCK]
-    return [f"option {name} > {MAX_BLOCK}" for name in big]
+    reasons = [f"option {name} > {MAX_BLOCK}" for name in big]
+    if call.score_mods:
+        reasons += kernel_mod_reasons(call.score_mods, grad_enabled=torch.is_grad_enabled())
+    return reasons
 
 
 def cost_reasons(call: AttentionCall) -> list[str]:
@@ -105,7 +121,7 @@ def cost_reasons(call: AttentionCall) -> list[str]:
     if call.lq * call.lk < MIN_WORK:
         return [f"T x S = {call.lq * call.lk} < {MIN_WORK}: dense sdpa is faster at this size"]
     if call.mask is None or (isinstance(call.mask, Causal) and (call.lq == call.lk or call.mask.align == "top_left")):
-        if not call.requires_grad:
+        if not call.requires_grad and not call.score_mods:  # with modifiers sdpa needs a dense (T, S) bias
             return ["sdpa's fused kernel runs this mask as fast or faster (forward)"]
     return []
 
@@ -118,7 +134,7 @@ register_impl(ImplSpec(
     description="C++ FlashAttention-2 kernel over the tile plan (skips empty tiles); built on first use",
     scores=frozenset({"scaled_dot", "dot", "cosine"}),
     weights=frozenset({"softmax"}),
-    score_mods="none",
+    score_mods="any",  # the built-in bias, alibi and softcap; _check declines a user's modifier
     dropout=False,
     returns_weights=False,
     returns_lse=True,

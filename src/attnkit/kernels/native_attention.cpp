@@ -8,6 +8,12 @@
 // backward, the kept tiles ordered by key block. Sub-masks are (bq, bk) uint8, 1 = attend.
 // Keys at or past S and queries at or past T are never read.
 //
+// Score modifiers (ModOp), applied in order to the scaled scores before the mask, as attnkit's
+// reference does: an additive bias read in place through its strides (0 on broadcast dims), ALiBi
+// (-slope_h |j - i - (S - T)|, h the query head) and tanh soft-capping (cap tanh(s / cap)). The
+// backward pass recomputes them, multiplies dS by 1 - tanh^2 for each soft-cap and sums dS into
+// the gradient of each bias that asks for one (reduced over its broadcast dims).
+//
 // Scalars: float and double run as they are; bfloat16 / half inputs are converted to float by the
 // caller. Matrix products go to the BLAS sgemm_/dgemm_ that libtorch exports (MKL builds), else to
 // at::mm on views of the same memory.
@@ -142,6 +148,114 @@ void apply_mask(T* s, int64_t lds, int64_t m, int64_t n, const uint8_t* mask, in
   (void)bk;
 }
 
+// ---------------------------------------------------------------------------------------------
+// score modifiers
+// ---------------------------------------------------------------------------------------------
+
+enum ModKind : int64_t { kBias = 0, kAlibi = 1, kSoftcap = 2 };
+
+template <typename T>
+struct ModOp {
+  int64_t kind;
+  const T* data;            // bias values / ALiBi slopes (H,)
+  int64_t sb, sh, si, sj;   // bias element strides, 0 on broadcast dims
+  T cap;                    // soft-cap
+  T* grad;                  // bias gradient (its own shape, contiguous) or null
+  int64_t gb, gh, gi, gj;   // gradient strides, 0 on broadcast dims
+};
+
+template <typename T>
+std::vector<ModOp<T>> make_mods(const std::vector<int64_t>& kinds, const std::vector<at::Tensor>& tensors,
+                                const std::vector<double>& caps, int64_t H) {
+  TORCH_CHECK(kinds.size() == tensors.size() && kinds.size() == caps.size(), "one tensor and cap per modifier");
+  std::vector<ModOp<T>> ops;
+  for (size_t p = 0; p < kinds.size(); ++p) {
+    ModOp<T> op{kinds[p], nullptr, 0, 0, 0, 0, static_cast<T>(caps[p]), nullptr, 0, 0, 0, 0};
+    const at::Tensor& t = tensors[p];
+    if (op.kind == kBias) {
+      TORCH_CHECK(t.dim() == 4 && t.scalar_type() == c10::CppTypeToScalarType<T>::value,
+                  "a bias must be 4-D in the compute dtype");
+      op.data = t.data_ptr<T>();
+      int64_t* st[4] = {&op.sb, &op.sh, &op.si, &op.sj};
+      for (int d = 0; d < 4; ++d) *st[d] = t.size(d) == 1 ? 0 : t.stride(d);
+    } else if (op.kind == kAlibi) {
+      TORCH_CHECK(t.dim() == 1 && t.size(0) == H && t.is_contiguous() &&
+                      t.scalar_type() == c10::CppTypeToScalarType<T>::value,
+                  "ALiBi slopes must be (H,) contiguous in the compute dtype");
+      op.data = t.data_ptr<T>();
+    } else {
+      TORCH_CHECK(op.kind == kSoftcap && caps[p] > 0, "unknown score modifier kind ", op.kind);
+    }
+    ops.push_back(op);
+  }
+  return ops;
+}
+
+// Modifies one score row s[0, n) of (batch b, query head h, query i, keys j0 ..); stores each
+// soft-cap's tanh in tanh_rows[c] (c-th soft-cap) when given.
+template <typename T>
+void mods_row(const std::vector<ModOp<T>>& ops, T* s, int64_t n, int64_t b, int64_t h, int64_t i, int64_t j0,
+              int64_t shift, T* const* tanh_rows) {
+  int64_t c = 0;
+  for (const ModOp<T>& op : ops) {
+    if (op.kind == kBias) {
+      const T* src = op.data + b * op.sb + h * op.sh + i * op.si + j0 * op.sj;
+      if (op.sj == 0) {
+        const T x = src[0];
+        at::vec::map([x](Vec<T> a) { return a + Vec<T>(x); }, s, s, n);
+      } else if (op.sj == 1) {
+        at::vec::map2([](Vec<T> a, Vec<T> x) { return a + x; }, s, s, src, n);
+      } else {
+        for (int64_t j = 0; j < n; ++j) s[j] += src[j * op.sj];
+      }
+    } else if (op.kind == kAlibi) {
+      const T slope = op.data[h];
+      const int64_t d0 = j0 - i - shift;
+      for (int64_t j = 0; j < n; ++j) s[j] -= slope * static_cast<T>(std::abs(d0 + j));
+    } else {
+      const T cap = op.cap;
+      T* tr = tanh_rows == nullptr ? nullptr : tanh_rows[c++];
+      constexpr int64_t W = Vec<T>::size();
+      int64_t j = 0;
+      for (; j + W <= n; j += W) {
+        const Vec<T> t = (Vec<T>::loadu(s + j) / Vec<T>(cap)).tanh();
+        if (tr != nullptr) t.store(tr + j);
+        (t * Vec<T>(cap)).store(s + j);
+      }
+      for (; j < n; ++j) {
+        const T t = std::tanh(s[j] / cap);
+        if (tr != nullptr) tr[j] = t;
+        s[j] = cap * t;
+      }
+    }
+  }
+}
+
+// The way back through mods_row: g (dL/d modified scores of the row) becomes dL/d raw scores;
+// each bias with a gradient buffer receives dL/d its output.
+template <typename T>
+void mods_row_backward(const std::vector<ModOp<T>>& ops, T* g, int64_t n, int64_t b, int64_t h, int64_t i,
+                       int64_t j0, const T* const* tanh_rows, int64_t n_caps) {
+  int64_t c = n_caps;
+  for (auto it = ops.rbegin(); it != ops.rend(); ++it) {
+    const ModOp<T>& op = *it;
+    if (op.kind == kSoftcap) {
+      const T* tr = tanh_rows[--c];
+      // masked keys carry g = 0, whatever their (possibly NaN) score was
+      for (int64_t j = 0; j < n; ++j) g[j] = g[j] == T(0) ? T(0) : g[j] * (T(1) - tr[j] * tr[j]);
+    } else if (op.kind == kBias && op.grad != nullptr) {
+      T* dst = op.grad + b * op.gb + h * op.gh + i * op.gi + j0 * op.gj;
+      if (op.gj == 0) {
+        T sum = T(0);
+        for (int64_t j = 0; j < n; ++j) sum += g[j];
+        dst[0] += sum;
+      } else {
+        at::vec::map2([](Vec<T> a, Vec<T> x) { return a + x; }, dst, dst, g, n);  // gj == 1: contiguous
+      }
+    }
+  }
+}
+
 struct Plan {
   // forward: groups of consecutive query blocks sharing one list of key blocks (the union of theirs)
   const int64_t* slice_ptr;  // (Bm*Hm + 1) groups of each mask slice
@@ -186,7 +300,7 @@ void parallel_round_robin(int64_t n, const F& body) {
 
 template <typename T>
 void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse,
-                  const Plan& pl, double scale_d) {
+                  const Plan& pl, double scale_d, const std::vector<ModOp<T>>& mods) {
   const int64_t B = q.size(0), H = q.size(1), T_ = q.size(2), D = q.size(3);
   const int64_t Hkv = k.size(1), S = k.size(2), Dv = v.size(3);
   const int64_t rep = H / Hkv, bq = pl.bq, bk = pl.bk, G = pl.G;
@@ -234,6 +348,10 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
         const int64_t j0 = pl.grp_col[t] * bk, j1 = std::min(S, (pl.grp_col[t2 - 1] + 1) * bk), n = j1 - j0;
         T* s = sbuf.data();
         gemm<T>(false, true, m, n, D, scale, qb, D, kb + j0 * D, D, T(0), s, n);
+        if (!mods.empty()) {  // row r: query head h0 + r / m_tok, query i0 + r % m_tok
+          for (int64_t r = 0; r < m; ++r)
+            mods_row<T>(mods, s + r * n, n, b, h0 + r / m_tok, i0 + r % m_tok, j0, S - T_, nullptr);
+        }
         for (int64_t u = t; u < t2; ++u) {
           const int64_t c0 = (u - t) * bk, nc = std::min(bk, n - c0);
           for (int64_t a = 0; a < nqb; ++a) {
@@ -297,17 +415,19 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 
 std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                 const std::vector<at::Tensor>& plan, int64_t Bm, int64_t Hm, int64_t nQ, int64_t nK,
-                                int64_t bq, int64_t bk, int64_t G, double scale) {
+                                int64_t bq, int64_t bk, int64_t G, double scale, const std::vector<int64_t>& mod_kinds,
+                                const std::vector<at::Tensor>& mod_tensors, const std::vector<double>& mod_caps) {
   TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(), "q, k, v must be contiguous");
   TORCH_CHECK(bk <= kMaxRun, "block_k must be at most ", kMaxRun);
   Plan pl = make_plan(plan, Bm, Hm, nQ, nK, bq, bk, G);
   at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
   at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
   if (q.scalar_type() == at::kFloat) {
-    forward_impl<float>(q, k, v, out, lse, pl, scale);
+    forward_impl<float>(q, k, v, out, lse, pl, scale, make_mods<float>(mod_kinds, mod_tensors, mod_caps, q.size(1)));
   } else {
     TORCH_CHECK(q.scalar_type() == at::kDouble, "float32 or float64 expected");
-    forward_impl<double>(q, k, v, out, lse, pl, scale);
+    forward_impl<double>(q, k, v, out, lse, pl, scale,
+                         make_mods<double>(mod_kinds, mod_tensors, mod_caps, q.size(1)));
   }
   return {out, lse};
 }
@@ -319,10 +439,17 @@ std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const 
 template <typename T>
 void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& dout,
                    const at::Tensor& lse, const at::Tensor& delta, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv,
-                   const Plan& pl, double scale_d) {
+                   const Plan& pl, double scale_d, const std::vector<ModOp<T>>& mods,
+                   std::vector<at::Tensor>& dbias) {
   const int64_t B = q.size(0), H = q.size(1), T_ = q.size(2), D = q.size(3);
   const int64_t Hkv = k.size(1), S = k.size(2), Dv = v.size(3);
   const int64_t rep = H / Hkv, bq = pl.bq, bk = pl.bk, nK = pl.nK, nQ = pl.nQ;
+  int64_t n_caps = 0;
+  bool mods_grad = false;  // whether dS goes back through the modifiers (soft-caps, bias gradients)
+  for (size_t p = 0; p < mods.size(); ++p) {
+    n_caps += mods[p].kind == kSoftcap;
+    mods_grad = mods_grad || mods[p].kind == kSoftcap || dbias[p].defined();
+  }
   const T scale = static_cast<T>(scale_d);
   const T* qp = q.data_ptr<T>();
   const T* kp = k.data_ptr<T>();
@@ -342,12 +469,35 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
     for (int64_t i = 0; i < n_threads; ++i) dq_bufs.push_back(at::Tensor());
   }
   const int64_t rmax = std::min<int64_t>(kMaxRun, std::max<int64_t>(bq, (kMaxRun / bq) * bq));
+  // bias gradients: written in place where no two work items reach the same element, else into
+  // per-thread buffers summed at the end
+  std::vector<std::vector<at::Tensor>> dbias_bufs(n_threads);
+  std::vector<bool> shared_dbias(mods.size(), false);
+  for (size_t p = 0; p < mods.size(); ++p) {
+    if (!dbias[p].defined() || n_threads == 1) continue;
+    const at::Tensor& g = dbias[p];
+    shared_dbias[p] = (B > 1 && g.size(0) == 1) || (Hkv > 1 && g.size(1) == 1) || (!by_head && nK > 1 && g.size(3) == 1);
+  }
   parallel_round_robin(n_items, [&](int64_t tid, int64_t nt) {
-    std::vector<T> pbuf(rmax * bk), dpbuf(rmax * bk), dkbuf(bk * D), dvbuf(bk * Dv);
+    std::vector<T> pbuf(rmax * bk), dpbuf(rmax * bk), dkbuf(bk * D), dvbuf(bk * Dv), tbuf(n_caps * rmax * bk);
+    std::vector<T*> tanh_rows(std::max<int64_t>(n_caps, 1));
     T* dqp = dq.data_ptr<T>();
     if (!dq_bufs.empty()) {
       if (!dq_bufs[tid].defined()) dq_bufs[tid] = at::zeros_like(dq);
       dqp = dq_bufs[tid].data_ptr<T>();
+    }
+    std::vector<ModOp<T>> ops = mods;  // this thread's view (its own gradient buffers)
+    for (size_t p = 0; p < ops.size(); ++p) {
+      if (!dbias[p].defined()) continue;
+      at::Tensor g = dbias[p];
+      if (shared_dbias[p]) {
+        if (dbias_bufs[tid].empty()) dbias_bufs[tid].resize(ops.size());
+        dbias_bufs[tid][p] = at::zeros_like(g);
+        g = dbias_bufs[tid][p];
+      }
+      ops[p].grad = g.data_ptr<T>();
+      int64_t* st[4] = {&ops[p].gb, &ops[p].gh, &ops[p].gi, &ops[p].gj};
+      for (int d = 0; d < 4; ++d) *st[d] = g.size(d) == 1 ? 0 : g.stride(d);
     }
     for (int64_t it = tid; it < n_items; it += nt) {
       const int64_t head = by_head ? it : it / nK;
@@ -375,6 +525,12 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
             T* p = pbuf.data();
             T* dp = dpbuf.data();
             gemm<T>(false, true, m, n, D, scale, qb, D, kb, D, T(0), p, n);  // scores
+            if (!ops.empty()) {
+              for (int64_t i = 0; i < m; ++i) {
+                for (int64_t c = 0; c < n_caps; ++c) tanh_rows[c] = tbuf.data() + (c * rmax + i) * n;
+                mods_row<T>(ops, p + i * n, n, b, h, i0 + i, j0, S - T_, n_caps ? tanh_rows.data() : nullptr);
+              }
+            }
             for (int64_t u = t; u < t2; ++u) {
               if (pl.col_lib[u] < 0) continue;
               const int64_t r0 = (u - t) * bq, nr = std::min(bq, m - r0);
@@ -397,6 +553,12 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
               const T* dpi = dp + i * n;
               at::vec::map2([d](Vec<T> x, Vec<T> y) { return x * (y - Vec<T>(d)); }, pi, pi, dpi, n);
             }
+            if (mods_grad) {  // dS of the modified scores -> dS of the raw scores (and the bias gradients)
+              for (int64_t i = 0; i < m; ++i) {
+                for (int64_t c = 0; c < n_caps; ++c) tanh_rows[c] = tbuf.data() + (c * rmax + i) * n;
+                mods_row_backward<T>(ops, p + i * n, n, b, h, i0 + i, j0, tanh_rows.data(), n_caps);
+              }
+            }
             gemm<T>(true, false, n, D, m, scale, p, n, qb, D, T(1), dkbuf.data(), D);     // dK += dS^T Q
             gemm<T>(false, false, m, D, n, scale, p, n, kb, D, T(1), dqp + row0 * D, D);  // dQ += dS K
             t = t2;
@@ -412,31 +574,47 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   for (auto& buf : dq_bufs) {
     if (buf.defined()) dq.add_(buf);
   }
+  for (auto& bufs : dbias_bufs) {
+    for (size_t p = 0; p < bufs.size(); ++p) {
+      if (bufs[p].defined()) dbias[p].add_(bufs[p]);
+    }
+  }
 }
 
 std::vector<at::Tensor> backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                  const at::Tensor& dout, const at::Tensor& lse, const at::Tensor& delta,
                                  const std::vector<at::Tensor>& plan, int64_t Bm, int64_t Hm, int64_t nQ,
-                                 int64_t nK, int64_t bq, int64_t bk, int64_t G, double scale) {
+                                 int64_t nK, int64_t bq, int64_t bk, int64_t G, double scale,
+                                 const std::vector<int64_t>& mod_kinds, const std::vector<at::Tensor>& mod_tensors,
+                                 const std::vector<double>& mod_caps, const std::vector<int64_t>& mod_grads) {
   TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous() && dout.is_contiguous() &&
                   lse.is_contiguous() && delta.is_contiguous(),
               "inputs must be contiguous");
   TORCH_CHECK(bq <= kMaxRun, "block_q must be at most ", kMaxRun);
   Plan pl = make_plan(plan, Bm, Hm, nQ, nK, bq, bk, G);
   at::Tensor dq = at::zeros_like(q), dk = at::zeros_like(k), dv = at::zeros_like(v);
+  TORCH_CHECK(mod_grads.size() == mod_kinds.size(), "one gradient flag per modifier");
+  std::vector<at::Tensor> dbias(mod_kinds.size());  // undefined: no gradient wanted
+  for (size_t p = 0; p < mod_kinds.size(); ++p) {
+    if (mod_grads[p] && mod_kinds[p] == kBias) dbias[p] = at::zeros(mod_tensors[p].sizes(), q.options());
+  }
   if (q.scalar_type() == at::kFloat) {
-    backward_impl<float>(q, k, v, dout, lse, delta, dq, dk, dv, pl, scale);
+    backward_impl<float>(q, k, v, dout, lse, delta, dq, dk, dv, pl, scale,
+                         make_mods<float>(mod_kinds, mod_tensors, mod_caps, q.size(1)), dbias);
   } else {
     TORCH_CHECK(q.scalar_type() == at::kDouble, "float32 or float64 expected");
-    backward_impl<double>(q, k, v, dout, lse, delta, dq, dk, dv, pl, scale);
+    backward_impl<double>(q, k, v, dout, lse, delta, dq, dk, dv, pl, scale,
+                          make_mods<double>(mod_kinds, mod_tensors, mod_caps, q.size(1)), dbias);
   }
-  return {dq, dk, dv};
+  std::vector<at::Tensor> res{dq, dk, dv};
+  for (auto& g : dbias) res.push_back(g.defined() ? g : at::empty({0}, q.options()));
+  return res;
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "tile-sparse attention forward: (out, lse)");
-  m.def("backward", &backward, "tile-sparse attention backward: (dq, dk, dv)");
+  m.def("backward", &backward, "tile-sparse attention backward: (dq, dk, dv, *bias gradients)");
   m.def("has_blas", &has_blas, "whether libtorch exports the BLAS sgemm_/dgemm_ used for tile products");
 }

@@ -9,16 +9,21 @@ Shape legend: B batch, H query heads, Hkv kv heads, T queries, S keys, D head di
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .. import scores as _scores
 from ..masks import EMPTY, PARTIAL, Mask
 from ..masks.base import BlockMask, tile_plan
+from ..scores import ScoreMod
 from . import native_module, unavailable_reason
 
 __all__ = ["NativePlan", "native_plan", "tile_attention", "kernel_usable", "KERNEL_MIN_WORK", "MAX_BLOCK",
-           "MAX_HEAD_DIM"]
+           "MAX_HEAD_DIM", "KernelMod", "kernel_mods", "kernel_mod_reasons"]
 
 MAX_HEAD_DIM = 256
 MAX_BLOCK = 512  # the kernel batches at most this many keys (query rows) into one product
@@ -120,14 +125,112 @@ def native_plan(bm: BlockMask) -> NativePlan:
     return bm.derive(("native",), NativePlan)
 
 
+# ----------------------------------------------------------------------------------------------
+# built-in score modifiers the kernel computes itself
+# ----------------------------------------------------------------------------------------------
+
+_BIAS, _ALIBI, _SOFTCAP = 0, 1, 2  # ModKind in native_attention.cpp
+
+
+class KernelMod(NamedTuple):
+    """One built-in score modifier in the kernel's form: ``kind`` ``"bias"`` (``value`` the 4-D
+    ``(B|1, H|1, T|1, S|1)`` bias tensor), ``"alibi"`` (``value`` the ``(H,)`` slopes) or
+    ``"softcap"`` (``value`` the cap, a float)."""
+
+    kind: str
+    value: Tensor | float
+
+
+def _closure(fn) -> dict[str, object]:
+    cells = fn.__closure__ or ()
+    return dict(zip(fn.__code__.co_freevars, (c.cell_contents for c in cells)))
+
+
+# attnkit's own modifier functions, known by the identity of their code (every ``bias(...)``,
+# ``alibi(...)``, ``softcap(...)`` returns a closure over the same code object): a user's function
+# is never taken for a built-in, whatever its name
+_BUILTIN_CODE = {
+    _scores.bias(torch.zeros(1)).fn.__code__: ("bias", "t4"),
+    _scores.alibi([1.0]).fn.__code__: ("alibi", "sl"),
+    _scores.softcap(1.0).fn.__code__: ("softcap", "cap"),
+}
+
+
+def kernel_mods(mods: Sequence[ScoreMod]) -> list[KernelMod] | None:
+    """The kernel's form of ``mods`` (in order), or None when one of them is not a built-in
+    ``bias`` / ``alibi`` / ``softcap`` (then the kernel cannot run the call)."""
+    out = []
+    for mod in mods:
+        code = getattr(mod.fn, "__code__", None)
+        if code not in _BUILTIN_CODE:
+            return None
+        kind, var = _BUILTIN_CODE[code]
+        out.append(KernelMod(kind, _closure(mod.fn)[var]))
+    return out
+
+
+def kernel_mod_reasons(mods: Sequence[ScoreMod], *, grad_enabled: bool = True) -> list[str]:
+    """Why the kernel cannot run the score modifiers ``mods`` (empty: it can)."""
+    reasons = []
+    for mod in mods:
+        if getattr(mod.fn, "__code__", None) not in _BUILTIN_CODE:
+            reasons.append(f"score modifier {mod.name!r} is a user function; the kernel computes only the "
+                           "built-in bias, alibi and softcap (known by identity, not by name)")
+    for km in kernel_mods(mods) or ():
+        if km.kind == "alibi" and grad_enabled and isinstance(km.value, Tensor) and km.value.requires_grad:
+            reasons.append("alibi slopes require grad (the kernel differentiates a bias, not the slopes)")
+    return reasons
+
+
+def _bias_for_kernel(t4: Tensor, dtype: torch.dtype) -> Tensor:
+    """The bias in the compute dtype, still 4-D and broadcast (never expanded): converting a bias
+    that needs no gradient first drops the dims it repeats with stride 0."""
+    if t4.dtype == dtype:
+        return t4
+    if not t4.requires_grad:
+        for d in range(4):
+            if t4.stride(d) == 0 and t4.shape[d] > 1:
+                t4 = t4.narrow(d, 0, 1)
+    return t4.to(dtype)
+
+
+def _mod_args(mods: Sequence[KernelMod], dtype: torch.dtype) -> tuple[list, list, list, list]:
+    """``(kinds, tensors, caps, biases)`` for the kernel; ``biases`` are the tensors autograd
+    tracks (one per bias, in order)."""
+    kinds, tensors, caps, biases = [], [], [], []
+    empty = torch.empty(0, dtype=dtype)
+    for km in mods:
+        if km.kind == "bias":
+            t = _bias_for_kernel(km.value, dtype)
+            kinds.append(_BIAS)
+            tensors.append(t)
+            caps.append(0.0)
+            biases.append(t)
+        elif km.kind == "alibi":
+            kinds.append(_ALIBI)
+            tensors.append(km.value.detach().to(dtype).contiguous())
+            caps.append(0.0)
+        elif km.kind == "softcap":
+            kinds.append(_SOFTCAP)
+            tensors.append(empty)
+            caps.append(float(km.value))
+        else:
+            raise ValueError(f"unknown kernel score modifier {km.kind!r}")
+    return kinds, tensors, caps, biases
+
+
 class _TileAttention(torch.autograd.Function):
-    """``(q, k, v) -> (out, lse)`` with the kernel; ``lse`` is -inf on rows with no allowed key."""
+    """``(q, k, v, *biases) -> (out, lse)`` with the kernel; ``lse`` is -inf on rows with no
+    allowed key. ``mods`` is ``(kinds, tensors, caps)``; each bias of ``tensors`` is also passed
+    in ``biases`` (in order) so that autograd tracks it."""
 
     @staticmethod
-    def forward(ctx, q, k, v, plan, scale):
-        out, lse = native_module().forward(q, k, v, *plan.args(), scale)
+    def forward(ctx, q, k, v, plan, scale, mods, *biases):
+        kinds, tensors, caps = mods
+        out, lse = native_module().forward(q, k, v, *plan.args(), scale, kinds, tensors, caps)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.plan, ctx.scale = plan, scale
+        ctx.plan, ctx.scale, ctx.mods = plan, scale, mods
+        ctx.bias_grad = [bool(x) for x in ctx.needs_input_grad[6:]]
         ctx.set_materialize_grads(False)
         return out, lse
 
@@ -135,25 +238,32 @@ class _TileAttention(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, d_out, d_lse):
         q, k, v, out, lse = ctx.saved_tensors
+        kinds, tensors, caps = ctx.mods
         d_out = torch.zeros_like(out) if d_out is None else d_out.contiguous()
         delta = (d_out * out).sum(-1)  # (B, H, T)
         if d_lse is not None:
             delta = delta - d_lse
-        dq, dk, dv = native_module().backward(q, k, v, d_out, lse.contiguous(), delta.contiguous(),
-                                                      *ctx.plan.args(), ctx.scale)
-        return dq, dk, dv, None, None
+        wants = iter(ctx.bias_grad)
+        grads = [int(kind == _BIAS and next(wants)) for kind in kinds]
+        dq, dk, dv, *dmods = native_module().backward(q, k, v, d_out, lse.contiguous(), delta.contiguous(),
+                                                      *ctx.plan.args(), ctx.scale, kinds, tensors, caps, grads)
+        dbias = [g if want else None for g, want, kind in zip(dmods, grads, kinds) if kind == _BIAS]
+        return dq, dk, dv, None, None, None, *dbias
 
 
 def tile_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, scale: float, block_q: int,
-                   block_k: int) -> tuple[Tensor, Tensor]:
+                   block_k: int, mods: Sequence[KernelMod] = ()) -> tuple[Tensor, Tensor]:
     """``(out (B, H, T, Dv), lse (B, H, T))`` of softmax attention of ``q (B, H, T, D)`` over
     ``k (B, Hkv, S, D)``, ``v (B, Hkv, S, Dv)`` (float32 or float64, same dtype) where ``mask``
-    allows, with the compiled kernel; differentiable in ``q``, ``k``, ``v`` and through ``lse``.
-    ``lse`` is -inf (and the output zero) on rows with no allowed key. Builds the extension on
-    first use (raises RuntimeError when it cannot)."""
+    allows, with the compiled kernel; differentiable in ``q``, ``k``, ``v``, each bias of ``mods``
+    and through ``lse``. ``mods`` (from :func:`kernel_mods`) modify the scaled scores in order,
+    before the mask. ``lse`` is -inf (and the output zero) on rows with no allowed key. Builds the
+    extension on first use (raises RuntimeError when it cannot)."""
     native_module()
     plan = native_plan(tile_plan(mask, q.shape[2], k.shape[2], block_q, block_k))
-    return _TileAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), plan, float(scale))
+    kinds, tensors, caps, biases = _mod_args(mods, q.dtype)
+    return _TileAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), plan, float(scale),
+                                (kinds, tensors, caps), *biases)
 
 
 KERNEL_MIN_WORK = 1 << 20

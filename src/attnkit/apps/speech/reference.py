@@ -42,35 +42,32 @@ def hf_whisper(w: Whisper):
             if n != "k_proj":  # transformers' Whisper has no key bias (it is zero in the file)
                 sd[f"{dst}.{n}.bias"] = b
 
+    def layer(p: str, s: str) -> None:  # the self-attention and feed-forward parts of one layer
+        ln(f"{p}.self_attn_layer_norm", f"{s}/self_attention/layer_norm")
+        split(f"{p}.self_attn", f"{s}/self_attention/linear_0", ("q_proj", "k_proj", "v_proj"))
+        lin(f"{p}.self_attn.out_proj", f"{s}/self_attention/linear_1")
+        ln(f"{p}.final_layer_norm", f"{s}/ffn/layer_norm")
+        lin(f"{p}.fc1", f"{s}/ffn/linear_0")
+        lin(f"{p}.fc2", f"{s}/ffn/linear_1")
+
     enc, dec = "model.encoder", "model.decoder"
     lin(f"{enc}.conv1", "encoder/conv1")
     lin(f"{enc}.conv2", "encoder/conv2")
     sd[f"{enc}.embed_positions.weight"] = v["encoder/position_encodings/encodings"]
     ln(f"{enc}.layer_norm", "encoder/layer_norm")
     for i in range(c.n_audio_layer):
-        p, s = f"{enc}.layers.{i}", f"encoder/layer_{i}"
-        ln(f"{p}.self_attn_layer_norm", f"{s}/self_attention/layer_norm")
-        split(f"{p}.self_attn", f"{s}/self_attention/linear_0", ("q_proj", "k_proj", "v_proj"))
-        lin(f"{p}.self_attn.out_proj", f"{s}/self_attention/linear_1")
-        ln(f"{p}.final_layer_norm", f"{s}/ffn/layer_norm")
-        lin(f"{p}.fc1", f"{s}/ffn/linear_0")
-        lin(f"{p}.fc2", f"{s}/ffn/linear_1")
+        layer(f"{enc}.layers.{i}", f"encoder/layer_{i}")
     sd[f"{dec}.embed_tokens.weight"] = v["decoder/embeddings/weight"]
     sd["proj_out.weight"] = v["decoder/embeddings/weight"]
     sd[f"{dec}.embed_positions.weight"] = v["decoder/position_encodings/encodings"]
     ln(f"{dec}.layer_norm", "decoder/layer_norm")
     for i in range(c.n_text_layer):
         p, s = f"{dec}.layers.{i}", f"decoder/layer_{i}"
-        ln(f"{p}.self_attn_layer_norm", f"{s}/self_attention/layer_norm")
-        split(f"{p}.self_attn", f"{s}/self_attention/linear_0", ("q_proj", "k_proj", "v_proj"))
-        lin(f"{p}.self_attn.out_proj", f"{s}/self_attention/linear_1")
+        layer(p, s)
         ln(f"{p}.encoder_attn_layer_norm", f"{s}/attention/layer_norm")
         lin(f"{p}.encoder_attn.q_proj", f"{s}/attention/linear_0")
         split(f"{p}.encoder_attn", f"{s}/attention/linear_1", ("k_proj", "v_proj"))
         lin(f"{p}.encoder_attn.out_proj", f"{s}/attention/linear_2")
-        ln(f"{p}.final_layer_norm", f"{s}/ffn/layer_norm")
-        lin(f"{p}.fc1", f"{s}/ffn/linear_0")
-        lin(f"{p}.fc2", f"{s}/ffn/linear_1")
     model = WhisperForConditionalGeneration(cfg).eval()
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
