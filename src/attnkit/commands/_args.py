@@ -185,3 +185,22 @@ def check_sentence(option: str, text: str, *, max_words: int | None = None) -> s
     if max_words is not None and len(words) > max_words:
         raise UsageError(f"{option} has {len(words)} words; expected 1 to {max_words} words")
     return text.strip()
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{shown(text)}; expected a number >= 0") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{shown(text)}; expected a number >= 0")
+    return value
+
+
+def add_beam_options(p: argparse.ArgumentParser, what: str = "") -> None:
+    """``--beam`` (1 to 64, default 1: greedy) and ``--length-penalty`` (>= 0, default 1.0), the
+    decoding options every sequence command shares; ``what`` prefixes the beam's help."""
+    p.add_argument("--beam", type=int_range(1, 64), default=1, help=f"{what}beam size (default 1: greedy)")
+    p.add_argument("--length-penalty", type=non_negative_float, default=1.0,
+                   help="beam ranking: log p / length ** this (default 1.0)")

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import int_range, output_file, picture_formats
-from .eval import non_negative_float
+from ._args import add_beam_options, output_file, picture_formats
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,9 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", metavar="RUN", help="a caption run folder written by 'attnkit train caption'")
     p.add_argument("image", metavar="IMAGE", help="a greyscale PNG of the run's canvas size (64x64 by default), "
                                                   "light items on a dark ground")
-    p.add_argument("--beam", type=int_range(1, 64), default=1, help="beam size (default 1: greedy)")
-    p.add_argument("--length-penalty", type=non_negative_float, default=1.0,
-                   help="beam ranking: log p / length ** this (default 1.0)")
+    add_beam_options(p)
     p.add_argument("--out", type=output_file(picture_formats, "picture"), default=None,
                    help="write the cross-attention picture of the caption here (.png, .svg, .pdf)")
     p.set_defaults(func=run)

@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import int_range, shown
+from ._args import add_beam_options, int_range
 from .apps import TASKS, check_task, task_module
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{shown(text)}; expected a number >= 0") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{shown(text)}; expected a number >= 0")
-    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a trained run on held-out data")
     p.add_argument("task", metavar="TASK", help=f"the application: {', '.join(TASKS)}")
     p.add_argument("run", metavar="RUN", help="a run folder written by 'attnkit train'")
-    p.add_argument("--beam", type=int_range(1, 64), default=1, help="sequence tasks: beam size (default 1: greedy)")
-    p.add_argument("--length-penalty", type=non_negative_float, default=1.0,
-                   help="beam ranking: log p / length ** this (default 1.0)")
+    add_beam_options(p, "sequence tasks: ")
     p.add_argument("--encoder", default=None, choices=["sparse", "lsh"],
                    help="translation transformers: the same weights with the encoder's attention run as a window "
                         "plus a global token (sparse) or by LSH; writes results-encoder-KIND.json")

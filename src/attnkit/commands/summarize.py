@@ -7,8 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._args import UsageError, int_range, output_file, picture_formats, shown
-from .eval import non_negative_float
+from ._args import UsageError, add_beam_options, output_file, picture_formats, shown
 
 MAX_WORDS = 5000  # longer inputs are refused
 MAX_BYTES = 1_000_000  # a larger file is refused before it is read
@@ -21,9 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"the text to summarize, or a UTF-8 text file holding it (1 to {MAX_WORDS} words)")
     p.add_argument("--out", type=output_file(picture_formats, "picture"), default=None,
                    help="write the cross-attention / copy picture of the summary here (.png, .svg, .pdf)")
-    p.add_argument("--beam", type=int_range(1, 64), default=1, help="beam size (default 1: greedy)")
-    p.add_argument("--length-penalty", type=non_negative_float, default=1.0,
-                   help="beam ranking: log p / length ** this (default 1.0)")
+    add_beam_options(p)
     p.set_defaults(func=run)
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import check_sentence, int_range, output_file, picture_formats
-from .eval import non_negative_float
+from ._args import add_beam_options, check_sentence, output_file, picture_formats
 
 MAX_WORDS = 100
 
@@ -15,9 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("translate", help="translate text with a trained translation run")
     p.add_argument("run", metavar="RUN", help="a translation run folder written by 'attnkit train translation'")
     p.add_argument("text", metavar="TEXT", help=f"the text to translate (1 to {MAX_WORDS} words)")
-    p.add_argument("--beam", type=int_range(1, 64), default=1, help="beam size (default 1: greedy)")
-    p.add_argument("--length-penalty", type=non_negative_float, default=1.0,
-                   help="beam ranking: log p / length ** this (default 1.0)")
+    add_beam_options(p)
     p.add_argument("--out", type=output_file(picture_formats, "picture"), default=None,
                    help="write the cross-attention picture of the translation here (.png, .svg, .pdf)")
     p.set_defaults(func=run)
