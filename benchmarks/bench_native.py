@@ -9,6 +9,11 @@ Masks: ``none``, ``causal``, ``window256`` / ``window512`` (causal sliding windo
 (BigBird defaults) and ``dense`` (a random boolean mask, density 0.5). The native kernel's build
 happens before the first measurement (its time is printed).
 
+``--mod alibi`` / ``--mod softcap`` adds that score modifier (ALiBi with the paper's slopes,
+soft-cap 30) to ``native``, ``block_sparse`` and ``blockwise``; ``sdpa`` then gets a dense
+``(1, H, T, S)`` float bias (the ALiBi bias, built before timing) as the cost of the dense-bias
+route, since it cannot soft-cap; ``flex`` is skipped.
+
 Every row records ``mm_fraction``: FLOPs on the kept tiles (forward 4 H tiles bq bk D; forward +
 backward 3.5x that) over the row's time, as a fraction of ``torch.mm``'s float32 throughput
 measured in the same run. Ratios are column time / native time (> 1: native is faster).
@@ -17,6 +22,7 @@ Usage::
 
     python benchmarks/bench_native.py --quick                      # T=4096, three masks, forward
     python benchmarks/bench_native.py --T 16384 --masks window256 window512 bigbird --tag 16k
+    python benchmarks/bench_native.py --T 4096 --masks causal --dtypes float32 --mod alibi --tag 4k_alibi
 
 Each run writes ``benchmarks/results/native_<tag>.json``.
 """
@@ -30,7 +36,7 @@ from pathlib import Path
 import torch
 
 import attnkit
-from attnkit import kernels, masks
+from attnkit import kernels, masks, scores
 from attnkit.eval.bench import Results, matmul_flops_per_s, time_fn
 from attnkit.kernels.tiles import native_plan
 from attnkit.masks import patterns
@@ -40,6 +46,12 @@ HERE = Path(__file__).resolve().parent
 IMPLS = ["native", "block_sparse", "blockwise", "sdpa", "flex"]
 MASKS = ["none", "causal", "window256", "window512", "bigbird", "dense"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+MODS = ["none", "alibi", "softcap"]
+
+
+def make_mods(name: str, heads: int) -> list:
+    """The score modifiers of ``--mod``."""
+    return {"none": [], "alibi": [scores.alibi(heads)], "softcap": [scores.softcap(30.0)]}[name]
 
 
 def make_mask(name: str, t: int):
@@ -66,10 +78,15 @@ def kept_flops(mask, t: int, heads: int, dim: int, backward: bool) -> float:
 _COMPILED: dict = {}
 
 
-def runner(impl: str, mask, t: int, heads: int, dim: int, dtype: torch.dtype, backward: bool):
+def runner(impl: str, mask, t: int, heads: int, dim: int, dtype: torch.dtype, backward: bool, mod: str = "none"):
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, heads, t, dim, generator=g).to(dtype).requires_grad_(backward) for _ in range(3))
     extra: dict = {}
+    kw: dict = {}
+    if mod != "none" and impl == "sdpa":  # the dense-bias route
+        kw["bias"] = scores.alibi(heads).as_bias(1, heads, t, t, dtype=dtype, device=q.device)
+    elif mod != "none":
+        kw["score_mods"] = make_mods(mod, heads)
     if impl == "flex":
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -82,7 +99,7 @@ def runner(impl: str, mask, t: int, heads: int, dim: int, dtype: torch.dtype, ba
         fn = lambda: compiled(q, k, v, block_mask=bm)  # noqa: E731
     else:
         opts = {"kernel": "torch"} if impl in ("block_sparse", "blockwise") else None  # their pure-PyTorch path
-        fn = lambda: attnkit.attention(q, k, v, mask, impl=impl, options=opts)  # noqa: E731
+        fn = lambda: attnkit.attention(q, k, v, mask, impl=impl, options=opts, **kw)  # noqa: E731
 
     def step():
         out = fn()
@@ -95,7 +112,9 @@ def runner(impl: str, mask, t: int, heads: int, dim: int, dtype: torch.dtype, ba
     return step, extra
 
 
-def skip_reason(impl: str, mask_name: str, t: int, backward: bool, max_dense: int) -> str | None:
+def skip_reason(impl: str, mask_name: str, t: int, backward: bool, max_dense: int, mod: str = "none") -> str | None:
+    if impl == "flex" and mod != "none":
+        return "score modifiers are measured against the attnkit implementations only"
     if impl == "flex" and backward:
         return "FlexAttention has no backward on CPU in this torch"
     if impl == "sdpa" and mask_name not in ("none", "causal") and t > max_dense:
@@ -115,6 +134,7 @@ def main(argv=None) -> int:
     p.add_argument("--impls", nargs="+", default=IMPLS, choices=IMPLS)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-dense", type=int, default=4096, help="largest T for quadratic masked columns")
+    p.add_argument("--mod", default="none", choices=MODS, help="score modifier (see the module docstring)")
     p.add_argument("--tag", default=None)
     args = p.parse_args(argv)
     if args.quick:
@@ -125,7 +145,7 @@ def main(argv=None) -> int:
     print(f"native kernel ready in {time.perf_counter() - t0:.1f} s (build or cache load)")
     mm = matmul_flops_per_s(torch.float32)
     res = Results("native", meta={"heads": heads, "head_dim": dim, "batch": 1, "mm_flops_per_s": mm,
-                                  "threads": torch.get_num_threads(), "block": DEFAULT_BLOCK})
+                                  "threads": torch.get_num_threads(), "block": DEFAULT_BLOCK, "mod": args.mod})
     print(f"torch.mm float32: {mm / 1e9:.1f} GFLOP/s; threads {torch.get_num_threads()}")
     for t in args.T:
         for mask_name in args.masks:
@@ -133,15 +153,15 @@ def main(argv=None) -> int:
             for dname in args.dtypes:
                 for mode in args.modes:
                     backward = mode == "fwd+bwd"
-                    case = {"T": t, "mask": mask_name, "dtype": dname, "mode": mode}
+                    case = {"T": t, "mask": mask_name, "dtype": dname, "mode": mode, "mod": args.mod}
                     flops = kept_flops(mask, t, heads, dim, backward)
                     for impl in args.impls:
-                        why = skip_reason(impl, mask_name, t, backward, args.max_dense)
+                        why = skip_reason(impl, mask_name, t, backward, args.max_dense, args.mod)
                         if why:
                             res.add(case, impl, None, note=why)
                             continue
                         try:
-                            step, extra = runner(impl, mask, t, heads, dim, DTYPES[dname], backward)
+                            step, extra = runner(impl, mask, t, heads, dim, DTYPES[dname], backward, args.mod)
                             t1 = time.perf_counter()
                             step()
                             first = time.perf_counter() - t1

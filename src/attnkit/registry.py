@@ -51,7 +51,7 @@ class ImplSpec:
     scores: frozenset[str] | None = None  # score names it runs; None = any score
     weights: frozenset[str] | None = None  # weight names it runs; None = any weight function
     mask_types: tuple[type, ...] | None = None  # primitive mask classes it honours; None = any
-    score_mods: Literal["any", "additive", "none"] = "any"
+    score_mods: Literal["any", "builtin", "additive", "none"] = "any"  # builtin: bias, alibi and softcap only
     dropout: bool = True
     grad: bool = True
     returns_weights: bool = True

@@ -41,10 +41,10 @@ import torch
 
 from .. import kernels
 from ..call import AttentionCall
+from ..errors import UnsupportedError
 from ..kernels.tiles import MAX_BLOCK, MAX_HEAD_DIM, kernel_mod_reasons, kernel_mods, tile_attention
 from ..masks import Causal
 from ..masks.base import DEFAULT_BLOCK
-from ..errors import UnsupportedError
 from ..registry import AttnResult, ImplSpec, get_impl, list_impls, not_supported_reasons, register_impl
 from ._common import Option, compute_dtype, prepared_qk, read_options
 
@@ -134,7 +134,7 @@ register_impl(ImplSpec(
     description="C++ FlashAttention-2 kernel over the tile plan (skips empty tiles); built on first use",
     scores=frozenset({"scaled_dot", "dot", "cosine"}),
     weights=frozenset({"softmax"}),
-    score_mods="any",  # the built-in bias, alibi and softcap; _check declines a user's modifier
+    score_mods="builtin",  # the built-in bias, alibi and softcap; _check names a user's modifier it declines
     dropout=False,
     returns_weights=False,
     returns_lse=True,
