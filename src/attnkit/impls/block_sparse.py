@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..call import AttentionCall
-from ..kernels.tiles import kernel_usable, tile_attention
+from ..kernels.tiles import kernel_form, kernel_usable, tile_attention
 from ..masks import EMPTY, FULL, PARTIAL, Mask
 from ..masks.base import DEFAULT_BLOCK, BlockMask, tile_plan
 from ..registry import AttnResult, ImplSpec, register_impl
@@ -55,7 +55,8 @@ OPTIONS = {
     "chunk": Option(int, DEFAULT_CHUNK, "score elements per chunk and head", minimum=1),
     "weights_format": Option(str, "dense", "layout of return_weights", choices=("dense", "blocks")),
     "kernel": Option(str, "auto", "who computes the tiles: 'auto' (the native C++ kernel where it is available, "
-                     "for softmax calls without score modifiers or weights, T x S >= 2**20), 'torch' (always PyTorch)",
+                     "for softmax calls without weights whose score modifiers are all built-in bias / alibi / softcap, "
+                     "T x S >= 2**20), 'torch' (always PyTorch)",
                      choices=("auto", "torch")),
 }
 
@@ -531,6 +532,7 @@ def _unlayout_rows(x: Tensor, heads: int, t: int) -> Tensor:
     return _unlayout(x.unsqueeze(-1), heads, t).squeeze(-1)
 
 
+
 def block_sparse(call: AttentionCall) -> AttnResult:
     """Attention over the kept tiles of ``call.mask`` only.
 
@@ -540,12 +542,13 @@ def block_sparse(call: AttentionCall) -> AttnResult:
         out = softmax(s.masked_fill(~mask.dense(T, S), -inf)) @ repeat_kv(v)
     """
     bq, bk, chunk, fmt = _blocks(call)
-    if (read_options(call, "block_sparse", OPTIONS)["kernel"] == "auto" and not call.score_mods
+    mods = kernel_form(call.score_mods)
+    if (read_options(call, "block_sparse", OPTIONS)["kernel"] == "auto" and mods is not None
             and not call.return_weights and kernel_usable(device=call.q.device, head_dim=max(call.head_dim, call.v_dim),
                                                           block_q=bq, block_k=bk, work=call.lq * call.lk)):
         dtype = compute_dtype(call.q.dtype)
         q, k, scale = prepared_qk(call, dtype)
-        out, lse = tile_attention(q, k, call.v.to(dtype), call.mask, scale, bq, bk)
+        out, lse = tile_attention(q, k, call.v.to(dtype), call.mask, scale, bq, bk, mods=mods)
         return AttnResult(out.to(call.q.dtype), None, lse if call.return_lse else None)
     dtype = compute_dtype(call.q.dtype)
     q, k, scale = prepared_qk(call, dtype)

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..call import AttentionCall
-from ..kernels.tiles import kernel_usable, tile_attention
+from ..kernels.tiles import kernel_form, kernel_usable, tile_attention
 from ..masks import EMPTY, FULL, PARTIAL, Mask
 from ..masks.base import DEFAULT_BLOCK, BlockMask, tile_plan
 from ..registry import AttnResult, ImplSpec, register_impl
@@ -60,8 +60,8 @@ OPTIONS = {
     "block_k": Option(int, DEFAULT_BLOCK, "keys per tile of the mask's tile plan", minimum=1),
     "chunk_k": Option(int, DEFAULT_CHUNK_K, "most keys one matmul covers", minimum=1),
     "kernel": Option(str, "auto", "who computes the tiles: 'auto' (the native C++ kernel where it is available, "
-                     "for softmax calls without score modifiers, dropout or weights, T x S >= 2**20), "
-                     "'torch' (always PyTorch)", choices=("auto", "torch")),
+                     "for softmax calls without dropout or weights whose score modifiers are all built-in bias / "
+                     "alibi / softcap, T x S >= 2**20), 'torch' (always PyTorch)", choices=("auto", "torch")),
 }
 
 Chunk = tuple[int, int, bool]  # key range [j0, j1) and whether it needs the mask
@@ -409,11 +409,12 @@ def blockwise(call: AttentionCall) -> AttnResult:
     opts = read_options(call, "blockwise", OPTIONS)
     dtype = compute_dtype(call.q.dtype)
     q, k, scale = prepared_qk(call, dtype)
-    if (opts["kernel"] == "auto" and not call.score_mods and call.weight.is_builtin("softmax") and not call.dropout_p
+    mods = kernel_form(call.score_mods)
+    if (opts["kernel"] == "auto" and mods is not None and call.weight.is_builtin("softmax") and not call.dropout_p
             and not call.return_weights
             and kernel_usable(device=call.q.device, head_dim=max(call.head_dim, call.v_dim), block_q=DEFAULT_BLOCK,
                               block_k=opts["block_k"], work=call.lq * call.lk)):
-        out, lse = tile_attention(q, k, call.v.to(dtype), call.mask, scale, DEFAULT_BLOCK, opts["block_k"])
+        out, lse = tile_attention(q, k, call.v.to(dtype), call.mask, scale, DEFAULT_BLOCK, opts["block_k"], mods=mods)
         return AttnResult(out.to(call.q.dtype), None, lse if call.return_lse else None)
     qs = q if scale == 1.0 else q * scale
     n_rep = call.heads // call.kv_heads

@@ -22,8 +22,8 @@ from ..masks.base import BlockMask, tile_plan
 from ..scores import ScoreMod
 from . import native_module, unavailable_reason
 
-__all__ = ["NativePlan", "native_plan", "tile_attention", "kernel_usable", "KERNEL_MIN_WORK", "MAX_BLOCK",
-           "MAX_HEAD_DIM", "KernelMod", "kernel_mods", "kernel_mod_reasons"]
+__all__ = ["NativePlan", "native_plan", "tile_attention", "kernel_usable", "kernel_form", "KERNEL_MIN_WORK",
+           "MAX_BLOCK", "MAX_HEAD_DIM", "KernelMod", "kernel_mods", "kernel_mod_reasons"]
 
 MAX_HEAD_DIM = 256
 MAX_BLOCK = 512  # the kernel batches at most this many keys (query rows) into one product
@@ -182,6 +182,15 @@ def kernel_mod_reasons(mods: Sequence[ScoreMod], *, grad_enabled: bool = True) -
     return reasons
 
 
+def kernel_form(mods: Sequence[ScoreMod]) -> list[KernelMod] | None:
+    """``mods`` in the kernel's form when the kernel can compute every one of them now (built-in
+    bias / alibi / softcap, no slopes that need a gradient), else None: the caller keeps its
+    PyTorch path. A call without modifiers gives ``[]``."""
+    if kernel_mod_reasons(mods, grad_enabled=torch.is_grad_enabled()):
+        return None
+    return kernel_mods(mods)
+
+
 def _bias_for_kernel(t4: Tensor, dtype: torch.dtype) -> Tensor:
     """The bias in the compute dtype, still 4-D and broadcast (never expanded): converting a bias
     that needs no gradient first drops the dims it repeats with stride 0."""
@@ -272,9 +281,10 @@ native kernel (option ``kernel="auto"``); smaller calls keep their pure-PyTorch 
 
 
 def kernel_usable(*, device: torch.device, head_dim: int, block_q: int, block_k: int, work: int) -> bool:
-    """Whether a tile implementation should run a softmax call with no score modifiers on the
-    native kernel: a CPU tensor, head dims and blocks the kernel takes, at least
-    :data:`KERNEL_MIN_WORK` score elements, and the extension available (built on first use)."""
+    """Whether a tile implementation should run a softmax call (whose score modifiers, if any, are
+    the built-in bias, alibi and softcap) on the native kernel: a CPU tensor, head dims and blocks
+    the kernel takes, at least :data:`KERNEL_MIN_WORK` score elements, and the extension available
+    (built on first use)."""
     if device.type != "cpu" or head_dim > MAX_HEAD_DIM or max(block_q, block_k) > MAX_BLOCK:
         return False
     if work < KERNEL_MIN_WORK or unavailable_reason() is not None:
