@@ -52,13 +52,17 @@ def hf_minilm(hf_minilm_loader):
     return hf_minilm_loader("eager"), hf_minilm_loader("attnkit"), tok
 
 
+ONE_THREAD_DIRS = {"peers", "translation"}
+ONE_THREAD_FILES = {"test_native_score_mods.py", "test_kernel_inside_tiles.py"}
+
+
 @pytest.fixture(autouse=True)
 def one_intra_op_thread_for_small_problems(request):
-    """The peer-suite problems (tests/peers) and the translation models are tiny: one intra-op
-    thread runs them faster than several, whose wake-ups cost more than the work, above all on a
-    loaded machine."""
-    parts = request.node.path.parts
-    if "peers" not in parts and "translation" not in parts:
+    """The peer-suite problems (tests/peers), the translation models and the kernel's score-modifier
+    cases are small: one intra-op thread runs them faster than several, whose wake-ups cost more
+    than the work, above all on a loaded machine (a test may still set its own count inside)."""
+    path = request.node.path
+    if not ONE_THREAD_DIRS.intersection(path.parts) and path.name not in ONE_THREAD_FILES:
         yield
         return
     before = torch.get_num_threads()

@@ -17,14 +17,6 @@ pytestmark = pytest.mark.skipif(kernels.unavailable_reason() is not None,
 B, H, HKV, T, D = 1, 4, 2, 1024, 16  # T x T = 2**20: the smallest call the tile impls hand over
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def kernel_calls(monkeypatch):
     """The number of times the kernel's autograd function runs, and which modifier kinds it got."""

@@ -20,14 +20,6 @@ pytestmark = pytest.mark.skipif(kernels.unavailable_reason() is not None,
 B, H, HKV, T, S, D = 2, 4, 2, 37, 45, 8  # T, S not multiples of the block (8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _qkv(b, h, hkv, t, s, d, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
