@@ -52,6 +52,25 @@ def hf_minilm(hf_minilm_loader):
     return hf_minilm_loader("eager"), hf_minilm_loader("attnkit"), tok
 
 
+def run_cli_one_thread(args: list[str]) -> tuple[int, str]:
+    """``attnkit ARGS`` in this process on one torch thread (a demo trains small models, which one
+    thread runs fastest on a shared machine): the exit code and what it printed."""
+    import io
+    from contextlib import redirect_stdout
+
+    from attnkit.cli import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    buf = io.StringIO()
+    try:
+        with redirect_stdout(buf):
+            rc = main(args)
+    finally:
+        torch.set_num_threads(threads)
+    return rc, buf.getvalue()
+
+
 ONE_THREAD_DIRS = {"peers", "translation"}
 ONE_THREAD_FILES = {"test_native_score_mods.py", "test_kernel_inside_tiles.py"}
 

@@ -4,17 +4,14 @@ per session, shared with the quick tests) and draws its picture; ``eval --beam``
 
 from __future__ import annotations
 
-import io
 import json
-from contextlib import redirect_stdout
 
 import pytest
-import torch
 
 from attnkit.apps.summarization import data
 from attnkit.apps.summarization.demo import BEAM, demo_examples
 from attnkit.cli import main
-from conftest import png_ok, require_data
+from conftest import png_ok, require_data, run_cli_one_thread
 
 
 @pytest.fixture(scope="module")
@@ -22,16 +19,9 @@ def demo(attnkit_cache, tmp_path_factory):
     status = data.data_status()
     require_data(all(v == "installed" for v in status.values()), f"summarization data ({status})")
     out = tmp_path_factory.mktemp("demo") / "summary.png"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    buf = io.StringIO()
-    try:
-        with redirect_stdout(buf):
-            rc = main(["demo", "summarization", "--out", str(out)])
-    finally:
-        torch.set_num_threads(threads)
+    rc, printed = run_cli_one_thread(["demo", "summarization", "--out", str(out)])
     assert rc == 0
-    return attnkit_cache / "runs" / "summarization-all-pointer-quick", buf.getvalue(), out
+    return attnkit_cache / "runs" / "summarization-all-pointer-quick", printed, out
 
 
 def test_demo_summarizes_held_out_texts_and_draws(demo):

@@ -10,25 +10,16 @@ import torch
 from translation_helpers import assert_beats_baselines
 
 from attnkit.cli import main
+from conftest import run_cli_one_thread
 
 
 @pytest.fixture(scope="module")
 def demo_run(attnkit_cache, tmp_path_factory):
     """The demo's cached quick transformer run (trained by the demo itself, on one thread)."""
-    import io
-    from contextlib import redirect_stdout
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("demo") / "align.png"
-    buf = io.StringIO()
-    try:
-        with redirect_stdout(buf):
-            rc = main(["demo", "translation", "--out", str(out)])
-    finally:
-        torch.set_num_threads(threads)
+    rc, printed = run_cli_one_thread(["demo", "translation", "--out", str(out)])
     assert rc == 0
-    return attnkit_cache / "runs" / "translation-numbers-fr-quick", buf.getvalue(), out
+    return attnkit_cache / "runs" / "translation-numbers-fr-quick", printed, out
 
 
 def test_demo_translates_and_draws(demo_run):
