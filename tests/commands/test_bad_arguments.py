@@ -69,6 +69,8 @@ CASES = [
     (["train", "vision"], "TASK vision"),
     (["train", "translation", "--fold", "3"], "--fold applies to sentiment; got task 'translation'"),
     (["train", "sentiment", "--fold", "11"], "--fold"),
+    (["train", "translation", "--tune-layers", "2"], "--tune-layers applies to sentiment; got task 'translation'"),
+    (["train", "sentiment", "--tune-layers", "7"], "--tune-layers"),
     (["eval", "translation", "{missing}"], "is not a folder"),
     (["translate", "{dir}", "  "], "is empty"),
     (["apps", "--runs"], "--runs got no value"),

@@ -18,6 +18,9 @@ def _minutes(text: str) -> float:
     return value
 
 
+TASK_OPTIONS = ("fold", "tune_layers")  # train() options of some tasks only (commands.apps: train_options)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train an application's model into a run folder")
     p.add_argument("task", metavar="TASK", help=f"the application: {', '.join(TASKS)}")
@@ -29,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help=f"model (default: the task's first) - {models}")
     p.add_argument("--fold", type=int_range(1, 10), default=None,
                    help="sentiment: the test fold of the ten fixed folds (default 10; the next fold validates)")
+    p.add_argument("--tune-layers", type=int_range(1, 6), default=None,
+                   help="sentiment --model minilm-ft: how many top MiniLM layers to fine-tune (default: the preset's)")
     p.add_argument("--quick", action="store_true", help="the small preset (well under a minute)")
     p.add_argument("--budget-minutes", type=_minutes, default=None,
                    help="wall-clock budget of the training loop (default: the preset's)")
@@ -59,9 +64,11 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.fold is not None and "fold" not in task.train_options:
-        raise UsageError(f"--fold applies to {', '.join(n for n, t in TASKS.items() if 'fold' in t.train_options)}; "
-                         f"got task {args.task!r}")
+    for name in TASK_OPTIONS:  # options only some tasks take
+        if getattr(args, name) is not None and name not in task.train_options:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} applies to {', '.join(n for n, t in TASKS.items() if name in t.train_options)}; "
+                             f"got task {args.task!r}")
     options = {name: getattr(args, name) for name in task.train_options if getattr(args, name) is not None}
     mod.train(data=data, model=model, quick=args.quick, budget_minutes=args.budget_minutes,
               max_steps=args.max_steps, eval_every=args.eval_every, out=args.out, seed=args.seed,

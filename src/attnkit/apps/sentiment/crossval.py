@@ -121,7 +121,9 @@ def markdown(table: dict[str, Any]) -> str:
         s = entry.get("summary")
         if not s:
             continue
-        rows.append(f"| {model}: {MODELS[model]} | {'yes' if has_attention(model) else 'no'} | {len(s['folds'])} | "
+        opts = "".join(f", {k}={v}" for k, v in entry.get("options", {}).items())
+        rows.append(f"| {model}{opts}: {MODELS[model]} | {'yes' if has_attention(model) else 'no'} | "
+                    f"{len(s['folds'])} | "
                     f"{s['mean']:.3f} | [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}] | {s['majority_mean']:.3f} | "
                     f"{s['train_seconds_mean']:.0f} | {s['steps_mean']:.0f} |")
         cells = []

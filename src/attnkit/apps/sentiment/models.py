@@ -38,7 +38,7 @@ MODELS = {
     "minilm-lr": "frozen MiniLM, mean pooling, logistic regression (scikit-learn)",
     "minilm-mean": "frozen MiniLM, mean pooling, linear layer",
     "minilm-attn": "frozen MiniLM, attention pooling (learned query), linear layer",
-    "minilm-ft": "MiniLM with its top layers fine-tuned (tune_layers, default 2), attention pooling",
+    "minilm-ft": "MiniLM with its top tune_layers layers fine-tuned (full preset: all 6), attention pooling",
     "gru": "bidirectional GRU from scratch, mean pooling",
     "gru-attn": "bidirectional GRU from scratch, attention pooling",
     "sent-mean-lr": "reviews: mean of frozen MiniLM sentence embeddings, logistic regression",

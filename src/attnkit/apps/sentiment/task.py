@@ -41,9 +41,10 @@ class Preset:
     model: dict[str, Any]
 
 
-def _cfg(steps: int, budget: float, lr: float, every: int, warm: int = 20, patience: int | None = 6) -> TrainConfig:
+def _cfg(steps: int, budget: float, lr: float, every: int, warm: int = 20, patience: int | None = 6,
+         schedule: str = "constant") -> TrainConfig:
     return TrainConfig(max_steps=steps, budget_seconds=budget, lr=lr, warmup_steps=warm, eval_every=every,
-                       patience=patience, weight_decay=0.01, log_every=10)
+                       patience=patience, weight_decay=0.01, log_every=10, schedule=schedule)
 
 
 # (model, quick) -> preset; budgets are wall-clock seconds of training steps on one thread
@@ -52,7 +53,9 @@ PRESETS: dict[tuple[str, bool], Preset] = {
     ("minilm-mean", True): Preset(64, _cfg(100, 8, 3e-3, 25, patience=None), {}),
     ("minilm-attn", False): Preset(64, _cfg(800, 60, 3e-3, 50), {}),
     ("minilm-attn", True): Preset(64, _cfg(100, 8, 3e-3, 25, patience=None), {}),
-    ("minilm-ft", False): Preset(32, _cfg(300, 240, 1e-4, 30, warm=30, patience=4), {}),
+    # all six layers, 2.5 epochs, linear decay, the best validation checkpoint kept (see docs/apps/sentiment.md)
+    ("minilm-ft", False): Preset(32, _cfg(250, 330, 5e-5, 50, warm=25, patience=None, schedule="linear"),
+                                 {"tune_layers": 6}),
     ("minilm-ft", True): Preset(16, _cfg(40, 20, 5e-4, 20, warm=5, patience=None), {}),
     ("gru", False): Preset(64, _cfg(1200, 90, 2e-3, 50), {}),
     ("gru", True): Preset(32, _cfg(150, 20, 5e-3, 50, warm=10, patience=None), dict(emb_dim=64, hidden=64)),
