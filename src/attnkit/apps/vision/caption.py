@@ -43,7 +43,7 @@ PRESETS = {
     "quick": Preset(2000, 150, 300, 32, dict(d_model=64, enc_layers=1, dec_layers=1, heads=4, ff=128),
                     TrainConfig(max_steps=300, budget_seconds=120, lr=2e-3, warmup_steps=30, eval_every=100,
                                 metric=METRIC, progress=False)),
-    "full": Preset(20000, 400, 2000, 32, dict(d_model=96, enc_layers=2, dec_layers=2, heads=4, ff=192),
+    "full": Preset(20000, 400, 2000, 32, dict(d_model=96, enc_layers=2, dec_layers=2, heads=4, ff=192, dropout=0.1),
                    TrainConfig(max_steps=30000, budget_seconds=25 * 60, lr=1e-3, warmup_steps=200, eval_every=500,
                                metric=METRIC, schedule="cosine", min_lr_ratio=0.05)),
 }
