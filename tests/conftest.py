@@ -72,7 +72,7 @@ def run_cli_one_thread(args: list[str]) -> tuple[int, str]:
 
 
 ONE_THREAD_DIRS = {"peers", "translation"}
-ONE_THREAD_FILES = {"test_native_score_mods.py", "test_kernel_inside_tiles.py"}
+ONE_THREAD_FILES = {"test_native_score_mods.py", "test_kernel_inside_tiles.py", "test_kernel_lsh.py"}
 
 
 @pytest.fixture(autouse=True)

@@ -41,6 +41,7 @@ nC chunks, C chunk length, R hash rounds.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -52,7 +53,9 @@ from torch import Tensor
 
 from ..call import AttentionCall, hide_masked_keys
 from ..errors import AttnKitError
-from ..masks import Causal, Full, KeyMask, Mask, Padding
+from ..kernels.tiles import HashedItems, KernelMod, kernel_usable, tile_attention
+from ..masks import And, BlockSparse, Causal, Full, KeyMask, Mask, Padding
+from ..merge import merge_partials
 from ..registry import AttnResult, ImplSpec, register_impl
 from ..shapes import repeat_kv
 from ._common import Option, compute_dtype, read_options
@@ -61,7 +64,7 @@ __all__ = ["LSHSettings", "LSHResult", "settings_from_options", "random_rotation
            "lsh_attention", "lsh"]
 
 SELF_SCORE = -1e5  # replaces q_i . k_i in shared-QK mode: used only when nothing else is allowed
-_HASH_BUDGET = 1 << 24  # elements of the rotated buffer hashed at once
+_HASH_BUDGET = 1 << 18  # projections computed at once (kept in cache)
 
 
 def _one_or_even(n_buckets: int) -> str | None:
@@ -79,6 +82,9 @@ OPTIONS: dict[str, Option] = {
     "shared_qk": Option(bool, False, "keys are the L2-normalised queries (the Reformer); needs T == S"),
     "seed": Option(int, 0, "seed of the random rotations when no generator is given", minimum=0),
     "dedup": Option(bool, True, "count a key that several rounds attend once"),
+    "kernel": Option(str, "auto", "who computes the chunks: 'auto' (the native C++ kernel where it is available, "
+                     "for calls without weights whose mask is causal and / or key padding, and at least 2**20 "
+                     "score elements over all rounds), 'torch' (always PyTorch)", choices=("auto", "torch")),
 }
 
 
@@ -93,6 +99,7 @@ class LSHSettings:
     shared_qk: bool = OPTIONS["shared_qk"].default
     seed: int = OPTIONS["seed"].default
     dedup: bool = OPTIONS["dedup"].default
+    kernel: str = OPTIONS["kernel"].default
 
     def __post_init__(self):
         for f in fields(self):
@@ -156,21 +163,24 @@ def random_rotations(head_dim: int, n_hashes: int, n_buckets: int, *, generator:
 
 def hash_vectors(x: Tensor, rotations: Tensor, n_buckets: int) -> Tensor:
     """Angular LSH buckets of ``x (BH, N, D)``: ``argmax([xR, -xR])`` per round -> ``(BH, R, N)``
-    int64 in ``[0, n_buckets)``. With one bucket everything lands in bucket 0."""
-    bh, n, _ = x.shape
-    n_hashes = rotations.shape[1]
+    int64 in ``[0, n_buckets)``. With one bucket everything lands in bucket 0.
+
+    Every round is projected by one product, a few hundred rows at a time, so that the
+    projections are reduced while they are still in cache."""
+    bh, n, d = x.shape
+    n_hashes, half = rotations.shape[1], rotations.shape[2]
     if n_buckets == 1:
         return torch.zeros(bh, n_hashes, n, dtype=torch.int64, device=x.device)
-    rot = rotations.to(device=x.device, dtype=x.dtype)  # (D, R, nb/2)
-    out = torch.empty(bh, n_hashes, n, dtype=torch.int64, device=x.device)
-    step = max(1, _HASH_BUDGET // max(1, bh * n_buckets))
-    for r in range(n_hashes):
-        for start in range(0, n, step):
-            proj = x[:, start:start + step] @ rot[:, r]  # (BH, n, nb/2)
-            top, arg_top = proj.max(-1)  # (BH, n): argmax of [xR, -xR] without building it
-            low, arg_low = proj.min(-1)
-            out[:, r, start:start + step] = torch.where(top >= -low, arg_top, arg_low + proj.shape[-1])
-    return out
+    rot = rotations.to(device=x.device, dtype=x.dtype).reshape(d, n_hashes * half)  # (D, R * nb/2)
+    flat = x.reshape(bh * n, d)
+    out = torch.empty(bh * n, n_hashes, dtype=torch.int64, device=x.device)
+    step = max(1, _HASH_BUDGET // (n_hashes * half))
+    for start in range(0, bh * n, step):
+        proj = (flat[start:start + step] @ rot).view(-1, n_hashes, half)  # (rows, R, nb/2)
+        top, arg_top = proj.max(-1)  # (rows, R): argmax of [xR, -xR] without building it
+        low, arg_low = proj.min(-1)
+        out[start:start + step] = torch.where(top >= -low, arg_top, arg_low + half)
+    return out.view(bh, n, n_hashes).transpose(1, 2).contiguous()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -338,7 +348,13 @@ def lsh_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, 
         orders, ranks = _sort_orders(items, buckets, n_chunks, chunk)
         # chunk of every item per round (BH, R, N+1); the dummy matches no chunk
         chunk_of = F.pad(torch.div(ranks, chunk, rounding_mode="floor"), (0, 1), value=-n_chunks)
-        chunk_of = chunk_of.to(torch.int16 if n_chunks < 2**14 else torch.int32)
+    kernel_mask = _kernel_mask(mask, t, s) if st.kernel == "auto" and not return_weights else None
+    if kernel_mask is not None and kernel_usable(device=q.device, head_dim=max(d, dv), block_q=chunk,
+                                                 block_k=chunk, work=n * 2 * chunk * st.n_hashes):
+        out, lse = _rounds_on_kernel(items, orders, ranks, chunk_of if st.dedup else None, kernel_mask, b, h, t, s,
+                                     chunk, scale, st.shared_qk)
+        return LSHResult(out.to(out_dtype), lse=lse if return_lse else None)
+    chunk_of = chunk_of.to(torch.int16 if n_chunks < 2**14 else torch.int32)
 
     packed = torch.cat([items.qv, items.kv, items.vv], dim=-1)  # (BH, N+1, 2D+Dv): one gather per round
     flat = packed.reshape(-1, packed.shape[-1])  # (BH*(N+1), 2D+Dv)
@@ -427,6 +443,80 @@ def _self_pattern(chunk: int, n_chunks: int, device: torch.device) -> Tensor:
 
 def _mask_or_none(mask: Mask | None) -> Mask | None:
     return None if mask is None or isinstance(mask, Full) else mask
+
+
+# ----------------------------------------------------------------------------------------------
+# the rounds on the native kernel
+# ----------------------------------------------------------------------------------------------
+
+
+def _kernel_mask(mask: Mask | None, lq: int, lk: int) -> tuple[int | None, Mask | None] | None:
+    """What the kernel's ``hashed`` modifier evaluates of ``mask``: ``(causal offset or None, the
+    key-side part or None)``, or None when ``mask`` has a part it cannot evaluate (then the
+    rounds run in PyTorch). Takes ``Full``, ``Causal``, ``Padding``, ``KeyMask`` and their ``&``."""
+    if mask is None:
+        return None, None
+    offset, keys = None, []
+    todo = [mask]
+    while todo:
+        part = todo.pop()
+        if isinstance(part, And):
+            todo.extend(part.parts)
+        elif isinstance(part, Causal):
+            o = part.offset(lq, lk)
+            offset = o if offset is None else min(offset, o)
+        elif isinstance(part, (Padding, KeyMask)):
+            keys.append(part)
+        elif not isinstance(part, Full):
+            return None
+    return offset, (None if not keys else keys[0] if len(keys) == 1 else And(*keys))
+
+
+@functools.lru_cache(maxsize=32)
+def _look_one_back_mask(n_chunks: int, chunk: int) -> BlockSparse:
+    """The tiles of one round in sorted order: chunk ``c`` attends chunks ``c - 1`` (cyclically)
+    and ``c``; one mask object per size, so its kernel plan is built once."""
+    eye = torch.eye(n_chunks, dtype=torch.bool)
+    return BlockSparse((eye | eye.roll(-1, dims=1)).unsqueeze(0), chunk, chunk)  # (1, nC, nC)
+
+
+def _rounds_on_kernel(items: _Items, orders: Tensor, ranks: Tensor, chunk_of: Tensor | None,
+                      kernel_mask: tuple[int | None, Mask | None], b: int, h: int, t: int, n_keys: int, chunk: int,
+                      scale: float, shared: bool) -> tuple[Tensor, Tensor]:
+    """Every hash round as tile attention over its sorted items (the look-one-back tiles), with the
+    pair rules (query / key, causal, self score, duplicate counts) in the kernel's ``hashed``
+    modifier; the rounds merged by their log-sum-exp. Returns ``out (B, H, T, Dv)`` and
+    ``lse (B, H, T)``.
+
+    ``orders (BH, R, nC*C)`` sorted item ids (dummy N past the end), ``ranks (BH, R, N)`` sorted
+    slot of each item, ``chunk_of (BH, R, N+1)`` chunk of each item per round (None: no dedup)."""
+    bh, n_rounds, slots = orders.shape
+    n_chunks = slots // chunk
+    dv = items.vv.shape[-1]
+    causal_offset, key_side = kernel_mask
+    qpos = items.qpos.expand(bh, -1)  # (BH, N+1)
+    kpos = items.kpos.expand(bh, -1)
+    if key_side is not None:  # keys hidden from every query of a batch element: not keys there
+        keep = key_side.key_keep(n_keys, device=kpos.device).expand(b, -1).repeat_interleave(h, dim=0)  # (BH, S)
+        kpos = torch.where((kpos >= 0) & keep.gather(1, kpos.clamp(min=0)), kpos, -1)
+    qv, kv, vv = (x.reshape(-1, x.shape[-1]) for x in (items.qv, items.kv, items.vv))  # (BH*(N+1), E)
+    base = _slots(bh, items.n + 1, orders.device)  # (BH, 1)
+    tiles = _look_one_back_mask(n_chunks, chunk)
+    parts = []
+    for r in range(n_rounds):
+        order = orders[:, r]  # (BH, nC*C)
+        rows = (order + base).flatten()
+        ids = [qpos.gather(1, order), kpos.gather(1, order)]  # (BH, nC*C) each
+        if chunk_of is not None and n_rounds > 1:
+            others = torch.cat([chunk_of[:, :r], chunk_of[:, r + 1:]], dim=1)  # (BH, R-1, N+1)
+            ids.extend(others.gather(2, order.unsqueeze(1).expand(-1, n_rounds - 1, -1)).unbind(1))
+        hashed = HashedItems(torch.stack(ids, 1).view(b, h, len(ids), slots), n_chunks, causal_offset, shared)
+        qs, ks, vs = (F.embedding(rows, x).view(b, h, slots, -1) for x in (qv, kv, vv))  # (B, H, nC*C, E)
+        out, lse = tile_attention(qs, ks, vs, tiles, scale, chunk, chunk, mods=[KernelMod("hashed", hashed)])
+        back = (ranks[:, r, :t] + _slots(bh, slots, orders.device)).flatten()  # sorted slot of each query
+        parts.append((F.embedding(back, out.reshape(-1, dv)).view(b, h, t, dv),
+                      lse.reshape(-1).index_select(0, back).view(b, h, t)))
+    return merge_partials(parts)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,6 +14,15 @@
 // backward pass recomputes them, multiplies dS by 1 - tanh^2 for each soft-cap and sums dS into
 // the gradient of each bias that asks for one (reduced over its broadcast dims).
 //
+// One more modifier serves LSH attention, whose rows and columns are the same hash-sorted items
+// (T == S): "hashed" reads, per (batch, head), int64 rows (2 + R', N): the query position of each
+// sorted item (-1: not a query), its key position (-1: not a key) and, for each of the R' other
+// hash rounds, the chunk the item landed in there. A pair is blocked (-inf) unless the row is a
+// query and the column a key (and, when causal, key position <= query position + offset); an item
+// meeting itself scores SELF_SCORE in shared-QK mode (no gradient); and log(c) is subtracted, c
+// the number of rounds that attend the pair (this one and each other round whose chunks put the
+// key in the query's chunk or the one before it), so a key found by several rounds counts once.
+//
 // Scalars: float and double run as they are; bfloat16 / half inputs are converted to float by the
 // caller. Matrix products go to the BLAS sgemm_/dgemm_ that libtorch exports (MKL builds), else to
 // at::mm on views of the same memory.
@@ -152,7 +161,10 @@ void apply_mask(T* s, int64_t lds, int64_t m, int64_t n, const uint8_t* mask, in
 // score modifiers
 // ---------------------------------------------------------------------------------------------
 
-enum ModKind : int64_t { kBias = 0, kAlibi = 1, kSoftcap = 2 };
+enum ModKind : int64_t { kBias = 0, kAlibi = 1, kSoftcap = 2, kHashed = 3 };
+
+constexpr double kSelfScore = -1e5;  // an item's score with itself in shared-QK LSH
+constexpr int64_t kMaxRounds = 64;   // hash rounds the "hashed" modifier accepts
 
 template <typename T>
 struct ModOp {
@@ -162,16 +174,40 @@ struct ModOp {
   T cap;                    // soft-cap
   T* grad;                  // bias gradient (its own shape, contiguous) or null
   int64_t gb, gh, gi, gj;   // gradient strides, 0 on broadcast dims
+  // "hashed": ids (B, H, 2 + R', N) int64; chunk count, causal offset, shared-QK flag
+  const int64_t* ids = nullptr;
+  int64_t heads = 0, others = 0, n_items = 0, n_chunks = 0, causal_off = 0;
+  bool causal = false, shared = false;
+  T log_count[kMaxRounds + 1] = {};  // log(c) for c = 0 .. R
 };
 
 template <typename T>
 std::vector<ModOp<T>> make_mods(const std::vector<int64_t>& kinds, const std::vector<at::Tensor>& tensors,
-                                const std::vector<double>& caps, int64_t H) {
-  TORCH_CHECK(kinds.size() == tensors.size() && kinds.size() == caps.size(), "one tensor and cap per modifier");
+                                const std::vector<std::vector<double>>& params, int64_t H) {
+  TORCH_CHECK(kinds.size() == tensors.size() && kinds.size() == params.size(),
+              "one tensor and one parameter list per modifier");
   std::vector<ModOp<T>> ops;
   for (size_t p = 0; p < kinds.size(); ++p) {
-    ModOp<T> op{kinds[p], nullptr, 0, 0, 0, 0, static_cast<T>(caps[p]), nullptr, 0, 0, 0, 0};
+    const std::vector<double>& par = params[p];
+    ModOp<T> op{kinds[p], nullptr, 0, 0, 0, 0, static_cast<T>(par.empty() ? 0.0 : par[0]), nullptr, 0, 0, 0, 0};
     const at::Tensor& t = tensors[p];
+    if (op.kind == kHashed) {
+      TORCH_CHECK(t.dim() == 4 && t.size(1) == H && t.size(2) >= 2 && t.size(2) - 2 < kMaxRounds &&
+                      t.is_contiguous() && t.scalar_type() == at::kLong,
+                  "hashed ids must be (B, H, 2 + R', N) contiguous int64 with R' < ", kMaxRounds);
+      TORCH_CHECK(par.size() == 4, "hashed takes (n_chunks, causal, causal_offset, shared)");
+      op.ids = t.data_ptr<int64_t>();
+      op.heads = H;
+      op.others = t.size(2) - 2;
+      op.n_items = t.size(3);
+      op.n_chunks = static_cast<int64_t>(par[0]);
+      op.causal = par[1] != 0.0;
+      op.causal_off = static_cast<int64_t>(par[2]);
+      op.shared = par[3] != 0.0;
+      for (int64_t c = 1; c <= op.others + 1; ++c) op.log_count[c] = static_cast<T>(std::log(static_cast<double>(c)));
+      ops.push_back(op);
+      continue;
+    }
     if (op.kind == kBias) {
       TORCH_CHECK(t.dim() == 4 && t.scalar_type() == c10::CppTypeToScalarType<T>::value,
                   "a bias must be 4-D in the compute dtype");
@@ -184,11 +220,40 @@ std::vector<ModOp<T>> make_mods(const std::vector<int64_t>& kinds, const std::ve
                   "ALiBi slopes must be (H,) contiguous in the compute dtype");
       op.data = t.data_ptr<T>();
     } else {
-      TORCH_CHECK(op.kind == kSoftcap && caps[p] > 0, "unknown score modifier kind ", op.kind);
+      TORCH_CHECK(op.kind == kSoftcap && par.size() == 1 && par[0] > 0, "unknown score modifier kind ", op.kind);
     }
     ops.push_back(op);
   }
   return ops;
+}
+
+// The "hashed" modifier on one score row: sorted item i against sorted items j0 .. j0 + n (n <= kMaxRun).
+// Written as separate passes over the row so that each inner loop vectorises.
+template <typename T>
+void hashed_row(const ModOp<T>& op, T* s, int64_t n, int64_t b, int64_t h, int64_t i, int64_t j0) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const int64_t N = op.n_items;
+  const int64_t* row = op.ids + (b * op.heads + h) * (2 + op.others) * N;
+  const int64_t qi = row[i];
+  if (qi < 0) {  // not a query: nothing to attend
+    std::fill(s, s + n, ninf);
+    return;
+  }
+  if (op.shared && i >= j0 && i < j0 + n) s[i - j0] = static_cast<T>(kSelfScore);
+  if (op.others > 0) {  // rounds that attend each pair: this one, and each other one that puts the
+    int32_t count[kMaxRun];  // key in the query's chunk or the chunk before it
+    std::fill(count, count + n, 1);
+    const int64_t* chunks = row + 2 * N;
+    for (int64_t r = 0; r < op.others; ++r) {
+      const int64_t mine = chunks[r * N + i], before = mine - 1, wrap = mine == 0 ? op.n_chunks - 1 : before;
+      const int64_t* ck = chunks + r * N + j0;
+      for (int64_t j = 0; j < n; ++j) count[j] += (ck[j] == mine) | (ck[j] == before) | (ck[j] == wrap);
+    }
+    for (int64_t j = 0; j < n; ++j) s[j] -= op.log_count[count[j]];
+  }
+  const int64_t* kpos = row + N + j0;
+  const int64_t last = op.causal ? qi + op.causal_off : std::numeric_limits<int64_t>::max();
+  for (int64_t j = 0; j < n; ++j) s[j] = (kpos[j] < 0 || kpos[j] > last) ? ninf : s[j];
 }
 
 // Modifies one score row s[0, n) of (batch b, query head h, query i, keys j0 ..); stores each
@@ -198,7 +263,9 @@ void mods_row(const std::vector<ModOp<T>>& ops, T* s, int64_t n, int64_t b, int6
               int64_t shift, T* const* tanh_rows) {
   int64_t c = 0;
   for (const ModOp<T>& op : ops) {
-    if (op.kind == kBias) {
+    if (op.kind == kHashed) {
+      hashed_row<T>(op, s, n, b, h, i, j0);
+    } else if (op.kind == kBias) {
       const T* src = op.data + b * op.sb + h * op.sh + i * op.si + j0 * op.sj;
       if (op.sj == 0) {
         const T x = src[0];
@@ -239,7 +306,9 @@ void mods_row_backward(const std::vector<ModOp<T>>& ops, T* g, int64_t n, int64_
   int64_t c = n_caps;
   for (auto it = ops.rbegin(); it != ops.rend(); ++it) {
     const ModOp<T>& op = *it;
-    if (op.kind == kSoftcap) {
+    if (op.kind == kHashed) {
+      if (op.shared && i >= j0 && i < j0 + n) g[i - j0] = T(0);  // the self score is a constant
+    } else if (op.kind == kSoftcap) {
       const T* tr = tanh_rows[--c];
       // masked keys carry g = 0, whatever their (possibly NaN) score was
       for (int64_t j = 0; j < n; ++j) g[j] = g[j] == T(0) ? T(0) : g[j] * (T(1) - tr[j] * tr[j]);
@@ -416,18 +485,19 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                 const std::vector<at::Tensor>& plan, int64_t Bm, int64_t Hm, int64_t nQ, int64_t nK,
                                 int64_t bq, int64_t bk, int64_t G, double scale, const std::vector<int64_t>& mod_kinds,
-                                const std::vector<at::Tensor>& mod_tensors, const std::vector<double>& mod_caps) {
+                                const std::vector<at::Tensor>& mod_tensors,
+                                const std::vector<std::vector<double>>& mod_params) {
   TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(), "q, k, v must be contiguous");
   TORCH_CHECK(bk <= kMaxRun, "block_k must be at most ", kMaxRun);
   Plan pl = make_plan(plan, Bm, Hm, nQ, nK, bq, bk, G);
   at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
   at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
   if (q.scalar_type() == at::kFloat) {
-    forward_impl<float>(q, k, v, out, lse, pl, scale, make_mods<float>(mod_kinds, mod_tensors, mod_caps, q.size(1)));
+    forward_impl<float>(q, k, v, out, lse, pl, scale, make_mods<float>(mod_kinds, mod_tensors, mod_params, q.size(1)));
   } else {
     TORCH_CHECK(q.scalar_type() == at::kDouble, "float32 or float64 expected");
     forward_impl<double>(q, k, v, out, lse, pl, scale,
-                         make_mods<double>(mod_kinds, mod_tensors, mod_caps, q.size(1)));
+                         make_mods<double>(mod_kinds, mod_tensors, mod_params, q.size(1)));
   }
   return {out, lse};
 }
@@ -448,7 +518,8 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   bool mods_grad = false;  // whether dS goes back through the modifiers (soft-caps, bias gradients)
   for (size_t p = 0; p < mods.size(); ++p) {
     n_caps += mods[p].kind == kSoftcap;
-    mods_grad = mods_grad || mods[p].kind == kSoftcap || dbias[p].defined();
+    mods_grad = mods_grad || mods[p].kind == kSoftcap || dbias[p].defined() ||
+                (mods[p].kind == kHashed && mods[p].shared);
   }
   const T scale = static_cast<T>(scale_d);
   const T* qp = q.data_ptr<T>();
@@ -586,7 +657,8 @@ std::vector<at::Tensor> backward(const at::Tensor& q, const at::Tensor& k, const
                                  const std::vector<at::Tensor>& plan, int64_t Bm, int64_t Hm, int64_t nQ,
                                  int64_t nK, int64_t bq, int64_t bk, int64_t G, double scale,
                                  const std::vector<int64_t>& mod_kinds, const std::vector<at::Tensor>& mod_tensors,
-                                 const std::vector<double>& mod_caps, const std::vector<int64_t>& mod_grads) {
+                                 const std::vector<std::vector<double>>& mod_params,
+                                 const std::vector<int64_t>& mod_grads) {
   TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous() && dout.is_contiguous() &&
                   lse.is_contiguous() && delta.is_contiguous(),
               "inputs must be contiguous");
@@ -600,11 +672,11 @@ std::vector<at::Tensor> backward(const at::Tensor& q, const at::Tensor& k, const
   }
   if (q.scalar_type() == at::kFloat) {
     backward_impl<float>(q, k, v, dout, lse, delta, dq, dk, dv, pl, scale,
-                         make_mods<float>(mod_kinds, mod_tensors, mod_caps, q.size(1)), dbias);
+                         make_mods<float>(mod_kinds, mod_tensors, mod_params, q.size(1)), dbias);
   } else {
     TORCH_CHECK(q.scalar_type() == at::kDouble, "float32 or float64 expected");
     backward_impl<double>(q, k, v, dout, lse, delta, dq, dk, dv, pl, scale,
-                          make_mods<double>(mod_kinds, mod_tensors, mod_caps, q.size(1)), dbias);
+                          make_mods<double>(mod_kinds, mod_tensors, mod_params, q.size(1)), dbias);
   }
   std::vector<at::Tensor> res{dq, dk, dv};
   for (auto& g : dbias) res.push_back(g.defined() ? g : at::empty({0}, q.options()));

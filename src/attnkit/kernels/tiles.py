@@ -23,7 +23,7 @@ from ..scores import ScoreMod
 from . import native_module, unavailable_reason
 
 __all__ = ["NativePlan", "native_plan", "tile_attention", "kernel_usable", "kernel_form", "KERNEL_MIN_WORK",
-           "MAX_BLOCK", "MAX_HEAD_DIM", "KernelMod", "kernel_mods", "kernel_mod_reasons"]
+           "MAX_BLOCK", "MAX_HEAD_DIM", "KernelMod", "HashedItems", "kernel_mods", "kernel_mod_reasons"]
 
 MAX_HEAD_DIM = 256
 MAX_BLOCK = 512  # the kernel batches at most this many keys (query rows) into one product
@@ -129,16 +129,34 @@ def native_plan(bm: BlockMask) -> NativePlan:
 # built-in score modifiers the kernel computes itself
 # ----------------------------------------------------------------------------------------------
 
-_BIAS, _ALIBI, _SOFTCAP = 0, 1, 2  # ModKind in native_attention.cpp
+_BIAS, _ALIBI, _SOFTCAP, _HASHED = 0, 1, 2, 3  # ModKind in native_attention.cpp
 
 
 class KernelMod(NamedTuple):
     """One built-in score modifier in the kernel's form: ``kind`` ``"bias"`` (``value`` the 4-D
-    ``(B|1, H|1, T|1, S|1)`` bias tensor), ``"alibi"`` (``value`` the ``(H,)`` slopes) or
-    ``"softcap"`` (``value`` the cap, a float)."""
+    ``(B|1, H|1, T|1, S|1)`` bias tensor), ``"alibi"`` (``value`` the ``(H,)`` slopes),
+    ``"softcap"`` (``value`` the cap, a float) or ``"hashed"`` (``value`` a :class:`HashedItems`;
+    LSH attention's sorted items, see :func:`hashed_mod`)."""
 
     kind: str
-    value: Tensor | float
+    value: Tensor | float | HashedItems
+
+
+class HashedItems(NamedTuple):
+    """What the kernel's ``hashed`` modifier reads for one LSH round, whose queries and keys are
+    the same ``N`` hash-sorted items (``T == S == N``).
+
+    ``ids (B, H, 2 + R', N)`` int64: per sorted item its query position (-1: not a query), its key
+    position (-1: not a key) and, for each of the ``R'`` other rounds, its chunk there (a dummy
+    item: any value, it is neither query nor key). ``n_chunks``: chunks per round (of ``block``
+    items each). ``causal_offset``: None, or ``o`` to keep only pairs with key position <= query
+    position + ``o``. ``shared``: shared-QK mode (an item's score with itself is -1e5, constant).
+    """
+
+    ids: Tensor
+    n_chunks: int
+    causal_offset: int | None
+    shared: bool
 
 
 def _closure(fn) -> dict[str, object]:
@@ -204,39 +222,45 @@ def _bias_for_kernel(t4: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _mod_args(mods: Sequence[KernelMod], dtype: torch.dtype) -> tuple[list, list, list, list]:
-    """``(kinds, tensors, caps, biases)`` for the kernel; ``biases`` are the tensors autograd
-    tracks (one per bias, in order)."""
-    kinds, tensors, caps, biases = [], [], [], []
+    """``(kinds, tensors, params, biases)`` for the kernel (``params``: a list of floats per
+    modifier); ``biases`` are the tensors autograd tracks (one per bias, in order)."""
+    kinds, tensors, params, biases = [], [], [], []
     empty = torch.empty(0, dtype=dtype)
     for km in mods:
         if km.kind == "bias":
             t = _bias_for_kernel(km.value, dtype)
             kinds.append(_BIAS)
             tensors.append(t)
-            caps.append(0.0)
+            params.append([])
             biases.append(t)
         elif km.kind == "alibi":
             kinds.append(_ALIBI)
             tensors.append(km.value.detach().to(dtype).contiguous())
-            caps.append(0.0)
+            params.append([])
         elif km.kind == "softcap":
             kinds.append(_SOFTCAP)
             tensors.append(empty)
-            caps.append(float(km.value))
+            params.append([float(km.value)])
+        elif km.kind == "hashed":
+            hi = km.value
+            kinds.append(_HASHED)
+            tensors.append(hi.ids.contiguous())
+            params.append([float(hi.n_chunks), float(hi.causal_offset is not None), float(hi.causal_offset or 0),
+                           float(hi.shared)])
         else:
             raise ValueError(f"unknown kernel score modifier {km.kind!r}")
-    return kinds, tensors, caps, biases
+    return kinds, tensors, params, biases
 
 
 class _TileAttention(torch.autograd.Function):
     """``(q, k, v, *biases) -> (out, lse)`` with the kernel; ``lse`` is -inf on rows with no
-    allowed key. ``mods`` is ``(kinds, tensors, caps)``; each bias of ``tensors`` is also passed
+    allowed key. ``mods`` is ``(kinds, tensors, params)``; each bias of ``tensors`` is also passed
     in ``biases`` (in order) so that autograd tracks it."""
 
     @staticmethod
     def forward(ctx, q, k, v, plan, scale, mods, *biases):
-        kinds, tensors, caps = mods
-        out, lse = native_module().forward(q, k, v, *plan.args(), scale, kinds, tensors, caps)
+        kinds, tensors, params = mods
+        out, lse = native_module().forward(q, k, v, *plan.args(), scale, kinds, tensors, params)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.plan, ctx.scale, ctx.mods = plan, scale, mods
         ctx.bias_grad = [bool(x) for x in ctx.needs_input_grad[6:]]
@@ -247,7 +271,7 @@ class _TileAttention(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, d_out, d_lse):
         q, k, v, out, lse = ctx.saved_tensors
-        kinds, tensors, caps = ctx.mods
+        kinds, tensors, params = ctx.mods
         d_out = torch.zeros_like(out) if d_out is None else d_out.contiguous()
         delta = (d_out * out).sum(-1)  # (B, H, T)
         if d_lse is not None:
@@ -255,7 +279,7 @@ class _TileAttention(torch.autograd.Function):
         wants = iter(ctx.bias_grad)
         grads = [int(kind == _BIAS and next(wants)) for kind in kinds]
         dq, dk, dv, *dmods = native_module().backward(q, k, v, d_out, lse.contiguous(), delta.contiguous(),
-                                                      *ctx.plan.args(), ctx.scale, kinds, tensors, caps, grads)
+                                                      *ctx.plan.args(), ctx.scale, kinds, tensors, params, grads)
         dbias = [g if want else None for g, want, kind in zip(dmods, grads, kinds) if kind == _BIAS]
         return dq, dk, dv, None, None, None, *dbias
 
@@ -270,9 +294,9 @@ def tile_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, scale: fl
     extension on first use (raises RuntimeError when it cannot)."""
     native_module()
     plan = native_plan(tile_plan(mask, q.shape[2], k.shape[2], block_q, block_k))
-    kinds, tensors, caps, biases = _mod_args(mods, q.dtype)
+    kinds, tensors, params, biases = _mod_args(mods, q.dtype)
     return _TileAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), plan, float(scale),
-                                (kinds, tensors, caps), *biases)
+                                (kinds, tensors, params), *biases)
 
 
 KERNEL_MIN_WORK = 1 << 20

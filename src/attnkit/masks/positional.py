@@ -42,8 +42,12 @@ class Causal(Mask):
     def __post_init__(self):
         _check_align(self.align)
 
+    def offset(self, lq: int, lk: int) -> int:
+        """``o`` such that query ``i`` attends keys ``j <= i + o`` at these lengths."""
+        return _offset(self.align, lq, lk)
+
     def mod(self, b, h, i, j, lq, lk):
-        return j <= i + _offset(self.align, lq, lk)
+        return j <= i + self.offset(lq, lk)
 
     def tile_kinds(self, lq, lk, block_q, block_k, device=None):
         return _band_kinds(-math.inf, 0, _offset(self.align, lq, lk), lq, lk, block_q, block_k, device)
