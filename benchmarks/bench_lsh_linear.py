@@ -8,8 +8,10 @@
 
 ``memory``: only the peak extra memory of one forward (fresh process, peak mark reset after
 the inputs are built). ``scaling``: forward time (median) and peak extra memory of sdpa (exact), lsh,
-linear (elu+1), linear (FAVOR+) and block_sparse when registered, B=1 H=4 D=64 fp32, with and
-without a causal mask; ratios to sdpa from the same run.
+lsh_torch (the same LSH with ``kernel="torch"``: its rounds in PyTorch rather than on the native
+kernel), linear (elu+1), linear (FAVOR+) and block_sparse when registered, B=1 H=4 D=64 fp32, with
+and without a causal mask; ratios to sdpa from the same run. ``--backward`` times forward +
+backward instead (files end in ``_fwdbwd``).
 
 ``peers``: equal settings against ``reformer-pytorch`` ``LSHAttention`` (shared-QK, bucket 64,
 4 hashes; its default counts a key found by several rounds several times, as ``lsh_nodedup``
@@ -51,6 +53,7 @@ IMPLS: dict[str, tuple[str, dict[str, Any]]] = {
     "sdpa": ("sdpa", {}),
     "lsh": ("lsh", {"shared_qk": True, "bucket_size": 64, "n_hashes": 4}),
     "lsh_nodedup": ("lsh", {"shared_qk": True, "bucket_size": 64, "n_hashes": 4, "dedup": False}),
+    "lsh_torch": ("lsh", {"shared_qk": True, "bucket_size": 64, "n_hashes": 4, "kernel": "torch"}),  # no kernel
     "linear": ("linear", {"feature_map": "elu"}),
     "favor": ("linear", {"feature_map": "favor", "n_features": 256}),
     "block_sparse": ("block_sparse", {}),
@@ -62,9 +65,12 @@ IMPLS: dict[str, tuple[str, dict[str, Any]]] = {
 # ----------------------------------------------------------------------------------------------
 
 
-def make_runner(name: str, t: int, causal: bool, seed: int = 0):
-    """A zero-argument forward of method ``name`` on fresh ``(1, HEADS, t, DIM)`` inputs."""
+def make_runner(name: str, t: int, causal: bool, seed: int = 0, backward: bool = False):
+    """A zero-argument forward (and backward, when ``backward``) of method ``name`` on fresh
+    ``(1, HEADS, t, DIM)`` inputs."""
     q, k, v = compare_inputs(t=t, heads=HEADS, head_dim=DIM, seed=seed)
+    if backward:
+        q, k, v = (x.requires_grad_() for x in (q, k, v))
     if name.startswith("reformer") or name.startswith("performer"):
         return _peer_runner(name, q, k, v, causal)
     impl, opts = IMPLS[name]
@@ -75,6 +81,9 @@ def make_runner(name: str, t: int, causal: bool, seed: int = 0):
         k = q
 
     def run():
+        if backward:
+            attnkit.attention(q, k, v, mask, impl=impl, options=opts).sum().backward()
+            return None
         with torch.no_grad():
             return attnkit.attention(q, k, v, mask, impl=impl, options=opts)
 
@@ -137,7 +146,7 @@ def _available(name: str) -> str | None:
 
 
 def timed(res: Results, names: list[str], lengths: list[int], causal_modes: list[bool], repeats: int,
-          memory: bool, max_sdpa: int) -> None:
+          memory: bool, max_sdpa: int, backward: bool = False) -> None:
     for t in lengths:
         for causal in causal_modes:
             case = {"T": t, "causal": causal}
@@ -149,7 +158,10 @@ def timed(res: Results, names: list[str], lengths: list[int], causal_modes: list
                     print(f"  skip {name} at T={t}: {why}", file=sys.stderr)
                     res.add(case, name, None, note=why)
                     continue
-                run = make_runner(name, t, causal)
+                if backward and name.startswith(("reformer", "performer")):
+                    res.add(case, name, None, note="forward only")
+                    continue
+                run = make_runner(name, t, causal, backward=backward)
                 tm = time_fn(run, warmup=1, repeats=repeats, max_seconds=60)
                 mib = None
                 if memory:
@@ -284,17 +296,22 @@ def main() -> None:
     p.add_argument("--max-sdpa", type=int, default=65536, help="skip sdpa above this T")
     p.add_argument("--tag", default="", help="suffix of the JSON file name")
     p.add_argument("--quick", action="store_true", help="small sizes, every section")
+    p.add_argument("--backward", action="store_true", help="time forward + backward (scaling and peers)")
     args = p.parse_args()
     causal_modes = [False] if args.no_causal else [True] if args.causal_only else [False, True]
     sections = ["scaling", "peers", "error"] if args.section == "all" else [args.section]
     suffix = f"_{args.tag}" if args.tag else ""
-    print(f"B=1 H={HEADS} D={DIM} fp32 forward, threads={torch.get_num_threads()}; ratios are to sdpa, same run")
+    what = "forward+backward" if args.backward else "forward"
+    if args.backward:
+        suffix += "_fwdbwd"
+    print(f"B=1 H={HEADS} D={DIM} fp32 {what}, threads={torch.get_num_threads()}; ratios are to sdpa, same run")
     for section in sections:
         if section == "scaling":
             lengths = args.lengths or ([1024, 2048] if args.quick else [1024, 2048, 4096, 8192])
-            res = Results("lsh_linear_scaling", meta={"heads": HEADS, "head_dim": DIM, "settings": IMPLS})
-            timed(res, ["sdpa", "lsh", "linear", "favor", "block_sparse"], lengths, causal_modes, args.repeats,
-                  not args.no_memory, args.max_sdpa)
+            res = Results("lsh_linear_scaling", meta={"heads": HEADS, "head_dim": DIM, "settings": IMPLS,
+                                                      "measured": what})
+            timed(res, ["sdpa", "lsh", "lsh_torch", "linear", "favor", "block_sparse"], lengths, causal_modes,
+                  args.repeats, not args.no_memory, args.max_sdpa, args.backward)
             print("\n## scaling: time\n")
             print(res.table(["T", "causal"], baseline="sdpa"))
             if not args.no_memory:
@@ -315,8 +332,8 @@ def main() -> None:
         elif section == "peers":
             lengths = args.lengths or ([1024] if args.quick else [1024, 4096, 8192])
             res = Results("lsh_linear_peers", meta={"heads": HEADS, "head_dim": DIM})
-            names = ["sdpa", "lsh", "lsh_nodedup", "reformer", "favor", "performer"]
-            timed(res, names, lengths, causal_modes, args.repeats, False, args.max_sdpa)
+            names = ["sdpa", "lsh", "lsh_torch", "lsh_nodedup", "reformer", "favor", "performer"]
+            timed(res, names, lengths, causal_modes, args.repeats, False, args.max_sdpa, args.backward)
             print("\n## peers: time (lsh vs reformer-pytorch, favor vs performer-pytorch)\n")
             print(res.table(["T", "causal"], baseline="sdpa"))
             err_rows = []
