@@ -145,3 +145,23 @@ def test_tile_impls_hand_large_calls_to_the_kernel(impl, monkeypatch):
     assert len(calls) == 1  # small calls and kernel="torch" keep the pure-PyTorch path
     torch.testing.assert_close(pure.double(), ref[0], atol=2e-5, rtol=1e-5)
     assert small.isfinite().all()
+
+
+def test_bfloat16_products_take_bfloat16_operands(monkeypatch):
+    """Where libtorch has MKL's bfloat16 GEMM, bfloat16 inputs reach the kernel as they are (its
+    products accumulate in float32); float16 is widened to float32 first."""
+    from attnkit.kernels import native_module, tiles
+
+    seen = []
+    real = tiles._TileAttention.apply
+
+    def spy(q, k, v, *rest):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return real(q, k, v, *rest)
+
+    monkeypatch.setattr(tiles._TileAttention, "apply", spy)
+    q, k, v = _qkv(1, 2, 2, 64, 64, 16, 16, torch.bfloat16)
+    out = attnkit.attention(q, k, v, masks.causal(), impl="native")
+    expected = torch.bfloat16 if native_module().has_bf16_gemm() else torch.float32
+    assert seen == [(expected,) * 3] and out.dtype == torch.bfloat16
+    assert tiles.kernel_dtype(torch.float16) == torch.float32 and tiles.kernel_dtype(torch.float64) == torch.float64

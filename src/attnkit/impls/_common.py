@@ -19,8 +19,9 @@ from torch import Tensor
 
 from ..call import AttentionCall
 from ..errors import AttnKitError
+from ..kernels.tiles import KernelMod, kernel_dtype, tile_attention
 from ..masks import Causal
-from ..registry import get_impl, list_impls, not_supported_reasons
+from ..registry import AttnResult, get_impl, list_impls, not_supported_reasons
 from ..scores import ScoreMod
 from ..shapes import index_grid
 
@@ -79,6 +80,17 @@ def prepared_qk(call: AttentionCall, dtype: torch.dtype | None = None) -> tuple[
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         scale = scale / call.score.params["temperature"]
     return q, k, scale
+
+
+def on_kernel(call: AttentionCall, block_q: int, block_k: int, mods: list[KernelMod]) -> AttnResult:
+    """``call`` (softmax, no weights returned) on the native kernel over the tile plan of its mask:
+    q, k, v in the kernel's dtype (:func:`attnkit.kernels.tiles.kernel_dtype`), ``mods`` (built-in
+    score modifiers in the kernel's form) computed inside the tiles; the output in ``q``'s dtype."""
+    inputs = kernel_dtype(call.q.dtype)
+    q, k, scale = prepared_qk(call, compute_dtype(call.q.dtype))
+    out, lse = tile_attention(q.to(inputs), k.to(inputs), call.v.to(inputs), call.mask, scale, block_q, block_k,
+                              mods=mods)
+    return AttnResult(out.to(call.q.dtype), None, lse if call.return_lse else None)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -34,12 +34,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..call import AttentionCall
-from ..kernels.tiles import kernel_form, kernel_usable, tile_attention
+from ..kernels.tiles import kernel_form, kernel_usable
 from ..masks import EMPTY, FULL, PARTIAL, Mask
 from ..masks.base import DEFAULT_BLOCK, BlockMask, tile_plan
 from ..registry import AttnResult, ImplSpec, register_impl
 from ..scores import ScoreMod, apply_mods
-from ._common import Option, compute_dtype, holds_grad_tensor, prepared_qk, read_options, sdpa_can_run
+from ._common import Option, compute_dtype, holds_grad_tensor, on_kernel, prepared_qk, read_options, sdpa_can_run
 
 __all__ = ["block_sparse", "BlockWeights", "plan_for", "SlicePlan", "OPTIONS", "MAX_BLOCK_DENSITY", "MIN_LENGTH"]
 
@@ -546,10 +546,7 @@ def block_sparse(call: AttentionCall) -> AttnResult:
     if (read_options(call, "block_sparse", OPTIONS)["kernel"] == "auto" and mods is not None
             and not call.return_weights and kernel_usable(device=call.q.device, head_dim=max(call.head_dim, call.v_dim),
                                                           block_q=bq, block_k=bk, work=call.lq * call.lk)):
-        dtype = compute_dtype(call.q.dtype)
-        q, k, scale = prepared_qk(call, dtype)
-        out, lse = tile_attention(q, k, call.v.to(dtype), call.mask, scale, bq, bk, mods=mods)
-        return AttnResult(out.to(call.q.dtype), None, lse if call.return_lse else None)
+        return on_kernel(call, bq, bk, mods)
     dtype = compute_dtype(call.q.dtype)
     q, k, scale = prepared_qk(call, dtype)
     v = call.v.to(dtype)

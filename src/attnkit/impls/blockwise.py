@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..call import AttentionCall
-from ..kernels.tiles import kernel_form, kernel_usable, tile_attention
+from ..kernels.tiles import kernel_form, kernel_usable
 from ..masks import EMPTY, FULL, PARTIAL, Mask
 from ..masks.base import DEFAULT_BLOCK, BlockMask, tile_plan
 from ..registry import AttnResult, ImplSpec, register_impl
@@ -42,6 +42,7 @@ from ._common import (
     compute_dtype,
     holds_grad_tensor,
     index_grid,
+    on_kernel,
     prepared_qk,
     read_options,
     sdpa_can_run,
@@ -414,8 +415,7 @@ def blockwise(call: AttentionCall) -> AttnResult:
             and not call.return_weights
             and kernel_usable(device=call.q.device, head_dim=max(call.head_dim, call.v_dim), block_q=DEFAULT_BLOCK,
                               block_k=opts["block_k"], work=call.lq * call.lk)):
-        out, lse = tile_attention(q, k, call.v.to(dtype), call.mask, scale, DEFAULT_BLOCK, opts["block_k"], mods=mods)
-        return AttnResult(out.to(call.q.dtype), None, lse if call.return_lse else None)
+        return on_kernel(call, DEFAULT_BLOCK, opts["block_k"], mods)
     qs = q if scale == 1.0 else q * scale
     n_rep = call.heads // call.kv_heads
     k_rep, v_rep = repeat_kv(k, n_rep), repeat_kv(call.v.to(product_dtype(call.q.dtype)), n_rep)

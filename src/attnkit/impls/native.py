@@ -42,11 +42,11 @@ import torch
 from .. import kernels
 from ..call import AttentionCall
 from ..errors import UnsupportedError
-from ..kernels.tiles import MAX_BLOCK, MAX_HEAD_DIM, kernel_mod_reasons, kernel_mods, tile_attention
+from ..kernels.tiles import MAX_BLOCK, MAX_HEAD_DIM, kernel_mod_reasons, kernel_mods
 from ..masks import Causal
 from ..masks.base import DEFAULT_BLOCK
 from ..registry import AttnResult, ImplSpec, get_impl, list_impls, not_supported_reasons, register_impl
-from ._common import Option, compute_dtype, prepared_qk, read_options
+from ._common import Option, on_kernel, read_options
 
 __all__ = ["native", "OPTIONS", "cost_reasons"]
 
@@ -91,14 +91,11 @@ def native(call: AttentionCall) -> AttnResult:
             raise
         return spec.fn(call)
     bq, bk = _blocks(call)
-    dtype = compute_dtype(call.q.dtype)
-    q, k, scale = prepared_qk(call, dtype)
     mods = kernel_mods(call.score_mods)
     if mods is None:  # the dispatcher declines these; reached only by calling this function directly
         raise UnsupportedError(f"impl 'native' runs only the built-in score modifiers bias, alibi and softcap; "
                                f"got {[m.name for m in call.score_mods]}")
-    out, lse = tile_attention(q, k, call.v.to(dtype), call.mask, scale, bq, bk, mods)
-    return AttnResult(out.to(call.q.dtype), None, lse if call.return_lse else None)
+    return on_kernel(call, bq, bk, mods)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@
 // the gradient of each bias that asks for one (reduced over its broadcast dims).
 //
 // One more modifier serves LSH attention, whose rows and columns are the same hash-sorted items
-// (T == S): "hashed" reads, per (batch, head), int64 rows (2 + R', N): the query position of each
+// (T == S): "hashed" reads, per (batch, head), int32 rows (2 + R', N): the query position of each
 // sorted item (-1: not a query), its key position (-1: not a key) and, for each of the R' other
 // hash rounds, the chunk the item landed in there. A pair is blocked (-inf) unless the row is a
 // query and the column a key (and, when causal, key position <= query position + offset); an item
@@ -23,9 +23,13 @@
 // the number of rounds that attend the pair (this one and each other round whose chunks put the
 // key in the query's chunk or the one before it), so a key found by several rounds counts once.
 //
-// Scalars: float and double run as they are; bfloat16 / half inputs are converted to float by the
-// caller. Matrix products go to the BLAS sgemm_/dgemm_ that libtorch exports (MKL builds), else to
-// at::mm on views of the same memory.
+// Scalars: float and double run as they are. bfloat16 q, k, v (and dO) stay bfloat16: every
+// product takes bfloat16 operands and accumulates in float (MKL's cblas_gemm_bf16bf16f32, which
+// libtorch exports; without it the operands are widened to float tile by tile); the scores,
+// softmax, out, lse and the gradients are float, and P / dS are rounded to bfloat16 for the
+// products that take them, as FlashAttention does. Half inputs are converted to float by the
+// caller. float / double products go to the BLAS sgemm_/dgemm_ that libtorch exports (MKL builds),
+// else to at::mm on views of the same memory.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -45,6 +49,8 @@ void sgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
             const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
             const int* ldc) __attribute__((weak));
+void cblas_gemm_bf16bf16f32(int layout, int transa, int transb, int m, int n, int k, float alpha, const uint16_t* a,
+                            int lda, const uint16_t* b, int ldb, float beta, float* c, int ldc) __attribute__((weak));
 }
 
 namespace {
@@ -93,6 +99,52 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a
 }
 
 bool has_blas() { return sgemm_ != nullptr && dgemm_ != nullptr; }
+
+bool has_bf16_gemm() { return cblas_gemm_bf16bf16f32 != nullptr; }
+
+// A stored operand of a product, widened to float: rows x cols with leading dimension ld.
+std::vector<float> widened(const at::BFloat16* x, int64_t rows, int64_t cols, int64_t ld) {
+  std::vector<float> out(rows * cols);
+  for (int64_t r = 0; r < rows; ++r) at::vec::convert(x + r * ld, out.data() + r * cols, cols);
+  return out;
+}
+
+// gemm with operands of the input type I and the result in the compute type T (T == I for float
+// and double; I = bfloat16 with T = float).
+template <typename T, typename I>
+void mm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const I* a, int64_t lda, const I* b, int64_t ldb,
+        T beta, T* c, int64_t ldc) {
+  if constexpr (std::is_same_v<T, I>) {
+    gemm<T>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  } else {
+    static_assert(std::is_same_v<I, at::BFloat16> && std::is_same_v<T, float>, "bfloat16 inputs compute in float");
+    if (m == 0 || n == 0) return;
+    if (k > 0 && cblas_gemm_bf16bf16f32 != nullptr) {
+      constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
+      cblas_gemm_bf16bf16f32(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, static_cast<int>(m),
+                             static_cast<int>(n), static_cast<int>(k), alpha, reinterpret_cast<const uint16_t*>(a),
+                             static_cast<int>(lda), reinterpret_cast<const uint16_t*>(b), static_cast<int>(ldb), beta,
+                             c, static_cast<int>(ldc));
+      return;
+    }
+    const int64_t ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
+    std::vector<float> fa = widened(a, ar, ac, lda), fb = widened(b, br, bc, ldb);
+    gemm<float>(ta, tb, m, n, k, alpha, fa.data(), ac, fb.data(), bc, beta, c, ldc);
+  }
+}
+
+// x (count values of T) as the input type I: x itself when the types agree, else rounded into buf.
+template <typename T, typename I>
+const I* as_input(const T* x, int64_t count, std::vector<I>& buf) {
+  if constexpr (std::is_same_v<T, I>) {
+    (void)count;
+    (void)buf;
+    return x;
+  } else {
+    at::vec::convert(x, buf.data(), count);
+    return buf.data();
+  }
+}
 
 template <typename T>
 using Vec = at::vec::Vectorized<T>;
@@ -174,8 +226,8 @@ struct ModOp {
   T cap;                    // soft-cap
   T* grad;                  // bias gradient (its own shape, contiguous) or null
   int64_t gb, gh, gi, gj;   // gradient strides, 0 on broadcast dims
-  // "hashed": ids (B, H, 2 + R', N) int64; chunk count, causal offset, shared-QK flag
-  const int64_t* ids = nullptr;
+  // "hashed": ids (B, H, 2 + R', N) int32; chunk count, causal offset, shared-QK flag
+  const int32_t* ids = nullptr;
   int64_t heads = 0, others = 0, n_items = 0, n_chunks = 0, causal_off = 0;
   bool causal = false, shared = false;
   T log_count[kMaxRounds + 1] = {};  // log(c) for c = 0 .. R
@@ -193,10 +245,10 @@ std::vector<ModOp<T>> make_mods(const std::vector<int64_t>& kinds, const std::ve
     const at::Tensor& t = tensors[p];
     if (op.kind == kHashed) {
       TORCH_CHECK(t.dim() == 4 && t.size(1) == H && t.size(2) >= 2 && t.size(2) - 2 < kMaxRounds &&
-                      t.is_contiguous() && t.scalar_type() == at::kLong,
-                  "hashed ids must be (B, H, 2 + R', N) contiguous int64 with R' < ", kMaxRounds);
+                      t.is_contiguous() && t.scalar_type() == at::kInt,
+                  "hashed ids must be (B, H, 2 + R', N) contiguous int32 with R' < ", kMaxRounds);
       TORCH_CHECK(par.size() == 4, "hashed takes (n_chunks, causal, causal_offset, shared)");
-      op.ids = t.data_ptr<int64_t>();
+      op.ids = t.data_ptr<int32_t>();
       op.heads = H;
       op.others = t.size(2) - 2;
       op.n_items = t.size(3);
@@ -233,7 +285,7 @@ template <typename T>
 void hashed_row(const ModOp<T>& op, T* s, int64_t n, int64_t b, int64_t h, int64_t i, int64_t j0) {
   const T ninf = -std::numeric_limits<T>::infinity();
   const int64_t N = op.n_items;
-  const int64_t* row = op.ids + (b * op.heads + h) * (2 + op.others) * N;
+  const int32_t* row = op.ids + (b * op.heads + h) * (2 + op.others) * N;
   const int64_t qi = row[i];
   if (qi < 0) {  // not a query: nothing to attend
     std::fill(s, s + n, ninf);
@@ -243,16 +295,17 @@ void hashed_row(const ModOp<T>& op, T* s, int64_t n, int64_t b, int64_t h, int64
   if (op.others > 0) {  // rounds that attend each pair: this one, and each other one that puts the
     int32_t count[kMaxRun];  // key in the query's chunk or the chunk before it
     std::fill(count, count + n, 1);
-    const int64_t* chunks = row + 2 * N;
+    const int32_t* chunks = row + 2 * N;
     for (int64_t r = 0; r < op.others; ++r) {
-      const int64_t mine = chunks[r * N + i], before = mine - 1, wrap = mine == 0 ? op.n_chunks - 1 : before;
-      const int64_t* ck = chunks + r * N + j0;
+      const int32_t mine = chunks[r * N + i], before = mine - 1;
+      const int32_t wrap = mine == 0 ? static_cast<int32_t>(op.n_chunks - 1) : before;
+      const int32_t* ck = chunks + r * N + j0;
       for (int64_t j = 0; j < n; ++j) count[j] += (ck[j] == mine) | (ck[j] == before) | (ck[j] == wrap);
     }
     for (int64_t j = 0; j < n; ++j) s[j] -= op.log_count[count[j]];
   }
-  const int64_t* kpos = row + N + j0;
-  const int64_t last = op.causal ? qi + op.causal_off : std::numeric_limits<int64_t>::max();
+  const int32_t* kpos = row + N + j0;
+  const int32_t last = static_cast<int32_t>(std::clamp<int64_t>(op.causal ? qi + op.causal_off : INT32_MAX, -1, INT32_MAX));
   for (int64_t j = 0; j < n; ++j) s[j] = (kpos[j] < 0 || kpos[j] > last) ? ninf : s[j];
 }
 
@@ -367,7 +420,7 @@ void parallel_round_robin(int64_t n, const F& body) {
 // forward
 // ---------------------------------------------------------------------------------------------
 
-template <typename T>
+template <typename T, typename I>
 void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse,
                   const Plan& pl, double scale_d, const std::vector<ModOp<T>>& mods) {
   const int64_t B = q.size(0), H = q.size(1), T_ = q.size(2), D = q.size(3);
@@ -378,9 +431,9 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   // one-token decode: the query heads sharing a kv head (and a mask) are the rows of one product
   const int64_t fold = (T_ == 1 && pl.Hm == 1) ? rep : 1;
   const int64_t hgroups = H / fold;
-  const T* qp = q.data_ptr<T>();
-  const T* kp = k.data_ptr<T>();
-  const T* vp = v.data_ptr<T>();
+  const I* qp = q.data_ptr<I>();
+  const I* kp = k.data_ptr<I>();
+  const I* vp = v.data_ptr<I>();
   T* op = out.data_ptr<T>();
   T* lp = lse.data_ptr<T>();
   // work items: (batch, head group, query-block group)
@@ -398,14 +451,15 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const int64_t rows_max = std::max(bq * G, fold);
   parallel_round_robin(n_items, [&](int64_t tid, int64_t nt) {
     std::vector<T> sbuf(rows_max * kMaxRun), obuf(rows_max * Dv), mrow(rows_max), lrow(rows_max), alpha(rows_max);
+    std::vector<I> pin(std::is_same_v<T, I> ? 0 : rows_max * kMaxRun);  // P rounded to the input type
     for (int64_t it = tid; it < n_items; it += nt) {
       const int64_t b = items[3 * it], g = items[3 * it + 1], gr = items[3 * it + 2];
       const int64_t h0 = g * fold, hk = h0 / rep;
       const int64_t i0 = pl.grp_q0[gr] * bq, nqb = pl.grp_nq[gr];
       const int64_t m_tok = std::min(nqb * bq, T_ - i0), m = m_tok * fold;
-      const T* qb = qp + ((b * H + h0) * T_ + i0) * D;
-      const T* kb = kp + (b * Hkv + hk) * S * D;
-      const T* vb = vp + (b * Hkv + hk) * S * Dv;
+      const I* qb = qp + ((b * H + h0) * T_ + i0) * D;
+      const I* kb = kp + (b * Hkv + hk) * S * D;
+      const I* vb = vp + (b * Hkv + hk) * S * Dv;
       std::fill(obuf.begin(), obuf.begin() + m * Dv, T(0));
       std::fill(mrow.begin(), mrow.begin() + m, ninf);
       std::fill(lrow.begin(), lrow.begin() + m, T(0));
@@ -416,7 +470,7 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
         while (t2 < t_end && pl.grp_col[t2] == pl.grp_col[t2 - 1] + 1 && (t2 - t + 1) * bk <= kMaxRun) ++t2;
         const int64_t j0 = pl.grp_col[t] * bk, j1 = std::min(S, (pl.grp_col[t2 - 1] + 1) * bk), n = j1 - j0;
         T* s = sbuf.data();
-        gemm<T>(false, true, m, n, D, scale, qb, D, kb + j0 * D, D, T(0), s, n);
+        mm<T, I>(false, true, m, n, D, scale, qb, D, kb + j0 * D, D, T(0), s, n);
         if (!mods.empty()) {  // row r: query head h0 + r / m_tok, query i0 + r % m_tok
           for (int64_t r = 0; r < m; ++r)
             mods_row<T>(mods, s + r * n, n, b, h0 + r / m_tok, i0 + r % m_tok, j0, S - T_, nullptr);
@@ -460,7 +514,8 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
             at::vec::map([a](Vec<T> x) { return x * Vec<T>(a); }, oi, oi, Dv);
           }
         }
-        gemm<T>(false, false, m, Dv, n, T(1), s, n, vb + j0 * Dv, Dv, T(1), obuf.data(), Dv);
+        mm<T, I>(false, false, m, Dv, n, T(1), as_input<T, I>(s, m * n, pin), n, vb + j0 * Dv, Dv, T(1), obuf.data(),
+                 Dv);
         t = t2;
       }
       T* ob = op + ((b * H + h0) * T_ + i0) * Dv;
@@ -490,13 +545,19 @@ std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const 
   TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(), "q, k, v must be contiguous");
   TORCH_CHECK(bk <= kMaxRun, "block_k must be at most ", kMaxRun);
   Plan pl = make_plan(plan, Bm, Hm, nQ, nK, bq, bk, G);
-  at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
-  at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), "q, k, v must share a dtype");
+  const auto compute = q.options().dtype(q.scalar_type() == at::kBFloat16 ? at::kFloat : q.scalar_type());
+  at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, compute);
+  at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, compute);
   if (q.scalar_type() == at::kFloat) {
-    forward_impl<float>(q, k, v, out, lse, pl, scale, make_mods<float>(mod_kinds, mod_tensors, mod_params, q.size(1)));
+    forward_impl<float, float>(q, k, v, out, lse, pl, scale,
+                               make_mods<float>(mod_kinds, mod_tensors, mod_params, q.size(1)));
+  } else if (q.scalar_type() == at::kBFloat16) {
+    forward_impl<float, at::BFloat16>(q, k, v, out, lse, pl, scale,
+                                      make_mods<float>(mod_kinds, mod_tensors, mod_params, q.size(1)));
   } else {
-    TORCH_CHECK(q.scalar_type() == at::kDouble, "float32 or float64 expected");
-    forward_impl<double>(q, k, v, out, lse, pl, scale,
+    TORCH_CHECK(q.scalar_type() == at::kDouble, "float32, float64 or bfloat16 expected");
+    forward_impl<double, double>(q, k, v, out, lse, pl, scale,
                          make_mods<double>(mod_kinds, mod_tensors, mod_params, q.size(1)));
   }
   return {out, lse};
@@ -506,7 +567,7 @@ std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const 
 // backward: per (batch, kv head, key block), the query tiles of its column, dK and dV kept locally
 // ---------------------------------------------------------------------------------------------
 
-template <typename T>
+template <typename T, typename I>
 void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& dout,
                    const at::Tensor& lse, const at::Tensor& delta, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv,
                    const Plan& pl, double scale_d, const std::vector<ModOp<T>>& mods,
@@ -522,10 +583,10 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
                 (mods[p].kind == kHashed && mods[p].shared);
   }
   const T scale = static_cast<T>(scale_d);
-  const T* qp = q.data_ptr<T>();
-  const T* kp = k.data_ptr<T>();
-  const T* vp = v.data_ptr<T>();
-  const T* dop = dout.data_ptr<T>();
+  const I* qp = q.data_ptr<I>();
+  const I* kp = k.data_ptr<I>();
+  const I* vp = v.data_ptr<I>();
+  const I* dop = dout.data_ptr<I>();
   const T* lp = lse.data_ptr<T>();
   const T* dlp = delta.data_ptr<T>();
   T* dkp = dk.data_ptr<T>();
@@ -551,6 +612,7 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   }
   parallel_round_robin(n_items, [&](int64_t tid, int64_t nt) {
     std::vector<T> pbuf(rmax * bk), dpbuf(rmax * bk), dkbuf(bk * D), dvbuf(bk * Dv), tbuf(n_caps * rmax * bk);
+    std::vector<I> pin(std::is_same_v<T, I> ? 0 : rmax * bk);  // P, then dS, rounded to the input type
     std::vector<T*> tanh_rows(std::max<int64_t>(n_caps, 1));
     T* dqp = dq.data_ptr<T>();
     if (!dq_bufs.empty()) {
@@ -576,8 +638,8 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
       const int64_t b = head / Hkv, hk = head % Hkv;
       for (int64_t kj = kb_lo; kj < kb_hi; ++kj) {
         const int64_t j0 = kj * bk, n = std::min(bk, S - j0);
-        const T* kb = kp + ((b * Hkv + hk) * S + j0) * D;
-        const T* vb = vp + ((b * Hkv + hk) * S + j0) * Dv;
+        const I* kb = kp + ((b * Hkv + hk) * S + j0) * D;
+        const I* vb = vp + ((b * Hkv + hk) * S + j0) * Dv;
         std::fill(dkbuf.begin(), dkbuf.begin() + n * D, T(0));
         std::fill(dvbuf.begin(), dvbuf.begin() + n * Dv, T(0));
         bool any = false;
@@ -591,11 +653,11 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
             any = true;
             const int64_t i0 = pl.col_row[t] * bq, i1 = std::min(T_, (pl.col_row[t2 - 1] + 1) * bq), m = i1 - i0;
             const int64_t row0 = (b * H + h) * T_ + i0;
-            const T* qb = qp + row0 * D;
-            const T* dob = dop + row0 * Dv;
+            const I* qb = qp + row0 * D;
+            const I* dob = dop + row0 * Dv;
             T* p = pbuf.data();
             T* dp = dpbuf.data();
-            gemm<T>(false, true, m, n, D, scale, qb, D, kb, D, T(0), p, n);  // scores
+            mm<T, I>(false, true, m, n, D, scale, qb, D, kb, D, T(0), p, n);  // scores
             if (!ops.empty()) {
               for (int64_t i = 0; i < m; ++i) {
                 for (int64_t c = 0; c < n_caps; ++c) tanh_rows[c] = tbuf.data() + (c * rmax + i) * n;
@@ -616,8 +678,9 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
                 exp_sum(pi, n, l);
               }
             }
-            gemm<T>(true, false, n, Dv, m, T(1), p, n, dob, Dv, T(1), dvbuf.data(), Dv);  // dV += P^T dO
-            gemm<T>(false, true, m, n, Dv, T(1), dob, Dv, vb, Dv, T(0), dp, n);          // dP = dO V^T
+            mm<T, I>(true, false, n, Dv, m, T(1), as_input<T, I>(p, m * n, pin), n, dob, Dv, T(1), dvbuf.data(),
+                     Dv);                                                          // dV += P^T dO
+            mm<T, I>(false, true, m, n, Dv, T(1), dob, Dv, vb, Dv, T(0), dp, n);  // dP = dO V^T
             for (int64_t i = 0; i < m; ++i) {  // dS = P * (dP - delta)
               const T d = dlp[row0 + i];
               T* pi = p + i * n;
@@ -630,8 +693,9 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
                 mods_row_backward<T>(ops, p + i * n, n, b, h, i0 + i, j0, tanh_rows.data(), n_caps);
               }
             }
-            gemm<T>(true, false, n, D, m, scale, p, n, qb, D, T(1), dkbuf.data(), D);     // dK += dS^T Q
-            gemm<T>(false, false, m, D, n, scale, p, n, kb, D, T(1), dqp + row0 * D, D);  // dQ += dS K
+            const I* ds = as_input<T, I>(p, m * n, pin);
+            mm<T, I>(true, false, n, D, m, scale, ds, n, qb, D, T(1), dkbuf.data(), D);     // dK += dS^T Q
+            mm<T, I>(false, false, m, D, n, scale, ds, n, kb, D, T(1), dqp + row0 * D, D);  // dQ += dS K
             t = t2;
           }
         }
@@ -664,22 +728,31 @@ std::vector<at::Tensor> backward(const at::Tensor& q, const at::Tensor& k, const
               "inputs must be contiguous");
   TORCH_CHECK(bq <= kMaxRun, "block_q must be at most ", kMaxRun);
   Plan pl = make_plan(plan, Bm, Hm, nQ, nK, bq, bk, G);
-  at::Tensor dq = at::zeros_like(q), dk = at::zeros_like(k), dv = at::zeros_like(v);
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type() &&
+                  dout.scalar_type() == q.scalar_type(),
+              "q, k, v and dout must share a dtype");
+  const auto compute = q.options().dtype(q.scalar_type() == at::kBFloat16 ? at::kFloat : q.scalar_type());
+  TORCH_CHECK(lse.scalar_type() == compute.dtype() && delta.scalar_type() == compute.dtype(),
+              "lse and delta must be in the compute dtype");
+  at::Tensor dq = at::zeros(q.sizes(), compute), dk = at::zeros(k.sizes(), compute), dv = at::zeros(v.sizes(), compute);
   TORCH_CHECK(mod_grads.size() == mod_kinds.size(), "one gradient flag per modifier");
   std::vector<at::Tensor> dbias(mod_kinds.size());  // undefined: no gradient wanted
   for (size_t p = 0; p < mod_kinds.size(); ++p) {
-    if (mod_grads[p] && mod_kinds[p] == kBias) dbias[p] = at::zeros(mod_tensors[p].sizes(), q.options());
+    if (mod_grads[p] && mod_kinds[p] == kBias) dbias[p] = at::zeros(mod_tensors[p].sizes(), compute);
   }
   if (q.scalar_type() == at::kFloat) {
-    backward_impl<float>(q, k, v, dout, lse, delta, dq, dk, dv, pl, scale,
-                         make_mods<float>(mod_kinds, mod_tensors, mod_params, q.size(1)), dbias);
+    backward_impl<float, float>(q, k, v, dout, lse, delta, dq, dk, dv, pl, scale,
+                                make_mods<float>(mod_kinds, mod_tensors, mod_params, q.size(1)), dbias);
+  } else if (q.scalar_type() == at::kBFloat16) {
+    backward_impl<float, at::BFloat16>(q, k, v, dout, lse, delta, dq, dk, dv, pl, scale,
+                                       make_mods<float>(mod_kinds, mod_tensors, mod_params, q.size(1)), dbias);
   } else {
-    TORCH_CHECK(q.scalar_type() == at::kDouble, "float32 or float64 expected");
-    backward_impl<double>(q, k, v, dout, lse, delta, dq, dk, dv, pl, scale,
+    TORCH_CHECK(q.scalar_type() == at::kDouble, "float32, float64 or bfloat16 expected");
+    backward_impl<double, double>(q, k, v, dout, lse, delta, dq, dk, dv, pl, scale,
                           make_mods<double>(mod_kinds, mod_tensors, mod_params, q.size(1)), dbias);
   }
   std::vector<at::Tensor> res{dq, dk, dv};
-  for (auto& g : dbias) res.push_back(g.defined() ? g : at::empty({0}, q.options()));
+  for (auto& g : dbias) res.push_back(g.defined() ? g : at::empty({0}, compute));
   return res;
 }
 
@@ -689,4 +762,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "tile-sparse attention forward: (out, lse)");
   m.def("backward", &backward, "tile-sparse attention backward: (dq, dk, dv, *bias gradients)");
   m.def("has_blas", &has_blas, "whether libtorch exports the BLAS sgemm_/dgemm_ used for tile products");
+  m.def("has_bf16_gemm", &has_bf16_gemm, "whether libtorch exports MKL's bfloat16 GEMM (bfloat16 tile products)");
 }

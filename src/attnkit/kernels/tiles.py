@@ -23,7 +23,7 @@ from ..scores import ScoreMod
 from . import native_module, unavailable_reason
 
 __all__ = ["NativePlan", "native_plan", "tile_attention", "kernel_usable", "kernel_form", "KERNEL_MIN_WORK",
-           "MAX_BLOCK", "MAX_HEAD_DIM", "KernelMod", "HashedItems", "kernel_mods", "kernel_mod_reasons"]
+           "MAX_BLOCK", "MAX_HEAD_DIM", "kernel_dtype", "KernelMod", "HashedItems", "kernel_mods", "kernel_mod_reasons"]
 
 MAX_HEAD_DIM = 256
 MAX_BLOCK = 512  # the kernel batches at most this many keys (query rows) into one product
@@ -146,7 +146,7 @@ class HashedItems(NamedTuple):
     """What the kernel's ``hashed`` modifier reads for one LSH round, whose queries and keys are
     the same ``N`` hash-sorted items (``T == S == N``).
 
-    ``ids (B, H, 2 + R', N)`` int64: per sorted item its query position (-1: not a query), its key
+    ``ids (B, H, 2 + R', N)`` int32: per sorted item its query position (-1: not a query), its key
     position (-1: not a key) and, for each of the ``R'`` other rounds, its chunk there (a dummy
     item: any value, it is neither query nor key). ``n_chunks``: chunks per round (of ``block``
     items each). ``causal_offset``: None, or ``o`` to keep only pairs with key position <= query
@@ -259,7 +259,7 @@ class _TileAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, plan, scale, mods, *biases):
-        kinds, tensors, params = mods
+        kinds, tensors, params = mods  # out and lse in the compute dtype (float32 for bfloat16 inputs)
         out, lse = native_module().forward(q, k, v, *plan.args(), scale, kinds, tensors, params)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.plan, ctx.scale, ctx.mods = plan, scale, mods
@@ -272,31 +272,44 @@ class _TileAttention(torch.autograd.Function):
     def backward(ctx, d_out, d_lse):
         q, k, v, out, lse = ctx.saved_tensors
         kinds, tensors, params = ctx.mods
-        d_out = torch.zeros_like(out) if d_out is None else d_out.contiguous()
-        delta = (d_out * out).sum(-1)  # (B, H, T)
+        d_out = torch.zeros_like(out) if d_out is None else d_out
+        delta = (d_out * out).sum(-1)  # (B, H, T), in the compute dtype
         if d_lse is not None:
             delta = delta - d_lse
+        d_out = d_out.to(q.dtype).contiguous()  # the products take dO in the input dtype
         wants = iter(ctx.bias_grad)
         grads = [int(kind == _BIAS and next(wants)) for kind in kinds]
         dq, dk, dv, *dmods = native_module().backward(q, k, v, d_out, lse.contiguous(), delta.contiguous(),
                                                       *ctx.plan.args(), ctx.scale, kinds, tensors, params, grads)
         dbias = [g if want else None for g, want, kind in zip(dmods, grads, kinds) if kind == _BIAS]
-        return dq, dk, dv, None, None, None, *dbias
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, *dbias
 
 
 def tile_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, scale: float, block_q: int,
                    block_k: int, mods: Sequence[KernelMod] = ()) -> tuple[Tensor, Tensor]:
     """``(out (B, H, T, Dv), lse (B, H, T))`` of softmax attention of ``q (B, H, T, D)`` over
-    ``k (B, Hkv, S, D)``, ``v (B, Hkv, S, Dv)`` (float32 or float64, same dtype) where ``mask``
-    allows, with the compiled kernel; differentiable in ``q``, ``k``, ``v``, each bias of ``mods``
+    ``k (B, Hkv, S, D)``, ``v (B, Hkv, S, Dv)`` (one dtype, from :func:`kernel_dtype`: float32,
+    float64, or bfloat16 whose products accumulate in float32; ``out`` and ``lse`` are then float32)
+    where ``mask`` allows, with the compiled kernel; differentiable in ``q``, ``k``, ``v``, each bias of ``mods``
     and through ``lse``. ``mods`` (from :func:`kernel_mods`) modify the scaled scores in order,
     before the mask. ``lse`` is -inf (and the output zero) on rows with no allowed key. Builds the
     extension on first use (raises RuntimeError when it cannot)."""
     native_module()
     plan = native_plan(tile_plan(mask, q.shape[2], k.shape[2], block_q, block_k))
-    kinds, tensors, params, biases = _mod_args(mods, q.dtype)
+    kinds, tensors, params, biases = _mod_args(mods, torch.float32 if q.dtype == torch.bfloat16 else q.dtype)
     return _TileAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), plan, float(scale),
                                 (kinds, tensors, params), *biases)
+
+
+def kernel_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernel takes inputs of ``dtype`` in: float64 and float32 as they are, bfloat16
+    as it is where libtorch exports MKL's bfloat16 GEMM (float32 otherwise), float16 as float32.
+    Builds the extension on first use."""
+    if dtype == torch.float64:
+        return dtype
+    if dtype == torch.bfloat16 and native_module().has_bf16_gemm():
+        return dtype
+    return torch.float32
 
 
 KERNEL_MIN_WORK = 1 << 20

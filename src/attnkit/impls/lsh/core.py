@@ -101,8 +101,8 @@ def lsh_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, 
         # chunk of every item per round (BH, R, N+1); the dummy matches no chunk
         chunk_of = F.pad(torch.div(ranks, chunk, rounding_mode="floor"), (0, 1), value=-n_chunks)
     on_kernel = kernel_mask(mask, t, s) if st.kernel == "auto" and not return_weights else None
-    if on_kernel is not None and kernel_usable(device=q.device, head_dim=max(d, dv), block_q=chunk,
-                                                 block_k=chunk, work=n * 2 * chunk * st.n_hashes):
+    if on_kernel is not None and n < 2**31 and kernel_usable(  # the kernel reads int32 positions
+            device=q.device, head_dim=max(d, dv), block_q=chunk, block_k=chunk, work=n * 2 * chunk * st.n_hashes):
         out, lse = rounds_on_kernel(items, orders, ranks, chunk_of if st.dedup else None, on_kernel, b, h, t, s,
                                      chunk, scale, st.shared_qk)
         return LSHResult(out.to(out_dtype), lse=lse if return_lse else None)

@@ -77,7 +77,7 @@ def rounds_on_kernel(items: _Items, orders: Tensor, ranks: Tensor, chunk_of: Ten
         if chunk_of is not None and n_rounds > 1:
             others = torch.cat([chunk_of[:, :r], chunk_of[:, r + 1:]], dim=1)  # (BH, R-1, N+1)
             ids.extend(others.gather(2, order.unsqueeze(1).expand(-1, n_rounds - 1, -1)).unbind(1))
-        hashed = HashedItems(torch.stack(ids, 1).view(b, h, len(ids), slots), n_chunks, causal_offset, shared)
+        hashed = HashedItems(torch.stack(ids, 1).view(b, h, len(ids), slots).int(), n_chunks, causal_offset, shared)
         qs, ks, vs = (x.index_select(0, rows).view(b, h, slots, -1) for x in (qv, kv, vv))  # (B, H, nC*C, E)
         out, lse = tile_attention(qs, ks, vs, tiles, scale, chunk, chunk, mods=[KernelMod("hashed", hashed)])
         back = (ranks[:, r, :t] + _slots(bh, slots, orders.device)).flatten()  # sorted slot of each query
