@@ -24,8 +24,9 @@
 // key in the query's chunk or the one before it), so a key found by several rounds counts once.
 //
 // Scalars: float and double run as they are. bfloat16 q, k, v (and dO) stay bfloat16: every
-// product takes bfloat16 operands and accumulates in float (MKL's cblas_gemm_bf16bf16f32, which
-// libtorch exports; without it the operands are widened to float tile by tile); the scores,
+// product takes bfloat16 operands and accumulates in float (ATen's bfloat16 brgemm, with the right
+// operand packed in VNNI order, where the CPU has it: at::native::cpublas::could_pack; elsewhere
+// the operands are widened to float tile by tile); the scores,
 // softmax, out, lse and the gradients are float, and P / dS are rounded to bfloat16 for the
 // products that take them, as FlashAttention does. Half inputs are converted to float by the
 // caller. float / double products go to the BLAS sgemm_/dgemm_ that libtorch exports (MKL builds),
@@ -35,6 +36,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
+#include <ATen/native/CPUBlas.h>
 #include <torch/python.h>
 
 #include <algorithm>
@@ -49,11 +51,12 @@ void sgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
             const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
             const int* ldc) __attribute__((weak));
-void cblas_gemm_bf16bf16f32(int layout, int transa, int transb, int m, int n, int k, float alpha, const uint16_t* a,
-                            int lda, const uint16_t* b, int ldb, float beta, float* c, int ldc) __attribute__((weak));
 }
 
 namespace {
+
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
 
 constexpr int64_t kMaxRun = 512;  // keys (forward) or query rows (backward) batched into one product
 
@@ -100,13 +103,87 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a
 
 bool has_blas() { return sgemm_ != nullptr && dgemm_ != nullptr; }
 
-bool has_bf16_gemm() { return cblas_gemm_bf16bf16f32 != nullptr; }
 
 // A stored operand of a product, widened to float: rows x cols with leading dimension ld.
 std::vector<float> widened(const at::BFloat16* x, int64_t rows, int64_t cols, int64_t ld) {
   std::vector<float> out(rows * cols);
   for (int64_t r = 0; r < rows; ++r) at::vec::convert(x + r * ld, out.data() + r * cols, cols);
   return out;
+}
+
+// C (m x n, float) = alpha op(A) op(B) + beta C for bfloat16 A, B with beta 0 or 1, by brgemm: A
+// copied row-major when it is transposed or k is odd, B packed in VNNI order (pairs of rows
+// interleaved), k padded to even with zeros.
+void mm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const at::BFloat16* a, int64_t lda,
+             const at::BFloat16* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  TORCH_CHECK(beta == 0.f || beta == 1.f, "beta must be 0 or 1");
+  thread_local std::vector<at::BFloat16> abuf, bbuf;
+  thread_local std::vector<float> cbuf;
+  const int64_t kp = k + (k & 1);
+  const at::BFloat16 zero(0.f);
+  const at::BFloat16* ap = a;
+  int64_t ld_a = lda;
+  if (ta || kp != k) {
+    abuf.resize(m * kp);
+    for (int64_t i = 0; i < m; ++i) {
+      at::BFloat16* row = abuf.data() + i * kp;
+      for (int64_t x = 0; x < k; ++x) row[x] = ta ? a[x * lda + i] : a[i * lda + x];
+      if (kp != k) row[k] = zero;
+    }
+    ap = abuf.data();
+    ld_a = kp;
+  }
+  bbuf.resize(kp * n);
+  for (int64_t x = 0; x < kp; ++x) {
+    at::BFloat16* dst = bbuf.data() + (x / 2) * 2 * n + (x & 1);
+    if (x == k) {
+      for (int64_t y = 0; y < n; ++y) dst[2 * y] = zero;
+    } else if (tb) {
+      for (int64_t y = 0; y < n; ++y) dst[2 * y] = b[y * ldb + x];
+    } else {
+      const at::BFloat16* src = b + x * ldb;
+      for (int64_t y = 0; y < n; ++y) dst[2 * y] = src[y];
+    }
+  }
+  if (alpha == 1.f || beta == 0.f) {
+    at::native::cpublas::brgemm(m, n, kp, ld_a, n, ldc, beta != 0.f, ap, bbuf.data(), c, true);
+    if (alpha != 1.f) {
+      for (int64_t i = 0; i < m; ++i) at::vec::map([alpha](Vec<float> x) { return x * Vec<float>(alpha); },
+                                                   c + i * ldc, c + i * ldc, n);
+    }
+    return;
+  }
+  cbuf.resize(m * n);
+  at::native::cpublas::brgemm(m, n, kp, ld_a, n, n, false, ap, bbuf.data(), cbuf.data(), true);
+  for (int64_t i = 0; i < m; ++i) {
+    at::vec::map2([alpha](Vec<float> x, Vec<float> y) { return x + y * Vec<float>(alpha); }, c + i * ldc,
+                  c + i * ldc, cbuf.data() + i * n, n);
+  }
+}
+
+// Whether ATen's bfloat16 brgemm takes VNNI-packed operands here (oneDNN's micro-kernels on CPUs
+// with bfloat16 dot products; elsewhere it reads them as plain row-major): a small product with an
+// exact answer, computed once.
+bool has_bf16_gemm() {
+  static const bool ok = [] {
+    constexpr int64_t m = 3, n = 5, k = 6;
+    at::BFloat16 a[m * k], b[k * n];
+    float c[m * n], want[m * n] = {};
+    for (int64_t i = 0; i < m * k; ++i) a[i] = at::BFloat16(static_cast<float>(i % 7) - 3.f);
+    for (int64_t i = 0; i < k * n; ++i) b[i] = at::BFloat16(static_cast<float>(i % 5) - 1.f);
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t x = 0; x < k; ++x)
+          want[i * n + j] += static_cast<float>(a[i * k + x]) * static_cast<float>(b[x * n + j]);
+    try {
+      mm_bf16(false, false, m, n, k, 1.f, a, k, b, n, 0.f, c, n);
+      at::native::cpublas::brgemm_release();
+    } catch (const std::exception&) {
+      return false;
+    }
+    return std::equal(c, c + m * n, want);
+  }();
+  return ok;
 }
 
 // gemm with operands of the input type I and the result in the compute type T (T == I for float
@@ -119,12 +196,8 @@ void mm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const I* a, 
   } else {
     static_assert(std::is_same_v<I, at::BFloat16> && std::is_same_v<T, float>, "bfloat16 inputs compute in float");
     if (m == 0 || n == 0) return;
-    if (k > 0 && cblas_gemm_bf16bf16f32 != nullptr) {
-      constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
-      cblas_gemm_bf16bf16f32(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, static_cast<int>(m),
-                             static_cast<int>(n), static_cast<int>(k), alpha, reinterpret_cast<const uint16_t*>(a),
-                             static_cast<int>(lda), reinterpret_cast<const uint16_t*>(b), static_cast<int>(ldb), beta,
-                             c, static_cast<int>(ldc));
+    if (k > 0 && has_bf16_gemm()) {
+      mm_bf16(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
       return;
     }
     const int64_t ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
@@ -146,8 +219,6 @@ const I* as_input(const T* x, int64_t count, std::vector<I>& buf) {
   }
 }
 
-template <typename T>
-using Vec = at::vec::Vectorized<T>;
 
 template <typename T>
 inline Vec<T> vexp(Vec<T> x) {
@@ -305,7 +376,8 @@ void hashed_row(const ModOp<T>& op, T* s, int64_t n, int64_t b, int64_t h, int64
     for (int64_t j = 0; j < n; ++j) s[j] -= op.log_count[count[j]];
   }
   const int32_t* kpos = row + N + j0;
-  const int32_t last = static_cast<int32_t>(std::clamp<int64_t>(op.causal ? qi + op.causal_off : INT32_MAX, -1, INT32_MAX));
+  const int64_t limit = op.causal ? qi + op.causal_off : INT32_MAX;
+  const int32_t last = static_cast<int32_t>(std::clamp<int64_t>(limit, -1, INT32_MAX));
   for (int64_t j = 0; j < n; ++j) s[j] = (kpos[j] < 0 || kpos[j] > last) ? ninf : s[j];
 }
 
@@ -534,6 +606,9 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
         lb[i] = mrow[i] + std::log(l);
       }
     }
+    if constexpr (!std::is_same_v<T, I>) {
+      if (has_bf16_gemm()) at::native::cpublas::brgemm_release();  // the brgemm context of this thread
+    }
   });
 }
 
@@ -704,6 +779,9 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
           std::copy(dvbuf.begin(), dvbuf.begin() + n * Dv, dvp + ((b * Hkv + hk) * S + j0) * Dv);
         }
       }
+    }
+    if constexpr (!std::is_same_v<T, I>) {
+      if (has_bf16_gemm()) at::native::cpublas::brgemm_release();  // the brgemm context of this thread
     }
   });
   for (auto& buf : dq_bufs) {
