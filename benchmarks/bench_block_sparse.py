@@ -44,7 +44,7 @@ import attnkit
 from attnkit.eval.bench import Results, matmul_flops_per_s, peak_memory, time_fn
 from attnkit.impls import block_sparse as bsmod
 from attnkit.masks import patterns
-from attnkit.masks.base import clear_plan_cache
+from attnkit.masks.plan import clear_plan_cache
 
 HERE = Path(__file__).resolve().parent
 IMPLS = ["block_sparse", "sdpa_masked", "sdpa_causal", "flex", "local_attention"]

@@ -40,7 +40,8 @@ from attnkit import kernels, masks, scores
 from attnkit.eval.bench import Results, matmul_flops_per_s, time_fn
 from attnkit.kernels.tiles import native_plan
 from attnkit.masks import patterns
-from attnkit.masks.base import DEFAULT_BLOCK, tile_plan
+from attnkit.masks.base import DEFAULT_BLOCK
+from attnkit.masks.plan import tile_plan
 
 HERE = Path(__file__).resolve().parent
 IMPLS = ["native", "block_sparse", "blockwise", "sdpa", "flex"]

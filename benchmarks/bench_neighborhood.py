@@ -35,7 +35,8 @@ import torch
 import attnkit
 from attnkit import masks
 from attnkit.eval.bench import Results, peak_memory, time_fn
-from attnkit.masks.base import DEFAULT_BLOCK, tile_plan
+from attnkit.masks.base import DEFAULT_BLOCK
+from attnkit.masks.plan import tile_plan
 from attnkit.nn import TransformerEncoderLayer
 
 HERE = Path(__file__).resolve().parent

@@ -29,7 +29,7 @@ import torch
 from .call import AttentionCall
 from .errors import AttnKitError, UnsupportedError
 from .masks import Mask
-from .masks.base import mask_key
+from .masks.plan import mask_key
 from .registry import ImplSpec, get_impl, list_impls, not_supported_reasons, registry_version
 
 __all__ = ["not_supported_reasons", "auto_reasons", "select", "use_impl", "use_impls", "DispatchReport", "explain"]

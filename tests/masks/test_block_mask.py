@@ -17,7 +17,7 @@ import attnkit
 from attnkit import masks
 from attnkit.errors import AttnKitError, UnsupportedError
 from attnkit.masks import EMPTY, FULL, PARTIAL, patterns
-from attnkit.masks import base as mbase
+from attnkit.masks import plan as mbase
 
 
 def _kinds_from_dense(dense4: torch.Tensor, bq: int, bk: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ import attnkit
 from attnkit import masks
 from attnkit.errors import AttnKitError, ShapeError
 from attnkit.masks import EMPTY, FULL, PARTIAL
-from attnkit.masks.base import mask_key, tile_plan
+from attnkit.masks.plan import mask_key, tile_plan
 
 
 def direct(height: int, width: int, radius: int, dilation: int = 1, causal: bool = False,

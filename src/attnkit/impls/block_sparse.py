@@ -1,6 +1,6 @@
 """``block_sparse``: attention computed only on the ``(block_q, block_k)`` tiles the mask keeps.
 
-The mask's tiles come from the shared tile plan (:func:`attnkit.masks.base.tile_plan`, analytic
+The mask's tiles come from the shared tile plan (:func:`attnkit.masks.plan.tile_plan`, analytic
 for structured masks, so no ``T x S`` buffer). The kept tiles of each query-block row are packed
 into *segments* of at most ``C`` tiles; a chunk of segments is one batched gather of key/value
 blocks and two batched matmuls. Full tiles run unmasked, partial tiles apply their dense
@@ -36,7 +36,8 @@ from torch import Tensor
 from ..call import AttentionCall
 from ..kernels.tiles import kernel_form, kernel_usable
 from ..masks import EMPTY, FULL, PARTIAL, Mask
-from ..masks.base import DEFAULT_BLOCK, BlockMask, tile_plan
+from ..masks.base import DEFAULT_BLOCK
+from ..masks.plan import BlockMask, tile_plan
 from ..registry import AttnResult, ImplSpec, register_impl
 from ..scores import ScoreMod, apply_mods
 from ._common import Option, compute_dtype, holds_grad_tensor, on_kernel, prepared_qk, read_options, sdpa_can_run
@@ -172,7 +173,7 @@ def _slice_plans(bm: BlockMask) -> list[list[SlicePlan]]:
 def plan_for(mask: Mask | None, lq: int, lk: int, bq: int = DEFAULT_BLOCK,
              bk: int = DEFAULT_BLOCK) -> list[list[SlicePlan]]:
     """Plans ``[bm][hm]`` for every slice of ``mask``: a view of the shared tile plan
-    (:func:`attnkit.masks.base.tile_plan`), derived once and kept with it."""
+    (:func:`attnkit.masks.plan.tile_plan`), derived once and kept with it."""
     return tile_plan(mask, lq, lk, bq, bk).derive(("block_sparse",), _slice_plans)
 
 

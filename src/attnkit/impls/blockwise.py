@@ -8,7 +8,7 @@ log-sum-exp ``lse = m + log l`` are saved; the backward pass recomputes every sc
 ``delta = rowsum(dO * O) - dlse``, ``dQ += dS K``, ``dK += dS^T Q``), so memory is
 ``O(B * H * ((T + S) * D + block_q * chunk_k))``.
 
-Masks are honoured through the shared tile plan (:func:`attnkit.masks.base.tile_plan`): empty
+Masks are honoured through the shared tile plan (:func:`attnkit.masks.plan.tile_plan`): empty
 tiles are skipped, runs of full tiles are computed without a mask, partial tiles get the dense
 sub-mask of just that tile range. Score modifiers are applied tile by tile with the tile's
 indices; non-additive ones (soft-capping) are differentiated through with autograd on the tile.
@@ -33,7 +33,8 @@ from torch import Tensor
 from ..call import AttentionCall
 from ..kernels.tiles import kernel_form, kernel_usable
 from ..masks import EMPTY, FULL, PARTIAL, Mask
-from ..masks.base import DEFAULT_BLOCK, BlockMask, tile_plan
+from ..masks.base import DEFAULT_BLOCK
+from ..masks.plan import BlockMask, tile_plan
 from ..registry import AttnResult, ImplSpec, register_impl
 from ..scores import ScoreMod, apply_mods
 from ..shapes import repeat_kv

@@ -1,7 +1,7 @@
 """``native``: a C++ FlashAttention-2 kernel over the shared tile plan, compiled on first use.
 
 The kernel (``attnkit/kernels/native_attention.cpp``) walks the tile plan
-(:func:`attnkit.masks.base.tile_plan`) of the call's mask: empty tiles are skipped, full tiles run
+(:func:`attnkit.masks.plan.tile_plan`) of the call's mask: empty tiles are skipped, full tiles run
 with no mask work and partial tiles apply their boolean sub-mask. Consecutive kept tiles of a row
 form one matrix product (BLAS ``sgemm``/``dgemm`` on views of the inputs, no copies), the softmax
 is online (running maximum and sum per row) and the per-row log-sum-exp is saved. The backward

@@ -18,7 +18,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import scores as _scores
 from ..masks import EMPTY, PARTIAL, Mask
-from ..masks.base import BlockMask, tile_plan
+from ..masks.plan import BlockMask, tile_plan
 from ..scores import ScoreMod
 from . import native_module, unavailable_reason
 

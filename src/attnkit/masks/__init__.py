@@ -36,14 +36,12 @@ from .base import (
     PARTIAL,
     Align,
     And,
-    BlockMask,
     Full,
     Mask,
     ModFn,
     Not,
     Or,
     as_mask,
-    from_flex,
     full,
     to_string,
 )
@@ -61,6 +59,7 @@ from .data import (
     padding,
     random,
 )
+from .plan import BlockMask, from_flex
 from .positional import Causal, Dilated, GlobalTokens, Window, causal, dilated, global_tokens, window
 from .spatial import Neighborhood2D, neighborhood_2d
 

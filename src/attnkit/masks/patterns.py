@@ -49,10 +49,11 @@ import torch
 from torch import Tensor
 
 from ..errors import AttnKitError, unknown_name
-from .base import DEFAULT_BLOCK, EMPTY, FULL, PARTIAL, Mask, _band_kinds, _offset, _tile_ranges, memo, tile_plan
+from .base import DEFAULT_BLOCK, EMPTY, FULL, PARTIAL, Mask, _band_kinds, _offset, _tile_ranges
 from .base import to_string as _grid_string
 from .data import _hash_uniform
 from .data import block_sparse as _block_sparse
+from .plan import memo, tile_plan
 from .positional import causal as _causal
 from .positional import dilated as _dilated
 from .positional import global_tokens as _global_tokens
