@@ -215,7 +215,7 @@ def test_plan_skips_empty_tiles_and_masks_only_partial_ones():
 def test_steps_of_two_tile_rows_equal_a_plan_with_taller_tiles(mask):
     """The default schedule steps 2 * DEFAULT_BLOCK query rows over the shared DEFAULT_BLOCK tile
     plan; it must equal the chunks of a plan classified with tiles that tall."""
-    from attnkit.impls import blockwise as bw
+    from attnkit.impls.blockwise import plan as bw
     from attnkit.masks.base import DEFAULT_BLOCK
 
     lq, lk = 333, 300
