@@ -197,3 +197,23 @@ def test_without_the_extension_lsh_runs_its_pytorch_rounds(kernel_rounds, monkey
     assert kernel_rounds == []
     assert "could not be built" in kernels.unavailable_reason()
     _same(got, _run(q, k, v, masks.causal(), bucket_size=8, n_hashes=2, kernel="torch"), 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_hashing_gives_torch_buckets(dtype, monkeypatch):
+    """The extension's one-pass hashing assigns every bucket as the torch computation does,
+    including ties (first index), all-zero rows and rows with a NaN (first NaN + half)."""
+    from attnkit.impls.lsh import items
+
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(3, 257, 16, generator=g, dtype=torch.float64).to(dtype)
+    x[0, 4, 2] = math.nan
+    x[1, 9] = 0.0
+    rot = torch.randn(16, 3, 8, generator=g)
+    rot[:, 1, 5] = rot[:, 1, 2]  # two equal columns in round 1: equal projections tie
+    got = items.hash_vectors(x, rot, 16)
+    monkeypatch.setattr(items, "native_hashing_usable", lambda x: False)
+    want = items.hash_vectors(x, rot, 16)
+    assert torch.equal(got, want)
+    assert (got[0, :, 4] == 8).all() and (got[1, :, 9] == 0).all()
+    assert got.shape == (3, 3, 257) and 0 <= int(got.min()) and int(got.max()) < 16

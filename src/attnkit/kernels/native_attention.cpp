@@ -683,7 +683,8 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   for (size_t p = 0; p < mods.size(); ++p) {
     if (!dbias[p].defined() || n_threads == 1) continue;
     const at::Tensor& g = dbias[p];
-    shared_dbias[p] = (B > 1 && g.size(0) == 1) || (Hkv > 1 && g.size(1) == 1) || (!by_head && nK > 1 && g.size(3) == 1);
+    shared_dbias[p] =
+        (B > 1 && g.size(0) == 1) || (Hkv > 1 && g.size(1) == 1) || (!by_head && nK > 1 && g.size(3) == 1);
   }
   parallel_round_robin(n_items, [&](int64_t tid, int64_t nt) {
     std::vector<T> pbuf(rmax * bk), dpbuf(rmax * bk), dkbuf(bk * D), dvbuf(bk * Dv), tbuf(n_caps * rmax * bk);
@@ -834,11 +835,68 @@ std::vector<at::Tensor> backward(const at::Tensor& q, const at::Tensor& k, const
   return res;
 }
 
+// ---------------------------------------------------------------------------------------------
+// angular LSH buckets
+// ---------------------------------------------------------------------------------------------
+
+// Bucket of every row of x (N, D) in each of R rounds: argmax over [x r, -x r] of the round's
+// projections r (D, half), as torch's max / min and where(top >= -low, argmax, argmin + half)
+// give it: the first index of a maximum, and for a row whose projections hold a NaN, the first
+// NaN's index + half. rot (D, R * half). One parallel pass; each block of rows is projected into
+// a buffer that stays in cache and reduced there.
+template <typename T>
+void hash_impl(const at::Tensor& x, const at::Tensor& rot, at::Tensor& out, int64_t rounds) {
+  const int64_t N = x.size(0), D = x.size(1), W = rot.size(1), half = W / rounds;
+  constexpr int64_t kRows = 64;
+  const T* xp = x.data_ptr<T>();
+  const T* rp = rot.data_ptr<T>();
+  int64_t* op = out.data_ptr<int64_t>();
+  at::parallel_for(0, (N + kRows - 1) / kRows, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<T> buf(kRows * W);
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t r0 = blk * kRows, m = std::min(kRows, N - r0);
+      gemm<T>(false, false, m, W, D, T(1), xp + r0 * D, D, rp, W, T(0), buf.data(), W);
+      for (int64_t i = 0; i < m; ++i) {
+        for (int64_t r = 0; r < rounds; ++r) {
+          const T* p = buf.data() + i * W + r * half;
+          int64_t top = 0, low = 0, nan = -1;
+          for (int64_t j = 0; j < half; ++j) {
+            if (p[j] != p[j]) {
+              nan = j;
+              break;
+            }
+            if (p[j] > p[top]) top = j;
+            if (p[j] < p[low]) low = j;
+          }
+          op[(r0 + i) * rounds + r] = nan >= 0 ? nan + half : (p[top] >= -p[low] ? top : low + half);
+        }
+      }
+    }
+  });
+}
+
+at::Tensor hash_buckets(const at::Tensor& x, const at::Tensor& rot, int64_t rounds) {
+  TORCH_CHECK(x.dim() == 2 && rot.dim() == 2 && x.size(1) == rot.size(0) && rounds >= 1 && rot.size(1) % rounds == 0 &&
+                  rot.size(1) >= rounds,
+              "hash_buckets takes x (N, D) and rotations (D, R * half)");
+  TORCH_CHECK(x.is_contiguous() && rot.is_contiguous() && x.scalar_type() == rot.scalar_type(),
+              "x and the rotations must be contiguous and of one dtype");
+  at::Tensor out = at::empty({x.size(0), rounds}, x.options().dtype(at::kLong));
+  if (x.scalar_type() == at::kFloat) {
+    hash_impl<float>(x, rot, out, rounds);
+  } else {
+    TORCH_CHECK(x.scalar_type() == at::kDouble, "float32 or float64 expected");
+    hash_impl<double>(x, rot, out, rounds);
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "tile-sparse attention forward: (out, lse)");
   m.def("backward", &backward, "tile-sparse attention backward: (dq, dk, dv, *bias gradients)");
   m.def("has_blas", &has_blas, "whether libtorch exports the BLAS sgemm_/dgemm_ used for tile products");
-  m.def("has_bf16_gemm", &has_bf16_gemm, "whether libtorch exports MKL's bfloat16 GEMM (bfloat16 tile products)");
+  m.def("has_bf16_gemm", &has_bf16_gemm, "whether ATen's bfloat16 brgemm takes VNNI-packed operands here");
+  m.def("hash_buckets", &hash_buckets, "angular LSH buckets (N, R) of x (N, D) under rotations (D, R * half)");
 }

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...kernels.hashing import native_buckets, native_hashing_usable
+
 __all__ = ["random_rotations", "hash_vectors"]
 
 _HASH_BUDGET = 1 << 18  # projections computed at once (kept in cache)
@@ -31,11 +33,14 @@ def hash_vectors(x: Tensor, rotations: Tensor, n_buckets: int) -> Tensor:
     int64 in ``[0, n_buckets)``. With one bucket everything lands in bucket 0.
 
     Every round is projected by one product, a few hundred rows at a time, so that the
-    projections are reduced while they are still in cache."""
+    projections are reduced while they are still in cache; on the native extension when it is
+    available (one parallel pass, the same assignment)."""
     bh, n, d = x.shape
     n_hashes, half = rotations.shape[1], rotations.shape[2]
     if n_buckets == 1:
         return torch.zeros(bh, n_hashes, n, dtype=torch.int64, device=x.device)
+    if native_hashing_usable(x):
+        return native_buckets(x.reshape(bh * n, d), rotations).view(bh, n, n_hashes).transpose(1, 2).contiguous()
     rot = rotations.to(device=x.device, dtype=x.dtype).reshape(d, n_hashes * half)  # (D, R * nb/2)
     flat = x.reshape(bh * n, d)
     out = torch.empty(bh * n, n_hashes, dtype=torch.int64, device=x.device)
