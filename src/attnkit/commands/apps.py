@@ -57,7 +57,7 @@ TASKS: dict[str, Task] = {
                         train_options=("lang",), eval_options=("beam", "length_penalty", "encoder")),
     "vit": Task("Fashion-MNIST classification: a ViT (global or neighbourhood attention) against a CNN without "
                 "attention", "classify-image", "attnkit.apps.vision.classify",
-                models=("vit", "vit-neighborhood", "cnn"), datasets=("fashion-mnist",),
+                models=("vit", "vit-neighborhood", "vit-convstem", "cnn"), datasets=("fashion-mnist",),
                 data_module="attnkit.apps.vision.data"),
     "caption": Task("captions of Fashion-MNIST scenes (items and their relations): a patch encoder and a transformer "
                     "decoder with cross-attention against the same decoder reading a mean-pooled image vector",

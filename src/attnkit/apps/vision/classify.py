@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...errors import AttnKitError
+from ...errors import AttnKitError, ShapeError
 from ..trainer import RunFolder, TrainConfig, Trainer, TrainResult, load_weights, read_json, write_json
 from .data import CLASSES, load_fashion_mnist
 from .vit import MODELS, ModelConfig, ViT, build_model
 
-__all__ = ["TASK", "Preset", "PRESETS", "THRESHOLDS", "MEAN", "STD", "load_splits", "normalize", "predict", "train",
+__all__ = ["TASK", "Preset", "PRESETS", "THRESHOLDS", "MEAN", "STD", "load_splits", "normalize", "shift_flip",
+           "predict", "train",
            "LoadedRun", "load_run", "evaluate_run", "summary", "read_image", "classify_image"]
 
 TASK = "vit"
@@ -45,18 +47,20 @@ class Preset:
     vit: dict[str, Any]  # ModelConfig fields of the ViTs
     cnn: dict[str, Any]  # ModelConfig fields of the CNN
     train: TrainConfig
-    augment: bool = False  # random shifts of up to 2 pixels and horizontal flips
+    augment: bool = False  # random shifts of up to 2 pixels and horizontal flips (shift_flip), every model
+    label_smoothing: float = 0.0  # of the training cross-entropy, every model
 
 
 PRESETS = {
-    "quick": Preset(6000, 500, 1000, 64, dict(d_model=32, layers=2, heads=2, ff=64, local_layers=1),
+    "quick": Preset(6000, 500, 1000, 64, dict(d_model=32, layers=2, heads=2, ff=64, local_layers=1, stem=(8, 16)),
                     dict(channels=(8, 16)),
                     TrainConfig(max_steps=150, budget_seconds=20, lr=3e-3, warmup_steps=20, eval_every=50,
                                 progress=False)),
     "full": Preset(None, N_VALID, None, 128, dict(d_model=64, layers=6, heads=4, ff=128, local_layers=3),
                    dict(channels=(32, 64)),
                    TrainConfig(max_steps=20000, budget_seconds=1620, lr=1e-3, weight_decay=0.05, warmup_steps=300,
-                               eval_every=500, schedule="cosine", min_lr_ratio=0.02)),
+                               eval_every=500, schedule="cosine", min_lr_ratio=0.02),
+                   augment=True, label_smoothing=0.1),
 }
 
 
@@ -79,11 +83,17 @@ def load_splits(preset: Preset) -> dict[str, tuple[Tensor, Tensor]]:
             "test": (normalize(test_images[:n_test]), test_labels[:n_test])}
 
 
-def _shift_flip(x: Tensor, gen: torch.Generator) -> Tensor:
-    """Each image shifted by up to 2 pixels each way (zero-padded) and flipped left-right half the time."""
+def shift_flip(x: Tensor, gen: torch.Generator, shift: int = 2) -> Tensor:
+    """Augment a batch of normalised images ``(B, 1, H, W)``: each image shifted by up to ``shift``
+    pixels along each axis (a random crop of the image padded with black) and flipped left-right
+    half the time, all drawn from ``gen``. Returns a new ``(B, 1, H, W)`` tensor of the same dtype."""
+    if x.dim() != 4 or x.shape[1] != 1:
+        raise ShapeError(f"images must be (B, 1, H, W); got shape {tuple(x.shape)}")
+    if shift < 0:
+        raise AttnKitError(f"shift must be >= 0 pixels; got {shift}")
     b, _, h, w = x.shape
-    pad = F.pad(x, (2, 2, 2, 2), value=-MEAN / STD)  # (B, 1, H + 4, W + 4), padding = black
-    dy, dx = (torch.randint(0, 5, (b,), generator=gen) for _ in range(2))
+    pad = F.pad(x, (shift,) * 4, value=-MEAN / STD)  # (B, 1, H + 2s, W + 2s), padding = black
+    dy, dx = (torch.randint(0, 2 * shift + 1, (b,), generator=gen) for _ in range(2))
     rows = (dy.view(-1, 1) + torch.arange(h)).view(b, h, 1)  # (B, H, 1)
     cols = (dx.view(-1, 1) + torch.arange(w)).view(b, 1, w)  # (B, 1, W)
     out = pad[torch.arange(b).view(-1, 1, 1), 0, rows, cols].unsqueeze(1)  # (B, 1, H, W)
@@ -97,14 +107,14 @@ def _batches(images: Tensor, labels: Tensor, batch_size: int, augment: bool):
         for i in range(0, len(order) - batch_size + 1, batch_size):
             idx = order[i: i + batch_size]
             x = images[idx]
-            yield (_shift_flip(x, gen) if augment else x), labels[idx]
+            yield (shift_flip(x, gen) if augment else x), labels[idx]
 
     return make
 
 
-def _loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, int]:
+def _loss(model: nn.Module, batch: tuple[Tensor, Tensor], label_smoothing: float = 0.0) -> tuple[Tensor, int]:
     x, y = batch
-    return F.cross_entropy(model(x), y), len(y)
+    return F.cross_entropy(model(x), y, label_smoothing=label_smoothing), len(y)
 
 
 def predict(model: nn.Module, images: Tensor, batch_size: int = 500) -> Tensor:
@@ -147,7 +157,8 @@ def train(*, data: str = "fashion-mnist", model: str = "vit", quick: bool = Fals
     n_params = sum(p.numel() for p in net.parameters())
     write_json(run / "config.json", {"task": TASK, "data": data, "preset": "quick" if quick else "full",
                                      "model": mcfg.to_dict(), "train": asdict(cfg), "batch_size": preset.batch_size,
-                                     "augment": preset.augment, "sizes": {k: len(v[1]) for k, v in splits.items()},
+                                     "augment": preset.augment, "label_smoothing": preset.label_smoothing,
+                                     "sizes": {k: len(v[1]) for k, v in splits.items()},
                                      "parameters": n_params})
     valid_x, valid_y = splits["valid"]
 
@@ -155,7 +166,7 @@ def train(*, data: str = "fashion-mnist", model: str = "vit", quick: bool = Fals
         return {"accuracy": _accuracy(m, valid_x, valid_y)}
 
     trainer = Trainer(net, cfg, run, batches=_batches(*splits["train"], preset.batch_size, preset.augment),
-                      loss_fn=_loss, evaluate=evaluate)
+                      loss_fn=partial(_loss, label_smoothing=preset.label_smoothing), evaluate=evaluate)
     return trainer.fit_and_evaluate(f"{model} on {data}: {len(splits['train'][1])} images, {n_params:,} parameters",
                                     evaluate_run, started=t0, resume=resume, log=log, splits=splits)
 

@@ -7,6 +7,10 @@
 * ``vit-neighborhood``: the same, with neighbourhood attention
   (:func:`attnkit.masks.neighborhood_2d`, the class token global) in the first ``local_layers``
   layers and global attention after them.
+* ``vit-convstem``: the ViT with a convolutional stem in place of the patchify convolution
+  (Xiao et al. 2021, "Early convolutions help transformers see better"): ``log2(patch)`` 3 x 3
+  stride-2 convolutions with batch norm and ReLU, then a 1 x 1 convolution to the model width; the
+  same patch grid and transformer.
 * ``cnn``: a small convolutional network without attention (two conv-conv-pool stages, global
   average pooling, a linear classifier), the baseline.
 
@@ -31,7 +35,7 @@ from ...nn import TransformerEncoderLayer
 
 __all__ = ["MODELS", "ModelConfig", "ViT", "SmallCNN", "build_model", "rollout_maps"]
 
-MODELS = ("vit", "vit-neighborhood", "cnn")
+MODELS = ("vit", "vit-neighborhood", "vit-convstem", "cnn")
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class ModelConfig:
     local_layers: int = 3  # vit-neighborhood: the first layers with neighbourhood attention
     radius: int = 1  # vit-neighborhood: Chebyshev radius in patches
     channels: tuple[int, int] = (32, 64)  # CNN channels of its two stages
+    stem: tuple[int, ...] = (32, 64)  # vit-convstem: channels of its log2(patch) stride-2 convolutions
     classes: int = 10  # C
     impl: str = "auto"  # attnkit implementation of every attention call
 
@@ -60,6 +65,14 @@ class ModelConfig:
         if self.kind == "vit-neighborhood" and not 0 <= self.local_layers <= self.layers:
             raise AttnKitError(f"local_layers must be in 0..layers={self.layers}; got {self.local_layers}")
         object.__setattr__(self, "channels", tuple(self.channels))
+        object.__setattr__(self, "stem", tuple(self.stem))
+        if self.kind == "vit-convstem":
+            steps = self.patch.bit_length() - 1
+            if self.patch != 1 << steps or steps < 1:
+                raise ShapeError(f"vit-convstem needs a patch side that is a power of 2 (>= 2); got {self.patch}")
+            if len(self.stem) != steps:
+                raise AttnKitError(f"vit-convstem with patch {self.patch} needs stem = {steps} channel counts (one "
+                                   f"per stride-2 convolution); got {self.stem}")
 
     @property
     def grid(self) -> int:
@@ -75,6 +88,17 @@ def _check_images(x: Tensor, side: int) -> None:
         raise ShapeError(f"images must be (B, 1, {side}, {side}); got shape {tuple(x.shape)}")
 
 
+def _conv_stem(c: ModelConfig) -> nn.Sequential:
+    """3 x 3 stride-2 conv-BN-ReLU per entry of ``c.stem``, then a 1 x 1 convolution to the width:
+    ``(B, 1, H, W) -> (B, E, H / P, W / P)``."""
+    layers: list[nn.Module] = []
+    cin = 1
+    for cout in c.stem:
+        layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+        cin = cout
+    return nn.Sequential(*layers, nn.Conv2d(cin, c.d_model, 1))
+
+
 class ViT(nn.Module):
     """A Vision Transformer; with ``local_layers > 0`` (``vit-neighborhood``) its first layers
     attend within a neighbourhood of patches. ``forward(images (B, 1, H, W)) -> logits (B, C)``."""
@@ -82,7 +106,8 @@ class ViT(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = c = config
-        self.patch_embed = nn.Conv2d(1, c.d_model, c.patch, stride=c.patch)
+        self.patch_embed = _conv_stem(c) if c.kind == "vit-convstem" else nn.Conv2d(1, c.d_model, c.patch,
+                                                                                     stride=c.patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.d_model))
         self.pos_embed = nn.Parameter(torch.randn(1, c.grid * c.grid + 1, c.d_model) * 0.02)
         self.layers = nn.ModuleList(
