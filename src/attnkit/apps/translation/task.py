@@ -10,7 +10,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,8 @@ from .metrics import alignment_error, by_bucket, corpus_scores, gold_alignment, 
 from .models import MODELS, ModelConfig, Translator, build_model
 from .tokenizer import PAD, SubwordTokenizer
 
-__all__ = ["TASK", "Preset", "PRESETS", "BIBLE_PRESETS", "preset_of", "valid_metric", "load_data", "train",
+__all__ = ["TASK", "Preset", "PRESETS", "BIBLE_PRESETS", "preset_of", "valid_metric", "load_data", "make_loss",
+           "train",
            "LoadedRun", "load_run", "translate",
            "evaluate_run", "THRESHOLDS"]
 
@@ -48,6 +49,35 @@ class Preset:
     transformer: dict[str, Any]  # ModelConfig fields for the transformers
     train: TrainConfig
     max_words: int | None = None  # bible: the longest training / validation verse, in English words
+    label_smoothing: float = 0.0  # of the training cross-entropy, in [0, 1)
+    # per model family ("rnn", "transformer"): Preset fields (batch_size, vocab, label_smoothing) and
+    # TrainConfig fields (lr, warmup_steps, ...) that replace the shared ones for that family
+    recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_label_smoothing(self.label_smoothing)
+        known = {f.name for f in fields(Preset)} | {f.name for f in fields(TrainConfig)}
+        for family, recipe in self.recipes.items():
+            if family not in ("rnn", "transformer"):
+                raise AttnKitError(f"Preset.recipes key {family!r} is not known; expected 'rnn' or 'transformer'")
+            unknown = sorted((set(recipe) - known) | (set(recipe) & {"recipes", "rnn", "transformer", "train"}))
+            if unknown:
+                raise AttnKitError(f"Preset.recipes[{family!r}] has unknown fields {unknown}; expected Preset "
+                                   "or TrainConfig fields")
+
+    def for_model(self, kind: str) -> Preset:
+        """This preset with the recipe of ``kind``'s family (RNN or transformer) applied."""
+        recipe = dict(self.recipes.get("rnn" if kind.startswith("rnn") else "transformer", {}))
+        train_fields = {f.name for f in fields(TrainConfig)}
+        cfg = replace(self.train, **{k: v for k, v in recipe.items() if k in train_fields})
+        return replace(self, train=cfg, recipes={}, **{k: v for k, v in recipe.items() if k not in train_fields})
+
+
+def check_label_smoothing(value: float, name: str = "label_smoothing") -> float:
+    """``value`` if it is a label smoothing in [0, 1); an :class:`AttnKitError` naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise AttnKitError(f"{name} must be a number in [0, 1); got {value!r}")
+    return float(value)
 
 
 PRESETS = {
@@ -71,7 +101,10 @@ BIBLE_PRESETS = {
                    dict(d_model=128, layers=3, heads=4, ff=512, dropout=0.1),
                    TrainConfig(max_steps=100000, budget_seconds=1380, lr=1e-3, warmup_steps=400, eval_every=500,
                                schedule="cosine", min_lr_ratio=0.05),
-                   max_words=40),
+                   max_words=40,
+                   # chosen by 4-minute trials on validation chrF (docs/apps/translation.md)
+                   recipes={"transformer": dict(lr=3e-3, warmup_steps=100, label_smoothing=0.1, vocab=4000),
+                            "rnn": dict(lr=3e-3, warmup_steps=100, label_smoothing=0.1, vocab=4000)}),
 }
 
 
@@ -139,12 +172,24 @@ def _batches(encoded: list[tuple[list[int], list[int]]], batch_size: int, pool: 
     return make
 
 
-def _loss(model: Translator, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, int]:
-    src, tgt = batch  # (B, S), (B, T + 1)
-    logits = model(src, src != PAD, tgt[:, :-1])  # (B, T, V)
-    gold = tgt[:, 1:]  # (B, T)
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), gold.reshape(-1), ignore_index=PAD)
-    return loss, int((gold != PAD).sum())
+def make_loss(label_smoothing: float = 0.0) -> Callable[[Translator, tuple[Tensor, Tensor]], tuple[Tensor, int]]:
+    """The training loss: token cross-entropy over the non-padding targets, with ``label_smoothing``
+    (in [0, 1)) of each target's probability spread evenly over the vocabulary. The function takes
+    ``(model, (src (B, S), tgt (B, T + 1)))`` and returns ``(loss, target tokens)``."""
+    smoothing = check_label_smoothing(label_smoothing)
+
+    def loss_fn(model: Translator, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, int]:
+        src, tgt = batch  # (B, S), (B, T + 1)
+        logits = model(src, src != PAD, tgt[:, :-1])  # (B, T, V)
+        gold = tgt[:, 1:]  # (B, T)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), gold.reshape(-1), ignore_index=PAD,
+                               label_smoothing=smoothing)
+        return loss, int((gold != PAD).sum())
+
+    return loss_fn
+
+
+_loss = make_loss(0.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,7 +236,7 @@ def train(*, data: str = "numbers", model: str = "transformer", lang: str = "fr"
     if model not in MODELS:
         raise AttnKitError(f"--model {model!r} is not known; expected one of {', '.join(MODELS)}")
     require_sacrebleu()
-    preset = preset_of(data, "quick" if quick else "full")
+    preset = preset_of(data, "quick" if quick else "full").for_model(model)
     if data == "bible":
         lang = "es"
     cfg = preset.train.overridden(seed=seed, progress=progress,
@@ -212,6 +257,7 @@ def train(*, data: str = "numbers", model: str = "transformer", lang: str = "fr"
     net = build_model(mcfg)
     write_json(run / "config.json", {"task": TASK, "data": data, "lang": lang, "preset": "quick" if quick else "full",
                                      "model": mcfg.to_dict(), "train": asdict(cfg), "batch_size": preset.batch_size,
+                                     "vocab": preset.vocab, "label_smoothing": preset.label_smoothing,
                                      "sizes": {k: len(v) for k, v in splits.items()},
                                      "parameters": sum(p.numel() for p in net.parameters())})
     valid = splits["valid"]
@@ -224,7 +270,8 @@ def train(*, data: str = "numbers", model: str = "transformer", lang: str = "fr"
         return {"exact": exact, "chrf": corpus_scores(hyps, [p.tgt for p in valid])["chrf"]}
 
     batches = _batches(_encoded(tok, splits["train"]), preset.batch_size)
-    trainer = Trainer(net, replace(cfg, metric=valid_metric(data)), run, batches=batches, loss_fn=_loss,
+    trainer = Trainer(net, replace(cfg, metric=valid_metric(data)), run, batches=batches,
+                      loss_fn=make_loss(preset.label_smoothing),
                       evaluate=evaluate)
     return trainer.fit_and_evaluate(f"{model} on {data} (en->{lang}): {len(splits['train'])} pairs, "
                                     f"{sum(p.numel() for p in net.parameters()):,} parameters", evaluate_run,
@@ -324,7 +371,7 @@ def evaluate_run(path: str | Path | RunFolder, *, beam: int = 1, length_penalty:
                                f"{config['model']['kind']!r} run")
         lr = LoadedRun(run, config, with_encoder_attention(lr.model, kinds[encoder]).eval(), lr.tokenizer)
         pictures = False
-    preset = preset_of(config["data"], config["preset"])
+    preset = preset_of(config["data"], config["preset"]).for_model(config["model"]["kind"])
     splits = load_data(config["data"], config["lang"], preset, seed=0)
     test = splits["test"]
     t0 = time.perf_counter()
