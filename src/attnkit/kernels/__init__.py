@@ -23,7 +23,7 @@ from types import ModuleType
 
 import torch
 
-__all__ = ["native_module", "unavailable_reason", "build_dir", "SOURCE"]
+__all__ = ["native_module", "native_ready", "unavailable_reason", "build_dir", "SOURCE"]
 
 SOURCE = Path(__file__).with_name("native_attention.cpp")
 
@@ -121,3 +121,15 @@ def native_module() -> ModuleType:
             raise RuntimeError(unavailable_reason()) from exc
         _STATE["module"] = mod
         return mod
+
+
+def native_ready() -> bool:
+    """Whether the extension can be used now: nothing rules it out and it loads (built on first
+    use; a failed build is remembered and reported by :func:`unavailable_reason`)."""
+    if unavailable_reason() is not None:
+        return False
+    try:
+        native_module()
+    except RuntimeError:
+        return False
+    return True

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import native_module, unavailable_reason
+from . import native_module, native_ready
 
 __all__ = ["native_buckets", "native_hashing_usable"]
 
@@ -19,13 +19,7 @@ __all__ = ["native_buckets", "native_hashing_usable"]
 def native_hashing_usable(x: Tensor) -> bool:
     """Whether :func:`native_buckets` can hash ``x``: a CPU float32 / float64 tensor and the
     extension available (built on first use)."""
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or unavailable_reason() is not None:
-        return False
-    try:
-        native_module()
-    except RuntimeError:  # the build failed: remembered, reported by unavailable_reason
-        return False
-    return True
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and native_ready()
 
 
 def native_buckets(x: Tensor, rotations: Tensor) -> Tensor:

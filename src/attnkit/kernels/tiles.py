@@ -20,7 +20,7 @@ from .. import scores as _scores
 from ..masks import EMPTY, PARTIAL, Mask
 from ..masks.plan import BlockMask, tile_plan
 from ..scores import ScoreMod
-from . import native_module, unavailable_reason
+from . import native_module, native_ready
 
 __all__ = ["NativePlan", "native_plan", "tile_attention", "kernel_usable", "kernel_form", "KERNEL_MIN_WORK",
            "MAX_BLOCK", "MAX_HEAD_DIM", "kernel_dtype", "KernelMod", "HashedItems", "kernel_mods", "kernel_mod_reasons"]
@@ -324,10 +324,4 @@ def kernel_usable(*, device: torch.device, head_dim: int, block_q: int, block_k:
     (built on first use)."""
     if device.type != "cpu" or head_dim > MAX_HEAD_DIM or max(block_q, block_k) > MAX_BLOCK:
         return False
-    if work < KERNEL_MIN_WORK or unavailable_reason() is not None:
-        return False
-    try:
-        native_module()
-    except RuntimeError:  # the build failed: remembered, reported by unavailable_reason
-        return False
-    return True
+    return work >= KERNEL_MIN_WORK and native_ready()
