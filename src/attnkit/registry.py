@@ -58,6 +58,8 @@ class ImplSpec:
     returns_lse: bool = False  # can return the per-row log-sum-exp (differentiable when grad is True)
     exact: bool = True  # False: an approximation, never chosen by impl="auto"
     devices: frozenset[str] = frozenset({"cpu", "cuda"})
+    test_devices: frozenset[str] = frozenset()  # devices taken only in a test mode (Triton's interpreter
+    # runs GPU kernels on CPU tensors); ``check`` says when that mode is off
     dtypes: frozenset[torch.dtype] = ALL_DTYPES
     max_head_dim: int | None = None
     options: frozenset[str] = frozenset()  # names accepted in attention(options=...)
@@ -130,7 +132,7 @@ def not_supported_reasons(spec: ImplSpec, call: AttentionCall) -> list[str]:
     reasons: list[str] = []
     if spec.available is not None and (why := spec.available()):
         return [why]
-    if call.q.device.type not in spec.devices:
+    if call.q.device.type not in spec.devices | spec.test_devices:
         reasons.append(f"device {call.q.device.type} not in {sorted(spec.devices)}")
     if call.q.dtype not in spec.dtypes:
         reasons.append(f"dtype {call.q.dtype} not supported")

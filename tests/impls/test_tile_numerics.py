@@ -21,6 +21,7 @@ from attnkit.errors import AttnKitError
 from attnkit.impls import _common
 from attnkit.masks import patterns
 from attnkit.registry import get_impl, list_impls
+from conftest import runs_on_cpu
 
 TILED = ["blockwise", "block_sparse"]
 SMALL = {"blockwise": {"block_q": 8, "block_k": 8, "chunk_k": 16}, "block_sparse": {"block": 8}}
@@ -174,7 +175,8 @@ def test_large_half_inputs_keep_float32_scores(impl, dtype, kw):
 # the (out, lse) contract, for every implementation that returns the log-sum-exp
 # ------------------------------------------------------------------------------------------
 
-LSE_IMPLS = [n for n in list_impls() if get_impl(n).returns_lse and get_impl(n).exact and n != "reference"]
+LSE_IMPLS = [n for n in list_impls() if get_impl(n).returns_lse and get_impl(n).exact and n != "reference"
+             and runs_on_cpu(n)]
 
 
 def _lse_cases(t, s):

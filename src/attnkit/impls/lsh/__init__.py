@@ -28,9 +28,16 @@ rounded to an even number; 1 = a single bucket), ``n_hashes`` (default 4), ``sha
 whose mask is causal and / or key padding with at least 2**20 score elements over all rounds;
 ``"torch"``: always in PyTorch).
 
+``triton_lsh`` is the same attention with the rounds on the Triton kernels (CUDA; CPU only under
+Triton's interpreter): hashing and sorting as PyTorch operations on the GPU, then every round's
+chunks (look-one-back, causal, shared-QK, duplicate counts) in one fused kernel launch forward and
+two backward, the rounds merged by their log-sum-exp. It takes the options of ``lsh`` except
+``kernel``; ``bucket_size`` must be a tile size of the kernels (16 to 256, a power of two).
+
 Layout: :mod:`.settings` (options, settings, result), :mod:`.items` (hashing and sorting),
 :mod:`.core` (:func:`lsh_attention`, the rounds in PyTorch), :mod:`.on_kernel` (the rounds on
-the native kernel), this module (registration).
+the native kernel), :mod:`.on_triton` (the rounds on the Triton kernels), this module
+(registration of ``lsh`` and ``triton_lsh``).
 
 Non-finite values: a NaN or infinite query, or key or value that a query attends in some round,
 reaches that query's output (NaN), as in exact attention; which queries attend a key depends on
@@ -49,17 +56,22 @@ nC chunks, C chunk length, R hash rounds.
 
 from __future__ import annotations
 
+import torch
+
 from ...call import AttentionCall
 from ...errors import AttnKitError
+from ...kernels.triton_plan import triton_unavailable
 from ...masks import Causal, Full, KeyMask, Padding
 from ...registry import AttnResult, ImplSpec, register_impl
 from .._common import read_options
 from .core import SELF_SCORE, lsh_attention
 from .items import hash_vectors, random_rotations
+from .on_kernel import kernel_mask
+from .on_triton import triton_route_reasons
 from .settings import OPTIONS, LSHResult, LSHSettings, settings_from_options
 
 __all__ = ["OPTIONS", "SELF_SCORE", "LSHSettings", "LSHResult", "settings_from_options", "random_rotations",
-           "hash_vectors", "lsh_attention", "lsh"]
+           "hash_vectors", "lsh_attention", "lsh", "triton_lsh"]
 
 
 def lsh(call: AttentionCall) -> AttnResult:
@@ -70,6 +82,17 @@ def lsh(call: AttentionCall) -> AttnResult:
     return AttnResult(res.out, res.dense_weights(call.lk) if call.return_weights else None, res.lse)
 
 
+def triton_lsh(call: AttentionCall) -> AttnResult:
+    """The ``triton_lsh`` implementation: :func:`lsh` with the rounds on the Triton kernels."""
+    opts = {**read_options(call, "triton_lsh", TRITON_OPTIONS), "kernel": "triton"}
+    res = lsh_attention(call.q, call.k, call.v, call.mask, scale=call.scale, settings=LSHSettings(**opts),
+                        generator=call.generator, return_lse=call.return_lse)
+    return AttnResult(res.out, None, res.lse)
+
+
+TRITON_OPTIONS = {name: opt for name, opt in OPTIONS.items() if name != "kernel"}
+
+
 def _check(call: AttentionCall) -> list[str]:
     try:
         st = LSHSettings(**read_options(call, "lsh", OPTIONS))
@@ -78,6 +101,15 @@ def _check(call: AttentionCall) -> list[str]:
     if st.shared_qk and call.lq != call.lk:
         return [f"shared_qk=True needs T == S; got T={call.lq}, S={call.lk}"]
     return []
+
+
+def _triton_check(call: AttentionCall) -> list[str]:
+    reasons = _check(call)
+    if reasons:
+        return reasons
+    st = LSHSettings(**read_options(call, "triton_lsh", TRITON_OPTIONS))
+    return triton_route_reasons(call.q.device, st.bucket_size, max(call.head_dim, call.v_dim),
+                                kernel_mask(call.mask, call.lq, call.lk), call.return_weights)
 
 
 register_impl(ImplSpec(
@@ -94,4 +126,25 @@ register_impl(ImplSpec(
     options=frozenset(OPTIONS),
     priority=510,  # after linear (the order list_impls gave by name)
     check=_check,
+))
+
+register_impl(ImplSpec(
+    name="triton_lsh",
+    fn=triton_lsh,
+    description="Reformer LSH attention with the chunks in fused Triton kernels (GPU; approximate)",
+    scores=frozenset({"scaled_dot", "dot"}),
+    weights=frozenset({"softmax"}),
+    mask_types=(Causal, Padding, KeyMask, Full),
+    score_mods="none",
+    dropout=False,
+    returns_weights=False,
+    returns_lse=True,
+    exact=False,
+    devices=frozenset({"cuda"}),
+    test_devices=frozenset({"cpu"}),  # only under Triton's interpreter (the check says so)
+    dtypes=frozenset({torch.float32, torch.bfloat16, torch.float16}),
+    options=frozenset(TRITON_OPTIONS),
+    priority=520,
+    check=_triton_check,
+    available=triton_unavailable,
 ))

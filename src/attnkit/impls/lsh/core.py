@@ -21,6 +21,7 @@ from ...shapes import repeat_kv
 from .._common import compute_dtype
 from .items import _gather_rows, _items, _look_one_back, _slots, _sort_orders, hash_vectors, random_rotations
 from .on_kernel import kernel_mask, rounds_on_kernel
+from .on_triton import rounds_on_triton, triton_route_reasons
 from .settings import LSHResult, LSHSettings
 
 __all__ = ["SELF_SCORE", "lsh_attention"]
@@ -83,7 +84,15 @@ def lsh_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, 
     out_dtype = q.dtype
     if mask is not None:  # keys hidden from every query: zeroed, so NaN there cannot leak
         k, v = hide_masked_keys(mask, k, v)
-    work = compute_dtype(q.dtype)
+    mask_form = kernel_mask(mask, t, s)  # what the kernels evaluate of the mask (None: they cannot)
+    on_triton = False
+    if st.kernel == "triton" or (st.kernel == "auto" and q.is_cuda):
+        why = triton_route_reasons(q.device, st.bucket_size, max(d, dv), mask_form, return_weights)
+        if why and st.kernel == "triton":
+            raise AttnKitError(f"lsh option kernel='triton' cannot run this call: {'; '.join(why)}")
+        on_triton = not why
+    # the Triton kernels multiply half inputs in their own dtype (accumulating in float32)
+    work = q.dtype if on_triton and q.dtype in (torch.float16, torch.bfloat16) else compute_dtype(q.dtype)
     n_rep = h // k.shape[1]
     qf = q.to(work).reshape(b * h, t, d)  # (BH, T, D)
     kf = repeat_kv(k.to(work), n_rep).reshape(b * h, s, d)  # (BH, S, D)
@@ -91,16 +100,20 @@ def lsh_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, 
 
     items = _items(qf, kf, vf, st.shared_qk)
     n = items.n
-    chunk = min(st.bucket_size, n)
+    chunk = st.bucket_size if on_triton else min(st.bucket_size, n)  # the kernels' tile is the bucket
     n_chunks = math.ceil(n / chunk)
     n_buckets = st.buckets_for(n)
     rot = random_rotations(d, st.n_hashes, n_buckets, generator=generator, seed=st.seed)
     with torch.no_grad():
-        buckets = hash_vectors(items.hashed.detach(), rot, n_buckets)  # (BH, R, N)
+        buckets = hash_vectors(items.hashed.detach().to(compute_dtype(q.dtype)), rot, n_buckets)  # (BH, R, N)
         orders, ranks = _sort_orders(items, buckets, n_chunks, chunk)
         # chunk of every item per round (BH, R, N+1); the dummy matches no chunk
         chunk_of = F.pad(torch.div(ranks, chunk, rounding_mode="floor"), (0, 1), value=-n_chunks)
-    on_kernel = kernel_mask(mask, t, s) if st.kernel == "auto" and not return_weights else None
+    if on_triton:
+        out, lse = rounds_on_triton(items, orders, ranks, chunk_of if st.dedup else None, mask_form, b, h, t, s,
+                                    chunk, scale, st.shared_qk)
+        return LSHResult(out.to(out_dtype), lse=lse if return_lse else None)
+    on_kernel = mask_form if st.kernel == "auto" and not return_weights else None
     if on_kernel is not None and n < 2**31 and kernel_usable(  # the kernel reads int32 positions
             device=q.device, head_dim=max(d, dv), block_q=chunk, block_k=chunk, work=n * 2 * chunk * st.n_hashes):
         out, lse = rounds_on_kernel(items, orders, ranks, chunk_of if st.dedup else None, on_kernel, b, h, t, s,

@@ -30,9 +30,11 @@ OPTIONS: dict[str, Option] = {
     "shared_qk": Option(bool, False, "keys are the L2-normalised queries (the Reformer); needs T == S"),
     "seed": Option(int, 0, "seed of the random rotations when no generator is given", minimum=0),
     "dedup": Option(bool, True, "count a key that several rounds attend once"),
-    "kernel": Option(str, "auto", "who computes the chunks: 'auto' (the native C++ kernel where it is available, "
-                     "for calls without weights whose mask is causal and / or key padding, and at least 2**20 "
-                     "score elements over all rounds), 'torch' (always PyTorch)", choices=("auto", "torch")),
+    "kernel": Option(str, "auto", "who computes the chunks: 'auto' (CUDA tensors: the Triton kernels where triton "
+                     "is installed; CPU tensors: the native C++ kernel where it is available, from 2**20 score "
+                     "elements over all rounds; both for calls without weights whose mask is causal and / or key "
+                     "padding), 'triton' (the Triton kernels, or an error saying why not), 'torch' (always "
+                     "PyTorch)", choices=("auto", "torch", "triton")),
 }
 
 
