@@ -44,6 +44,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import sys
@@ -234,10 +235,14 @@ def block_sparse_cell(impl: str, mask_name: str, mask, q, k, v, go, backward: bo
     if impl == "triton_bs":
         if "triton_block_sparse" not in attnkit.list_impls():
             raise Skip("triton_block_sparse is not registered")
-        why = attnkit.explain_dispatch(q, k, v, mask, impl="triton_block_sparse").reasons["triton_block_sparse"]
+        opts = args.triton_options
+        why = attnkit.explain_dispatch(q, k, v, mask, impl="triton_block_sparse",
+                                       options=opts).reasons["triton_block_sparse"]
         if why:
             raise Skip("triton_block_sparse refuses: " + "; ".join(why))
-        fn = lambda: attnkit.attention(q, k, v, mask, impl="triton_block_sparse")  # noqa: E731
+        fn = lambda: attnkit.attention(q, k, v, mask, impl="triton_block_sparse", options=opts)  # noqa: E731
+        if opts:
+            extra["note"] = "options " + json.dumps(opts)
     elif impl == "block_sparse":
         fn = lambda: attnkit.attention(q, k, v, mask, impl="block_sparse", options={"kernel": "torch"})  # noqa: E731
     elif impl == "flex":
@@ -586,7 +591,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target-s", type=float, default=1.0, help="seconds of timed calls per cell")
     p.add_argument("--budget-s", type=float, default=540.0, help="skip the remaining cells after this")
     p.add_argument("--tag", default=None, help="results file suffix (default: quick / smoke / full)")
+    p.add_argument("--triton-options", default="{}",
+                   help="options of triton_block_sparse: a JSON object, or the path of a JSON file holding one")
     args = p.parse_args(argv)
+    text = args.triton_options
+    args.triton_options = json.loads(Path(text).read_text() if Path(text).is_file() else text)
     if args.quick:
         args.T, args.D, args.B, args.masks = [16384], [128], [1], ["causal", "window", "bigbird"]
         args.lsh_T, args.lsh_masks, args.target_s = [16384], ["causal"], 0.5

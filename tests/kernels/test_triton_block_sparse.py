@@ -15,7 +15,7 @@ from attnkit import masks
 from attnkit.errors import AttnKitError, UnsupportedError
 
 IMPL = "triton_block_sparse"
-SMALL = {"block_q": 32, "block_k": 16, "bwd_block": 16}  # several tiles per row at these sizes
+SMALL = {"block_q": 32, "block_k": 16, "bwd_block_q": 16, "bwd_block_k": 32}  # several tiles per row
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -143,12 +143,14 @@ def test_refusals_name_what_is_wrong(triton_device):
     q, k, v = _inputs(triton_device, torch.float32, t=20, s=20)
     with pytest.raises(AttnKitError, match="block_q"):
         attnkit.attention(q, k, v, impl=IMPL, options={"block_q": 48})
+    with pytest.raises(AttnKitError, match="num_warps"):
+        attnkit.attention(q, k, v, impl=IMPL, options={"num_warps": 3})
     with pytest.raises(UnsupportedError, match="not differentiable"):
         attnkit.attention(q, k, v, impl=IMPL, return_weights=True)
     with pytest.raises(UnsupportedError, match="dtype"):
         attnkit.attention(q.double(), k.double(), v.double(), impl=IMPL)
     with pytest.raises(UnsupportedError, match="score modifiers"):
-        attnkit.attention(q, k, v, impl=IMPL, bias=torch.zeros(20, 20))
+        attnkit.attention(q, k, v, impl=IMPL, bias=torch.zeros(20, 20, device=q.device))
 
 
 def test_auto_leaves_cpu_and_fused_masks_to_others(triton_device):

@@ -92,3 +92,16 @@ def test_refusals_name_what_is_wrong(triton_device):
         attnkit.attention(q, q, q, impl="triton_lsh", options={"bucket_size": 16}, return_weights=True)
     with pytest.raises(AttnKitError, match="kernel='triton'"):
         attnkit.attention(q, q, q, impl="lsh", options={"kernel": "triton", "bucket_size": 24})
+
+
+def test_fused_hashing_gives_torch_buckets(triton_device):
+    from attnkit.impls.lsh import hash_vectors, random_rotations
+    from attnkit.kernels.triton_attention import hash_buckets
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 300, 24, generator=g)  # rows past a tile, a head dim that is padded
+    for n_buckets in (2, 6, 160):  # one, a few and several column tiles of rotations
+        rot = random_rotations(24, 3, n_buckets, seed=1)
+        want = hash_vectors(x, rot, n_buckets)  # (2, 3, 300)
+        got = hash_buckets(x.reshape(-1, 24).to(triton_device), rot).view(2, 300, 3).transpose(1, 2).cpu()
+        assert got.dtype == torch.int64 and (got == want).float().mean() > 0.995  # float32 vs tiled sums

@@ -25,8 +25,10 @@ Runs on CUDA tensors where the optional ``triton`` package is installed (``attnk
 CPU tensors only under Triton's interpreter (``TRITON_INTERPRET=1``, for tests), and ``auto``
 never picks it there.
 
-Options: ``block_q`` / ``block_k`` (forward tiles, default 128 x 64), ``bwd_block`` (the
-backward's square tile, default 64); powers of two from 16 to 256.
+Options: ``block_q`` / ``block_k`` (forward tiles, default 128 x 64); ``bwd_block_q`` /
+``bwd_block_k`` (the dK/dV kernel's query step and key block, default 64 x 64; the dQ kernel
+walks the transposed tiles); tiles are powers of two from 16 to 256. ``num_warps`` /
+``num_stages`` and ``bwd_num_warps`` / ``bwd_num_stages`` override the launch settings.
 
 Shape legend: B batch, H query heads, Hkv kv heads, T queries, S keys, D head dim, Dv value dim.
 """
@@ -54,11 +56,21 @@ def _tile(value: int) -> str | None:
     return None if value in TILE_SIZES else f"must be one of {list(TILE_SIZES)}"
 
 
+def _count(value: int) -> str | None:
+    return None if value in (1, 2, 4, 8, 16) else "must be 1, 2, 4, 8 or 16"
+
+
 OPTIONS = {
     "block_q": Option(int, 128, "forward query tile", check=_tile),
     "block_k": Option(int, 64, "forward key tile", check=_tile),
-    "bwd_block": Option(int, 64, "backward tile (queries and keys)", check=_tile),
+    "bwd_block_q": Option(int, 64, "backward dK/dV: query rows per step (dQ: keys per step)", check=_tile),
+    "bwd_block_k": Option(int, 64, "backward dK/dV: keys per program (dQ: query rows per program)", check=_tile),
+    "num_warps": Option(int, None, "forward warps per program (default by head dim and tile)", check=_count),
+    "num_stages": Option(int, None, "forward software-pipeline depth", minimum=1),
+    "bwd_num_warps": Option(int, None, "backward warps per program", check=_count),
+    "bwd_num_stages": Option(int, None, "backward software-pipeline depth", minimum=1),
 }
+LAUNCH = ("num_warps", "num_stages", "bwd_num_warps", "bwd_num_stages")
 MAX_HEAD_DIM = 256
 
 
@@ -88,8 +100,13 @@ def triton_block_sparse(call: AttentionCall) -> AttnResult:
         return AttnResult(out, w, lse if call.return_lse else None)
     dev = q.device
     fwd_plan = triton_plan(call.mask, call.lq, call.lk, opts["block_q"], opts["block_k"], dev)
-    bwd_plan = triton_plan(call.mask, call.lq, call.lk, opts["bwd_block"], opts["bwd_block"], dev) if grad else None
-    out, lse = plan_attention(q, k, v, fwd_plan, bwd_plan, scale)
+    bwd_plans = None
+    if grad:
+        bq, bk = opts["bwd_block_q"], opts["bwd_block_k"]
+        bwd_plans = (triton_plan(call.mask, call.lq, call.lk, bq, bk, dev), triton_plan(call.mask, call.lq, call.lk, bk,
+                                                                                       bq, dev))
+    launch = {name: opts[name] for name in LAUNCH if opts[name] is not None}
+    out, lse = plan_attention(q, k, v, fwd_plan, bwd_plans, scale, launch=launch)
     w = tile_weights(q.detach(), k.detach(), lse.detach(), fwd_plan, scale, call.q.dtype) if call.return_weights \
         else None
     return AttnResult(out, w, lse if call.return_lse else None)

@@ -21,6 +21,7 @@ D head dim, Dv value dim, BM / BN query / key tile.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -30,7 +31,7 @@ from torch import Tensor
 
 from .triton_plan import interpreting
 
-__all__ = ["fwd", "bwd", "weights", "decode", "LOG2E"]
+__all__ = ["fwd", "bwd", "weights", "decode", "hash_buckets", "LOG2E"]
 
 LOG2E = 1.4426950408889634
 SELF_SCORE = -1e5  # shared-QK: the score of an item with itself (as lsh's SELF_SCORE)
@@ -97,13 +98,17 @@ def _hashed(qk, IDS, ids_off, s_idr, offs_m, offs_n, n_other, n_chunks, causal_o
 @triton.jit
 def _fwd_tile(acc, l_i, m_i, q, K, V, k_off, v_off, s_kt, s_vt, start_n, offs_m, offs_n, offs_d, offs_dv, S,
               qk_scale, SUB, lib, IDS, ids_off, s_idr, n_other, n_chunks, causal_off,
-              BM: tl.constexpr, BN: tl.constexpr, D_REAL: tl.constexpr, DV_REAL: tl.constexpr,
+              BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, D_REAL: tl.constexpr,
+              DV_REAL: tl.constexpr,
               MASKED: tl.constexpr, MODE: tl.constexpr, CAUSAL: tl.constexpr, SHARED: tl.constexpr,
               SELF2: tl.constexpr, EVEN_S: tl.constexpr, IEEE: tl.constexpr):
     """One key tile of the online softmax: returns the updated ``(acc, l_i, m_i)``."""
     cols = start_n + offs_n
-    kt = tl.load(K + k_off + cols[None, :] * s_kt + offs_d[:, None],
-                 mask=(cols[None, :] < S) & (offs_d[:, None] < D_REAL), other=0.0)  # (D, BN)
+    if EVEN_S and D == D_REAL and DV == DV_REAL:  # no bounds to check: plain (vectorised) loads
+        kt = tl.load(K + k_off + cols[None, :] * s_kt + offs_d[:, None])  # (D, BN)
+    else:
+        kt = tl.load(K + k_off + cols[None, :] * s_kt + offs_d[:, None],
+                     mask=(cols[None, :] < S) & (offs_d[:, None] < D_REAL), other=0.0)
     if IEEE:
         qk = tl.dot(q, kt, input_precision="ieee")
     else:
@@ -122,8 +127,11 @@ def _fwd_tile(acc, l_i, m_i, q, K, V, k_off, v_off, s_kt, s_vt, start_n, offs_m,
     alpha = tl.exp2(m_i - m_use)
     p = tl.exp2(qk - m_use[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    v = tl.load(V + v_off + cols[:, None] * s_vt + offs_dv[None, :],
-                mask=(cols[:, None] < S) & (offs_dv[None, :] < DV_REAL), other=0.0)  # (BN, DV)
+    if EVEN_S and D == D_REAL and DV == DV_REAL:
+        v = tl.load(V + v_off + cols[:, None] * s_vt + offs_dv[None, :])  # (BN, DV)
+    else:
+        v = tl.load(V + v_off + cols[:, None] * s_vt + offs_dv[None, :],
+                    mask=(cols[:, None] < S) & (offs_dv[None, :] < DV_REAL), other=0.0)
     if IEEE:
         pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
     else:
@@ -163,14 +171,14 @@ def _fwd_kernel(Q, K, V, OUT, LSE, F_NUM, F_IDX, P_NUM, P_IDX, P_LIB, SUB, IDS,
         start_n = tl.load(F_IDX + idx_off + it) * BN
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, K, V, k_off, v_off, s_kt, s_vt, start_n, offs_m, offs_n, offs_d,
                                   offs_dv, S, qk_scale, SUB, 0, IDS, ids_off, s_idr, n_other, n_chunks, causal_off,
-                                  BM, BN, D_REAL, DV_REAL, False, MODE, CAUSAL, SHARED, SELF2, EVEN_S, IEEE)
+                                  BM, BN, D, DV, D_REAL, DV_REAL, False, MODE, CAUSAL, SHARED, SELF2, EVEN_S, IEEE)
     n_part = tl.load(P_NUM + num_off)
     for it in range(n_part):
         start_n = tl.load(P_IDX + idx_off + it) * BN
         lib = tl.load(P_LIB + idx_off + it)
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, K, V, k_off, v_off, s_kt, s_vt, start_n, offs_m, offs_n, offs_d,
                                   offs_dv, S, qk_scale, SUB, lib, IDS, ids_off, s_idr, n_other, n_chunks, causal_off,
-                                  BM, BN, D_REAL, DV_REAL, True, MODE, CAUSAL, SHARED, SELF2, EVEN_S, IEEE)
+                                  BM, BN, D, DV, D_REAL, DV_REAL, True, MODE, CAUSAL, SHARED, SELF2, EVEN_S, IEEE)
     dead = l_i == 0.0
     l_safe = tl.where(dead, 1.0, l_i)
     out = acc / l_safe[:, None]
@@ -208,18 +216,25 @@ def _bwd_scores_t(k, q, qk_scale, lse2, offs_m, offs_n, SUB, lib, IDS, ids_off, 
 @triton.jit
 def _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, q_off, do_off, row_off, s_qt, s_dot, start_m, offs_n, offs_d, offs_dv,
                T, S, qk_scale, SUB, lib, IDS, ids_off, s_idr, n_other, n_chunks, causal_off,
-               BM: tl.constexpr, BN: tl.constexpr, D_REAL: tl.constexpr, DV_REAL: tl.constexpr,
-               MASKED: tl.constexpr, MODE: tl.constexpr, CAUSAL: tl.constexpr, SHARED: tl.constexpr,
-               SELF2: tl.constexpr, EVEN_S: tl.constexpr, IEEE: tl.constexpr):
+               BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, D_REAL: tl.constexpr,
+               DV_REAL: tl.constexpr, MASKED: tl.constexpr, MODE: tl.constexpr, CAUSAL: tl.constexpr,
+               SHARED: tl.constexpr, SELF2: tl.constexpr, EVEN_S: tl.constexpr, EVEN_T: tl.constexpr,
+               IEEE: tl.constexpr):
     offs_m = start_m + tl.arange(0, BM)
-    rows = offs_m < T
-    q = tl.load(Q + q_off + offs_m[:, None] * s_qt + offs_d[None, :],
-                mask=rows[:, None] & (offs_d[None, :] < D_REAL), other=0.0)
-    do = tl.load(DO + do_off + offs_m[:, None] * s_dot + offs_dv[None, :],
-                 mask=rows[:, None] & (offs_dv[None, :] < DV_REAL), other=0.0)
-    lse = tl.load(LSE + row_off + offs_m, mask=rows, other=float("inf"))
+    if EVEN_T and D == D_REAL and DV == DV_REAL:
+        q = tl.load(Q + q_off + offs_m[:, None] * s_qt + offs_d[None, :])
+        do = tl.load(DO + do_off + offs_m[:, None] * s_dot + offs_dv[None, :])
+        lse = tl.load(LSE + row_off + offs_m)
+        delta = tl.load(DELTA + row_off + offs_m)
+    else:
+        rows = offs_m < T
+        q = tl.load(Q + q_off + offs_m[:, None] * s_qt + offs_d[None, :],
+                    mask=rows[:, None] & (offs_d[None, :] < D_REAL), other=0.0)
+        do = tl.load(DO + do_off + offs_m[:, None] * s_dot + offs_dv[None, :],
+                     mask=rows[:, None] & (offs_dv[None, :] < DV_REAL), other=0.0)
+        lse = tl.load(LSE + row_off + offs_m, mask=rows, other=float("inf"))
+        delta = tl.load(DELTA + row_off + offs_m, mask=rows, other=0.0)
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-    delta = tl.load(DELTA + row_off + offs_m, mask=rows, other=0.0)
     pt = _bwd_scores_t(k, q, qk_scale, lse2, offs_m, offs_n, SUB, lib, IDS, ids_off, s_idr, n_other, n_chunks,
                        causal_off, T, S, BM, BN, MASKED, MODE, CAUSAL, SHARED, SELF2, EVEN_S, IEEE)
     if IEEE:
@@ -246,7 +261,7 @@ def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK_OUT, DV_OUT, F_NUM, F_IDX, P_NUM, P
                  H, HKV, GROUP, T, S, qk_scale, scale, n_other, n_chunks, causal_off,
                  BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, D_REAL: tl.constexpr,
                  DV_REAL: tl.constexpr, MODE: tl.constexpr, CAUSAL: tl.constexpr, SHARED: tl.constexpr,
-                 SELF2: tl.constexpr, EVEN_S: tl.constexpr, IEEE: tl.constexpr):
+                 SELF2: tl.constexpr, EVEN_S: tl.constexpr, EVEN_T: tl.constexpr, IEEE: tl.constexpr):
     """dK and dV of one key block of one kv head, summed over the query heads of its group; the
     plan's transposed lists give the query blocks that attend it."""
     pid_n = tl.program_id(0)
@@ -275,14 +290,16 @@ def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK_OUT, DV_OUT, F_NUM, F_IDX, P_NUM, P
             start_m = tl.load(F_IDX + idx_off + it) * BM
             dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, q_off, do_off, row_off, s_qt, s_dt, start_m, offs_n,
                                 offs_d, offs_dv, T, S, qk_scale, SUB, 0, IDS, ids_off, s_idr, n_other, n_chunks,
-                                causal_off, BM, BN, D_REAL, DV_REAL, False, MODE, CAUSAL, SHARED, SELF2, EVEN_S, IEEE)
+                                causal_off, BM, BN, D, DV, D_REAL, DV_REAL, False, MODE, CAUSAL, SHARED, SELF2, EVEN_S,
+                                EVEN_T, IEEE)
         n_part = tl.load(P_NUM + num_off)
         for it in range(n_part):
             start_m = tl.load(P_IDX + idx_off + it) * BM
             lib = tl.load(P_LIB + idx_off + it)
             dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, q_off, do_off, row_off, s_qt, s_dt, start_m, offs_n,
                                 offs_d, offs_dv, T, S, qk_scale, SUB, lib, IDS, ids_off, s_idr, n_other, n_chunks,
-                                causal_off, BM, BN, D_REAL, DV_REAL, True, MODE, CAUSAL, SHARED, SELF2, EVEN_S, IEEE)
+                                causal_off, BM, BN, D, DV, D_REAL, DV_REAL, True, MODE, CAUSAL, SHARED, SELF2, EVEN_S,
+                                EVEN_T, IEEE)
     out = cols[:, None]
     tl.store(DK_OUT + b * s_kb + hk * s_kh + offs_n[:, None] * s_kt + offs_d[None, :],
              (dk * scale).to(DK_OUT.dtype.element_ty),
@@ -294,15 +311,20 @@ def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK_OUT, DV_OUT, F_NUM, F_IDX, P_NUM, P
 @triton.jit
 def _dq_tile(dq, q, do, lse2, delta, K, V, k_off, v_off, s_kt, s_vt, start_n, offs_m, offs_d, offs_dv, T, S, qk_scale,
              SUB, lib, IDS, ids_off, s_idr, n_other, n_chunks, causal_off,
-             BM: tl.constexpr, BN: tl.constexpr, D_REAL: tl.constexpr, DV_REAL: tl.constexpr, MASKED: tl.constexpr,
+             BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, D_REAL: tl.constexpr,
+             DV_REAL: tl.constexpr, MASKED: tl.constexpr,
              MODE: tl.constexpr, CAUSAL: tl.constexpr, SHARED: tl.constexpr, SELF2: tl.constexpr,
              EVEN_S: tl.constexpr, IEEE: tl.constexpr):
     offs_n = start_n + tl.arange(0, BN)
-    cols = offs_n < S
-    k = tl.load(K + k_off + offs_n[:, None] * s_kt + offs_d[None, :], mask=cols[:, None] & (offs_d[None, :] < D_REAL),
-                other=0.0)
-    v = tl.load(V + v_off + offs_n[:, None] * s_vt + offs_dv[None, :],
-                mask=cols[:, None] & (offs_dv[None, :] < DV_REAL), other=0.0)
+    if EVEN_S and D == D_REAL and DV == DV_REAL:
+        k = tl.load(K + k_off + offs_n[:, None] * s_kt + offs_d[None, :])
+        v = tl.load(V + v_off + offs_n[:, None] * s_vt + offs_dv[None, :])
+    else:
+        cols = offs_n < S
+        k = tl.load(K + k_off + offs_n[:, None] * s_kt + offs_d[None, :],
+                    mask=cols[:, None] & (offs_d[None, :] < D_REAL), other=0.0)
+        v = tl.load(V + v_off + offs_n[:, None] * s_vt + offs_dv[None, :],
+                    mask=cols[:, None] & (offs_dv[None, :] < DV_REAL), other=0.0)
     pt = _bwd_scores_t(k, q, qk_scale, lse2, offs_m, offs_n, SUB, lib, IDS, ids_off, s_idr, n_other, n_chunks,
                        causal_off, T, S, BM, BN, MASKED, MODE, CAUSAL, SHARED, SELF2, EVEN_S, IEEE)
     p = tl.trans(pt)  # (BM, BN)
@@ -355,15 +377,15 @@ def _dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, F_NUM, F_IDX, P_NUM, P_IDX, P_LIB, S
     for it in range(n_full):
         start_n = tl.load(F_IDX + idx_off + it) * BN
         dq = _dq_tile(dq, q, do, lse2, delta, K, V, k_off, v_off, s_kt, s_vt, start_n, offs_m, offs_d, offs_dv, T, S,
-                      qk_scale, SUB, 0, IDS, ids_off, s_idr, n_other, n_chunks, causal_off, BM, BN, D_REAL, DV_REAL,
-                      False, MODE, CAUSAL, SHARED, SELF2, EVEN_S, IEEE)
+                      qk_scale, SUB, 0, IDS, ids_off, s_idr, n_other, n_chunks, causal_off, BM, BN, D, DV, D_REAL,
+                      DV_REAL, False, MODE, CAUSAL, SHARED, SELF2, EVEN_S, IEEE)
     n_part = tl.load(P_NUM + num_off)
     for it in range(n_part):
         start_n = tl.load(P_IDX + idx_off + it) * BN
         lib = tl.load(P_LIB + idx_off + it)
         dq = _dq_tile(dq, q, do, lse2, delta, K, V, k_off, v_off, s_kt, s_vt, start_n, offs_m, offs_d, offs_dv, T, S,
-                      qk_scale, SUB, lib, IDS, ids_off, s_idr, n_other, n_chunks, causal_off, BM, BN, D_REAL, DV_REAL,
-                      True, MODE, CAUSAL, SHARED, SELF2, EVEN_S, IEEE)
+                      qk_scale, SUB, lib, IDS, ids_off, s_idr, n_other, n_chunks, causal_off, BM, BN, D, DV, D_REAL,
+                      DV_REAL, True, MODE, CAUSAL, SHARED, SELF2, EVEN_S, IEEE)
     tl.store(DQ + b * s_qb + h * s_qh + offs_m[:, None] * s_qt + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
              mask=rows[:, None] & (offs_d[None, :] < D_REAL))
 
@@ -464,6 +486,62 @@ def _decode_kernel(Q, K, V, KEEP, W, ACC, ML, s_qb, s_qh, s_kb, s_kh, s_kt, s_vb
     tl.store(ML + base * 2 * GM + GM + offs_g, l_i)
 
 
+@triton.jit
+def _delta_kernel(OUT, DO, DLSE, DELTA, s_ob, s_oh, s_ot, s_db, s_dh, s_dt, H, T,
+                  BM: tl.constexpr, DV: tl.constexpr, DV_REAL: tl.constexpr, HAS_DLSE: tl.constexpr):
+    """The backward's row term ``rowsum(dO * O) - dlse`` (float32), one block of rows."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b, h = bh // H, bh % H
+    rows = pid * BM + tl.arange(0, BM)
+    cols = tl.arange(0, DV)
+    ok = (rows[:, None] < T) & (cols[None, :] < DV_REAL)
+    o = tl.load(OUT + b * s_ob + h * s_oh + rows[:, None] * s_ot + cols[None, :], mask=ok, other=0.0)
+    do = tl.load(DO + b * s_db + h * s_dh + rows[:, None] * s_dt + cols[None, :], mask=ok, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    if HAS_DLSE:
+        delta -= tl.load(DLSE + bh * T + rows, mask=rows < T, other=0.0)
+    tl.store(DELTA + bh * T + rows, delta, mask=rows < T)
+
+
+@triton.jit
+def _hash_kernel(X, ROT, OUT, n_rows, n_half, s_x, s_rd, s_rr, n_rounds,
+                 BM: tl.constexpr, BC: tl.constexpr, D: tl.constexpr, D_REAL: tl.constexpr, IEEE: tl.constexpr):
+    """Angular LSH buckets of a block of rows for one round: ``argmax([xR, -xR])`` over the
+    round's ``n_half`` rotations, taken tile by tile (the projections never reach memory)."""
+    pid = tl.program_id(0)
+    r = tl.program_id(1)
+    rows = (pid * BM + tl.arange(0, BM)).to(tl.int64)
+    offs_d = tl.arange(0, D)
+    x = tl.load(X + rows[:, None] * s_x + offs_d[None, :], mask=(rows[:, None] < n_rows) & (offs_d[None, :] < D_REAL),
+                other=0.0)
+    top = tl.full([BM], float("-inf"), tl.float32)
+    arg_top = tl.zeros([BM], tl.int32)
+    low = tl.full([BM], float("inf"), tl.float32)
+    arg_low = tl.zeros([BM], tl.int32)
+    for c0 in range(0, n_half, BC):
+        cols = c0 + tl.arange(0, BC)
+        rot = tl.load(ROT + offs_d[:, None] * s_rd + r * s_rr + cols[None, :],
+                      mask=(offs_d[:, None] < D_REAL) & (cols[None, :] < n_half), other=0.0)
+        if IEEE:
+            proj = tl.dot(x, rot, input_precision="ieee")
+        else:
+            proj = tl.dot(x, rot.to(x.dtype))
+        inside = cols[None, :] < n_half
+        hi_v = tl.max(tl.where(inside, proj, float("-inf")), 1)
+        hi_i = tl.argmax(tl.where(inside, proj, float("-inf")), 1).to(tl.int32) + c0
+        lo_v = tl.min(tl.where(inside, proj, float("inf")), 1)
+        lo_i = tl.argmin(tl.where(inside, proj, float("inf")), 1).to(tl.int32) + c0
+        better_hi = hi_v > top  # strict: the first maximum wins, as torch.max
+        top = tl.where(better_hi, hi_v, top)
+        arg_top = tl.where(better_hi, hi_i, arg_top)
+        better_lo = lo_v < low
+        low = tl.where(better_lo, lo_v, low)
+        arg_low = tl.where(better_lo, lo_i, arg_low)
+    bucket = tl.where(top >= -low, arg_top, arg_low + n_half)
+    tl.store(OUT + rows * n_rounds + r, bucket.to(tl.int64), mask=rows < n_rows)
+
+
 # ----------------------------------------------------------------------------------------------
 # launchers
 # ----------------------------------------------------------------------------------------------
@@ -473,11 +551,16 @@ def _pow2(n: int) -> int:
     return max(16, 1 << (max(1, n) - 1).bit_length())
 
 
+@functools.lru_cache(maxsize=8)
+def _dummy(device: torch.device) -> Tensor:
+    """A one-element int32 tensor standing for the ids a kernel does not read."""
+    return torch.zeros(1, dtype=torch.int32, device=device)
+
+
 def _mode_args(hashed, device: torch.device) -> tuple:
     """``(IDS, s_idb, s_idh, s_idr, n_other, n_chunks, causal_off)`` and the hashed constexprs."""
     if hashed is None:
-        dummy = torch.zeros(1, dtype=torch.int32, device=device)
-        return (dummy, 0, 0, 0, 0, 1, 0), dict(MODE=0, CAUSAL=False, SHARED=False)
+        return (_dummy(device), 0, 0, 0, 0, 1, 0), dict(MODE=0, CAUSAL=False, SHARED=False)
     ids = hashed.ids
     return ((ids, ids.stride(0), ids.stride(1), ids.stride(2), ids.shape[2] - 2, hashed.n_chunks,
              0 if hashed.causal_offset is None else hashed.causal_offset),
@@ -490,13 +573,15 @@ def _common(q: Tensor, k: Tensor, v: Tensor, scale: float) -> dict:
                 SELF2=SELF_SCORE * LOG2E), scale * LOG2E
 
 
-def _warps(d: int, bm: int) -> dict:
+def _warps(d: int, bm: int, warps: int | None = None, stages: int | None = None) -> dict:
+    """Launch settings: the given ones, else a default by head dim and tile (none when interpreted)."""
     if interpreting():
         return {}
-    return dict(num_warps=8 if d > 64 and bm >= 128 else 4, num_stages=3 if d <= 64 else 2)
+    return dict(num_warps=warps or (8 if d > 64 and bm >= 128 else 4), num_stages=stages or (3 if d <= 64 else 2))
 
 
-def fwd(q: Tensor, k: Tensor, v: Tensor, plan, scale: float, hashed=None) -> tuple[Tensor, Tensor]:
+def fwd(q: Tensor, k: Tensor, v: Tensor, plan, scale: float, hashed=None, launch: dict | None = None,
+        ) -> tuple[Tensor, Tensor]:
     """Output ``(B, H, T, Dv)`` in q's dtype and lse ``(B, H, T)`` float32 over the forward lists
     of ``plan`` (tiles ``plan.bm x plan.bn``)."""
     b, h, t, d = q.shape
@@ -514,42 +599,50 @@ def fwd(q: Tensor, k: Tensor, v: Tensor, plan, scale: float, hashed=None) -> tup
                       *plan.strides(f_num, f_idx), ids_args[0], ids_args[1], ids_args[2],
                       h, h // hkv, t, s, qk_scale, *ids_args[3:],
                       BM=plan.bm, BN=plan.bn, EVEN_S=s % plan.bn == 0, **consts, **flags,
-                      **_warps(d, plan.bm))
+                      **_warps(d, plan.bm, *_launch(launch, "")))
     return out, lse
 
 
-def bwd(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor, dlse: Tensor | None, plan,
-        scale: float, hashed=None) -> tuple[Tensor, Tensor, Tensor]:
+def _launch(launch: dict | None, prefix: str) -> tuple[int | None, int | None]:
+    launch = launch or {}
+    return launch.get(prefix + "num_warps"), launch.get(prefix + "num_stages")
+
+
+def bwd(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor, dlse: Tensor | None, plans,
+        scale: float, hashed=None, launch: dict | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """``(dq, dk, dv)`` over both lists of ``plan`` (its tiles ``plan.bm x plan.bn``); ``dlse`` is
     the gradient of the returned log-sum-exp, or None."""
     b, h, t, d = q.shape
     hkv, s = k.shape[1], k.shape[2]
     dout = dout.contiguous()
-    delta = (dout.float() * out.float()).sum(-1)  # (B, H, T): rowsum(dO * O)
-    if dlse is not None:
-        delta = delta - dlse.float()  # d lse_i / d s_ij = p_ij: folds into the row term
+    delta = torch.empty(b, h, t, device=q.device, dtype=torch.float32)  # rowsum(dO * O) - dlse
+    dvp = _pow2(v.shape[-1])
+    _delta_kernel[(triton.cdiv(t, 64), b * h)](
+        out, dout, delta if dlse is None else dlse.float().contiguous(), delta, out.stride(0), out.stride(1),
+        out.stride(2), dout.stride(0), dout.stride(1), dout.stride(2), h, t, BM=64, DV=dvp, DV_REAL=v.shape[-1],
+        HAS_DLSE=dlse is not None)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     (ids, *ids_args), flags = _mode_args(hashed, q.device)
     consts, qk_scale = _common(q, k, v, scale)
     lse = lse.contiguous()
-    delta = delta.contiguous()
+    plan, dq_plan = plans  # dK/dV: key blocks of plan.bn, query steps of plan.bm; dQ: dq_plan's tiles
+    warps = _warps(d, 64, *_launch(launch, "bwd_"))
     f_num, f_idx, p_num, p_idx, p_lib = plan.q_lists
-    warps = _warps(d, 64)
     _dkdv_kernel[(triton.cdiv(s, plan.bn), b * hkv)](
         q, k, v, dout, lse, delta, dk, dv, f_num, f_idx, p_num, p_idx, p_lib, plan.sub, ids,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1), dout.stride(2),
         *plan.strides(f_num, f_idx), ids_args[0], ids_args[1], ids_args[2],
         h, hkv, h // hkv, t, s, qk_scale, scale, *ids_args[3:],
-        BM=plan.bm, BN=plan.bn, EVEN_S=s % plan.bn == 0, **consts, **flags, **warps)
-    f_num, f_idx, p_num, p_idx, p_lib = plan.kv_lists
-    _dq_kernel[(triton.cdiv(t, plan.bm), b * h)](
-        q, k, v, dout, lse, delta, dq, f_num, f_idx, p_num, p_idx, p_lib, plan.sub, ids,
+        BM=plan.bm, BN=plan.bn, EVEN_S=s % plan.bn == 0, EVEN_T=t % plan.bm == 0, **consts, **flags, **warps)
+    f_num, f_idx, p_num, p_idx, p_lib = dq_plan.kv_lists
+    _dq_kernel[(triton.cdiv(t, dq_plan.bm), b * h)](
+        q, k, v, dout, lse, delta, dq, f_num, f_idx, p_num, p_idx, p_lib, dq_plan.sub, ids,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1), dout.stride(2),
         *plan.strides(f_num, f_idx), ids_args[0], ids_args[1], ids_args[2],
         h, h // hkv, t, s, qk_scale, scale, *ids_args[3:],
-        BM=plan.bm, BN=plan.bn, EVEN_S=s % plan.bn == 0, **consts, **flags, **warps)
+        BM=dq_plan.bm, BN=dq_plan.bn, EVEN_S=s % dq_plan.bn == 0, **consts, **flags, **warps)
     return dq, dk, dv
 
 
@@ -617,3 +710,20 @@ def decode(q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None, scale: float, r
         l2 = torch.where(dead, torch.full_like(lse2, float("inf")), lse2).view(b, h, 1, 1)
         wts = torch.exp2(w - l2).to(weights_dtype)
     return out, lse, wts
+
+
+def hash_buckets(x: Tensor, rotations: Tensor) -> Tensor:
+    """Angular LSH buckets of ``x (N, D)`` for every round of ``rotations (D, R, half)``:
+    ``argmax([x R_r, -x R_r])`` -> ``(N, R)`` int64, the projections computed tile by tile in x's
+    dtype (accumulated in float32) and reduced in registers."""
+    n, d = x.shape
+    n_rounds, half = rotations.shape[1], rotations.shape[2]
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    rot = rotations.to(device=x.device, dtype=torch.float32).contiguous()
+    out = torch.empty(n, n_rounds, dtype=torch.int64, device=x.device)
+    bc = 64 if half >= 64 else max(16, _pow2(half))
+    _hash_kernel[(triton.cdiv(n, 128), n_rounds)](x, rot, out, n, half, x.stride(0), rot.stride(0), rot.stride(1),
+                                                  n_rounds, BM=128, BC=bc, D=_pow2(d), D_REAL=d,
+                                                  IEEE=x.dtype == torch.float32,
+                                                  **({} if interpreting() else {"num_warps": 4, "num_stages": 3}))
+    return out

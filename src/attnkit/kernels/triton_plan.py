@@ -111,8 +111,12 @@ def _from_blocks(bm: BlockMask) -> TritonPlan:
     part = (kinds == PARTIAL).nonzero()  # (L, 4) b, h, qi, ki
     lib = torch.full(kinds.shape, -1, dtype=torch.int32, device=dev)
     if len(part):
-        sub = bm.tile_mask(part).to(torch.uint8).contiguous()
-        lib[tuple(part.unbind(1))] = torch.arange(len(part), dtype=torch.int32, device=dev)
+        # one copy of each distinct sub-mask (a causal diagonal or a window's edges repeat), so the
+        # kernels read a few cached patterns instead of one per tile
+        flat = bm.tile_mask(part).to(torch.uint8).flatten(1)
+        sub, which = torch.unique(flat, dim=0, return_inverse=True)
+        sub = sub.view(-1, bm.block_q, bm.block_k).contiguous()
+        lib[tuple(part.unbind(1))] = which.to(torch.int32)
     else:
         sub = torch.zeros(1, bm.block_q, bm.block_k, dtype=torch.uint8, device=dev)
     as32 = lambda t: t.to(device=dev, dtype=torch.int32).contiguous()  # noqa: E731
@@ -156,12 +160,13 @@ def look_one_back_plan(n_chunks: int, chunk: int, device: torch.device) -> Trito
 
 class _PlanAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, fwd_plan, bwd_plan, scale, hashed):
+    def forward(ctx, q, k, v, fwd_plan, bwd_plans, scale, hashed, launch):
         from . import triton_attention as ta
 
-        out, lse = ta.fwd(q, k, v, fwd_plan, scale, hashed)
+        out, lse = ta.fwd(q, k, v, fwd_plan, scale, hashed, launch)
+        ctx.set_materialize_grads(False)  # an unused lse gets no gradient pass
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.plan, ctx.scale, ctx.hashed = bwd_plan, scale, hashed
+        ctx.plans, ctx.scale, ctx.hashed, ctx.launch = bwd_plans, scale, hashed, launch
         return out, lse
 
     @staticmethod
@@ -171,22 +176,27 @@ class _PlanAttention(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         if dout is None:
             dout = torch.zeros_like(out)
-        dq, dk, dv = ta.bwd(q, k, v, out, lse, dout, dlse, ctx.plan, ctx.scale, ctx.hashed)
-        return dq, dk, dv, None, None, None, None
+        dq, dk, dv = ta.bwd(q, k, v, out, lse, dout, dlse, ctx.plans, ctx.scale, ctx.hashed, ctx.launch)
+        return dq, dk, dv, None, None, None, None, None
 
 
-def plan_attention(q: Tensor, k: Tensor, v: Tensor, fwd_plan: TritonPlan, bwd_plan: TritonPlan, scale: float,
-                   hashed: HashedIds | None = None) -> tuple[Tensor, Tensor]:
+def plan_attention(q: Tensor, k: Tensor, v: Tensor, fwd_plan: TritonPlan,
+                   bwd_plans: tuple[TritonPlan, TritonPlan] | None, scale: float, hashed: HashedIds | None = None,
+                   launch: dict | None = None) -> tuple[Tensor, Tensor]:
     """Softmax attention of ``q (B, H, T, D)`` over ``k``, ``v (B, Hkv, S, D|Dv)`` on the kept
-    tiles of the plans (``fwd_plan`` forward, ``bwd_plan`` backward: the same mask at the tile
-    sizes each pass uses). Returns ``out (B, H, T, Dv)`` in q's dtype and ``lse (B, H, T)``
-    float32 (``-inf`` for a row with no key); both differentiable with respect to q, k and v."""
+    tiles of the plans: ``fwd_plan`` forward; ``bwd_plans = (for dK / dV, for dQ)`` backward (the
+    same mask at the tiles each kernel walks; needed only when an input requires grad).
+    ``launch``: optional ``num_warps`` / ``num_stages`` / ``bwd_num_warps`` / ``bwd_num_stages``.
+    Returns ``out (B, H, T, Dv)`` in q's dtype and ``lse (B, H, T)`` float32 (``-inf`` for a row
+    with no key); both differentiable with respect to q, k and v."""
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
-        return _PlanAttention.apply(q, k, v, fwd_plan, bwd_plan, scale, hashed)
+        if bwd_plans is None:
+            raise ValueError("bwd_plans are needed when an input requires grad")
+        return _PlanAttention.apply(q, k, v, fwd_plan, bwd_plans, scale, hashed, launch)
     from . import triton_attention as ta
 
-    return ta.fwd(q, k, v, fwd_plan, scale, hashed)
+    return ta.fwd(q, k, v, fwd_plan, scale, hashed, launch)
 
 
 def tile_weights(q: Tensor, k: Tensor, lse: Tensor, plan: TritonPlan, scale: float, dtype: torch.dtype) -> Tensor:

@@ -167,7 +167,7 @@ def _forward(pb: _Problem, qp: Tensor, kp: Tensor, vp: Tensor, need_lse: bool = 
                 p = torch.softmax(s, -1)  # (nSc, R, C*bk), one fused pass per row
                 rows = ch.sq if ch.q_start is None else slice(ch.q_start, ch.q_start + ch.hi - ch.lo)
                 if ch.q_start is None:
-                    out[bi, hi].index_copy_(0, ch.sq, torch.matmul(p, vg))
+                    out[bi, hi].index_copy_(0, ch.sq.to(out.device), torch.matmul(p, vg))
                 else:
                     torch.matmul(p, vg, out=out[bi, hi, rows])  # (nSc, R, Dv)
         return out, qp.new_empty(0)
@@ -219,7 +219,7 @@ def _backward(pb: _Problem, qp, kp, vp, out, lse, d_out, d_lse) -> tuple[Tensor,
             p = s.detach().sub_(lse[bi, hi, rows].unsqueeze(-1)).exp_() if raw is None else \
                 torch.exp(s.detach() - lse[bi, hi, rows].unsqueeze(-1))  # (nSc, R, C*bk)
             do_g = d_out[bi, hi, rows]  # (nSc, R, Dv)
-            flat_k = ch.sk.flatten()
+            flat_k = ch.sk.flatten().to(dv.device)  # the plan lives on the CPU
             dv_g = torch.matmul(p.transpose(-1, -2), do_g)  # (nSc, C*bk, Dv)
             dv[bi, hi].index_add_(0, flat_k, dv_g.view(len(flat_k), pb.bk, -1))
             dp = torch.matmul(do_g, vg.transpose(-1, -2))  # (nSc, R, C*bk)
@@ -230,7 +230,7 @@ def _backward(pb: _Problem, qp, kp, vp, out, lse, d_out, d_lse) -> tuple[Tensor,
                 ds.mul_(pb.scale)
             dq_g = torch.matmul(ds, kg)  # (nSc, R, D)
             if ch.q_start is None:
-                dq[bi, hi].index_add_(0, ch.sq, dq_g)
+                dq[bi, hi].index_add_(0, ch.sq.to(dq.device), dq_g)
             else:
                 dq[bi, hi, rows] += dq_g
             dk_g = torch.matmul(ds.transpose(-1, -2), qg)  # (nSc, C*bk, D)

@@ -105,7 +105,13 @@ def lsh_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, 
     n_buckets = st.buckets_for(n)
     rot = random_rotations(d, st.n_hashes, n_buckets, generator=generator, seed=st.seed)
     with torch.no_grad():
-        buckets = hash_vectors(items.hashed.detach().to(compute_dtype(q.dtype)), rot, n_buckets)  # (BH, R, N)
+        if on_triton and n_buckets > 1:  # one fused pass in the inputs' dtype, projections kept in registers
+            from ...kernels.triton_attention import hash_buckets
+
+            flat = items.hashed.detach().reshape(b * h * n, d)
+            buckets = hash_buckets(flat, rot).view(b * h, n, -1).transpose(1, 2).contiguous()  # (BH, R, N)
+        else:
+            buckets = hash_vectors(items.hashed.detach().to(compute_dtype(q.dtype)), rot, n_buckets)  # (BH, R, N)
         orders, ranks = _sort_orders(items, buckets, n_chunks, chunk)
         # chunk of every item per round (BH, R, N+1); the dummy matches no chunk
         chunk_of = F.pad(torch.div(ranks, chunk, rounding_mode="floor"), (0, 1), value=-n_chunks)

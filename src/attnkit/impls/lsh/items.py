@@ -18,6 +18,7 @@ from ...kernels.hashing import native_buckets, native_hashing_usable
 __all__ = ["random_rotations", "hash_vectors"]
 
 _HASH_BUDGET = 1 << 18  # projections computed at once (kept in cache)
+_HASH_BUDGET_CUDA = 1 << 26  # on a GPU: 256 MB of float32 projections per product
 
 
 def random_rotations(head_dim: int, n_hashes: int, n_buckets: int, *, generator: torch.Generator | None = None,
@@ -44,7 +45,8 @@ def hash_vectors(x: Tensor, rotations: Tensor, n_buckets: int) -> Tensor:
     rot = rotations.to(device=x.device, dtype=x.dtype).reshape(d, n_hashes * half)  # (D, R * nb/2)
     flat = x.reshape(bh * n, d)
     out = torch.empty(bh * n, n_hashes, dtype=torch.int64, device=x.device)
-    step = max(1, _HASH_BUDGET // (n_hashes * half))
+    budget = _HASH_BUDGET_CUDA if x.is_cuda else _HASH_BUDGET  # a GPU wants few, large products
+    step = max(1, budget // (n_hashes * half))
     for start in range(0, bh * n, step):
         proj = (flat[start:start + step] @ rot).view(-1, n_hashes, half)  # (rows, R, nb/2)
         top, arg_top = proj.max(-1)  # (rows, R): argmax of [xR, -xR] without building it

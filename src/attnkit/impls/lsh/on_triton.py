@@ -64,7 +64,7 @@ def rounds_on_triton(items: _Items, orders: Tensor, ranks: Tensor, chunk_of: Ten
     qs, ks, vs = (x.reshape(-1, x.shape[-1]).index_select(0, rows).view(n_rounds * b, h, slots, -1)
                   for x in (items.qv, items.kv, items.vv))  # (R*B, H, slots, E)
     plan = look_one_back_plan(n_chunks, chunk, dev)
-    out, lse = plan_attention(qs, ks, vs, plan, plan, scale, HashedIds(idt, n_chunks, causal_offset, shared))
+    out, lse = plan_attention(qs, ks, vs, plan, (plan, plan), scale, HashedIds(idt, n_chunks, causal_offset, shared))
     dv = out.shape[-1]
     back = ranks[:, :, :t].transpose(0, 1)  # (R, BH, T): sorted slot of each query per round
     out = out.view(n_rounds, bh, slots, dv).gather(2, back.unsqueeze(-1).expand(-1, -1, -1, dv))
