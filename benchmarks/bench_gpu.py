@@ -393,6 +393,8 @@ def lsh_cell(impl: str, q, k, v, go, mask, opts: dict, backward: bool, exact: to
     else:
         if impl not in attnkit.list_impls():
             raise Skip(f"{impl} is not registered")
+        if impl == "lsh":  # the pure-PyTorch rounds (kernel="auto" takes the Triton route on CUDA)
+            opts = {**opts, "kernel": "torch"}
         why = attnkit.explain_dispatch(q, k, v, mask, impl=impl, options=opts).reasons[impl]
         if why:
             raise Skip(f"{impl} refuses: " + "; ".join(why))

@@ -525,7 +525,7 @@ def _hash_kernel(X, ROT, OUT, n_rows, n_half, s_x, s_rd, s_rr, n_rounds,
                       mask=(offs_d[:, None] < D_REAL) & (cols[None, :] < n_half), other=0.0)
         if IEEE:
             proj = tl.dot(x, rot, input_precision="ieee")
-        else:
+        else:  # the rotations are bf16 values (random_rotations): exact in x's half dtype only if bf16
             proj = tl.dot(x, rot.to(x.dtype))
         inside = cols[None, :] < n_half
         hi_v = tl.max(tl.where(inside, proj, float("-inf")), 1)
@@ -574,10 +574,20 @@ def _common(q: Tensor, k: Tensor, v: Tensor, scale: float) -> dict:
 
 
 def _warps(d: int, bm: int, warps: int | None = None, stages: int | None = None) -> dict:
-    """Launch settings: the given ones, else a default by head dim and tile (none when interpreted)."""
+    """Launch settings of the backward, weights and decode kernels: the given ones, else a default
+    by head dim and tile (none when interpreted)."""
     if interpreting():
         return {}
     return dict(num_warps=warps or (8 if d > 64 and bm >= 128 else 4), num_stages=stages or (3 if d <= 64 else 2))
+
+
+def _fwd_warps(warps: int | None = None, stages: int | None = None) -> dict:
+    """Launch settings of the forward kernel: the given ones, else 4 warps and 3 stages (the
+    fastest of six settings on an H100 at T = 16k, D = 128, causal and window masks:
+    benchmarks/results/gpu_tune_h100.json)."""
+    if interpreting():
+        return {}
+    return dict(num_warps=warps or 4, num_stages=stages or 3)
 
 
 def fwd(q: Tensor, k: Tensor, v: Tensor, plan, scale: float, hashed=None, launch: dict | None = None,
@@ -599,7 +609,7 @@ def fwd(q: Tensor, k: Tensor, v: Tensor, plan, scale: float, hashed=None, launch
                       *plan.strides(f_num, f_idx), ids_args[0], ids_args[1], ids_args[2],
                       h, h // hkv, t, s, qk_scale, *ids_args[3:],
                       BM=plan.bm, BN=plan.bn, EVEN_S=s % plan.bn == 0, **consts, **flags,
-                      **_warps(d, plan.bm, *_launch(launch, "")))
+                      **_fwd_warps(*_launch(launch, "")))
     return out, lse
 
 
@@ -714,10 +724,13 @@ def decode(q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None, scale: float, r
 
 def hash_buckets(x: Tensor, rotations: Tensor) -> Tensor:
     """Angular LSH buckets of ``x (N, D)`` for every round of ``rotations (D, R, half)``:
-    ``argmax([x R_r, -x R_r])`` -> ``(N, R)`` int64, the projections computed tile by tile in x's
-    dtype (accumulated in float32) and reduced in registers."""
+    ``argmax([x R_r, -x R_r])`` -> ``(N, R)`` int64, the projections computed tile by tile
+    (bfloat16 inputs on the matrix units, exact for the bf16-valued rotations of
+    :func:`attnkit.impls.lsh.random_rotations`; other dtypes in float32) and reduced in registers."""
     n, d = x.shape
     n_rounds, half = rotations.shape[1], rotations.shape[2]
+    if x.dtype != torch.bfloat16:  # float16 cannot hold the bf16 rotations exactly: project in float32
+        x = x.float()
     x = x if x.stride(-1) == 1 else x.contiguous()
     rot = rotations.to(device=x.device, dtype=torch.float32).contiguous()
     out = torch.empty(n, n_rounds, dtype=torch.int64, device=x.device)

@@ -24,9 +24,15 @@ _HASH_BUDGET_CUDA = 1 << 26  # on a GPU: 256 MB of float32 projections per produ
 def random_rotations(head_dim: int, n_hashes: int, n_buckets: int, *, generator: torch.Generator | None = None,
                      seed: int = 0) -> Tensor:
     """Gaussian random projections ``(D, R, n_buckets // 2)`` (float32, CPU), from ``generator``
-    when given, else from ``seed``."""
+    when given, else from ``seed``.
+
+    The values are rounded to bfloat16 (and kept in float32): a GPU then projects half-precision
+    inputs with its matrix units exactly (bf16 x bf16 products are exact in float32), so the
+    fused Triton hashing assigns the buckets float32 arithmetic does, ties of the summation
+    order aside."""
     g = generator if generator is not None else torch.Generator().manual_seed(seed)
-    return torch.randn(head_dim, n_hashes, max(1, n_buckets // 2), generator=g, device=g.device)
+    rot = torch.randn(head_dim, n_hashes, max(1, n_buckets // 2), generator=g, device=g.device)
+    return rot.bfloat16().float()
 
 
 def hash_vectors(x: Tensor, rotations: Tensor, n_buckets: int) -> Tensor:
