@@ -18,7 +18,7 @@ def _minutes(text: str) -> float:
     return value
 
 
-TASK_OPTIONS = ("fold", "tune_layers")  # train() options of some tasks only (commands.apps: train_options)
+TASK_OPTIONS = ("fold", "tune_layers", "encoder")  # train() options of some tasks only (commands.apps: train_options)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sentiment: the test fold of the ten fixed folds (default 10; the next fold validates)")
     p.add_argument("--tune-layers", type=int_range(1, 6), default=None,
                    help="sentiment --model minilm-ft: how many top MiniLM layers to fine-tune (default: the preset's)")
+    p.add_argument("--encoder", default=None, choices=["minilm", "minilm-sentft"],
+                   help="sentiment: the MiniLM whose states the frozen models read (minilm-sentft: fine-tuned on the "
+                        "sentence set first; default minilm)")
     p.add_argument("--quick", action="store_true", help="the small preset (well under a minute)")
     p.add_argument("--budget-minutes", type=_minutes, default=None,
                    help="wall-clock budget of the training loop (default: the preset's)")

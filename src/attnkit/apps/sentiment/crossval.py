@@ -7,7 +7,9 @@ the 95% t-interval over the folds, and the steps and seconds to each validation-
 threshold. ``--folds 1 2 3`` runs some folds only (the table says how many ran). An existing
 output file is extended: folds already in it are not run again. ``--tune-layers N`` sets how many
 top MiniLM layers ``minilm-ft`` fine-tunes (default: its preset's); the table records it, and a
-model's folds are never mixed across settings.
+model's folds are never mixed across settings. ``--encoder minilm-sentft`` (reviews) runs the
+models on MiniLM states with the encoder adapted on the sentence set (see :mod:`.encoders`); their
+rows are keyed ``<model>@<encoder>``, next to the rows of the published MiniLM in the same table.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from typing import Any
 from ...errors import AttnKitError
 from ..trainer import read_json, write_json
 from .data import DATASETS, FOLDS
-from .models import MODEL_DATA
+from .encoders import DEFAULT_ENCODER, ENCODERS, check_encoder
+from .models import LEXICAL_MODELS, MODEL_DATA
 
 __all__ = ["t_interval", "summarize", "crossval", "markdown"]
 
@@ -61,15 +64,18 @@ def summarize(per_fold: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def crossval(data: str, models: Sequence[str], out: str | Path, *, folds: Sequence[int] = tuple(range(1, FOLDS + 1)),
              runs: str | Path = "runs/sentiment-cv", seed: int = 0, budget_minutes: float | None = None,
-             progress: bool = False, tune_layers: int | None = None) -> dict[str, Any]:
+             progress: bool = False, tune_layers: int | None = None,
+             encoder: str = DEFAULT_ENCODER) -> dict[str, Any]:
     """Run ``models`` on ``folds`` of ``data``; extend and return the JSON table in ``out``.
-    ``tune_layers`` applies to ``minilm-ft`` (default: its preset's)."""
+    ``tune_layers`` applies to ``minilm-ft`` (default: its preset's); ``encoder`` to the models on
+    MiniLM states (the lexical models read the text and ignore it)."""
     from .models import ModelConfig
     from .task import PRESETS, train
 
     for m in models:
         if m not in MODEL_DATA[data]:
             raise AttnKitError(f"--models {m!r} does not run on {data}; expected among {', '.join(MODEL_DATA[data])}")
+    check_encoder(encoder, data)
     out = Path(out)
     table: dict[str, Any] = read_json(out) if out.exists() else {"data": data, "folds_total": FOLDS, "models": {}}
     if table.get("data") != data:
@@ -80,7 +86,12 @@ def crossval(data: str, models: Sequence[str], out: str | Path, *, folds: Sequen
             preset = ModelConfig("minilm-ft", **PRESETS[("minilm-ft", False)].model)
             options["tune_layers"] = preset.tune_layers if tune_layers is None else ModelConfig(
                 "minilm-ft", tune_layers=tune_layers).tune_layers
-        entry = table["models"].setdefault(model, {"per_fold": {}, **({"options": options} if options else {})})
+        key = model
+        if encoder != DEFAULT_ENCODER and model not in LEXICAL_MODELS:
+            options["encoder"] = encoder
+            key = f"{model}@{encoder}"
+        entry = table["models"].setdefault(key, {"per_fold": {}, **({"options": options} if options else {})})
+        entry["model"] = model
         if entry.get("options", {}) != options and entry["per_fold"]:
             raise AttnKitError(f"{out} holds {model} folds run with {entry.get('options', {})}; got {options} "
                                f"(write to another --out)")
@@ -89,7 +100,7 @@ def crossval(data: str, models: Sequence[str], out: str | Path, *, folds: Sequen
         for fold in folds:
             if str(fold) in entry["per_fold"]:
                 continue
-            run_dir = Path(runs) / data / model / f"fold-{fold}"
+            run_dir = Path(runs) / data / key / f"fold-{fold}"
             if (run_dir / "config.json").exists():
                 import shutil
 
@@ -104,25 +115,29 @@ def crossval(data: str, models: Sequence[str], out: str | Path, *, folds: Sequen
             entry["summary"] = summarize(entry["per_fold"])
             write_json(out, table)
             s = entry["summary"]
-            print(f"{data} {model}: {len(s['folds'])} folds, mean {s['mean']:.4f} "
+            print(f"{data} {key}: {len(s['folds'])} folds, mean {s['mean']:.4f} "
                   f"[{s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}]", flush=True)
     return table
 
 
 def markdown(table: dict[str, Any]) -> str:
     """The table as Markdown: accuracy with its 95% interval, and the time to each validation threshold."""
-    from .models import MODELS, SKLEARN_MODELS, has_attention
+    from .models import LEXICAL_MODELS, MODELS, SKLEARN_MODELS, has_attention
 
     rows = ["| model | attention | folds | mean accuracy | 95% interval | majority class | train s / fold "
             "| steps / fold |",
             "|---|---|---|---|---|---|---|---|"]
     times = []
-    for model, entry in table["models"].items():
+    for key, entry in table["models"].items():
         s = entry.get("summary")
         if not s:
             continue
+        model = entry.get("model", key)
         opts = "".join(f", {k}={v}" for k, v in entry.get("options", {}).items())
-        rows.append(f"| {model}{opts}: {MODELS[model]} | {'yes' if has_attention(model) else 'no'} | "
+        what = MODELS[model]
+        if "encoder" in entry.get("options", {}):  # states of another encoder than the published MiniLM
+            what = what.replace("frozen MiniLM", f"frozen {entry['options']['encoder']}")
+        rows.append(f"| {model}{opts}: {what} | {'yes' if has_attention(model) else 'no'} | "
                     f"{len(s['folds'])} | "
                     f"{s['mean']:.3f} | [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}] | {s['majority_mean']:.3f} | "
                     f"{s['train_seconds_mean']:.0f} | {s['steps_mean']:.0f} |")
@@ -130,8 +145,8 @@ def markdown(table: dict[str, Any]) -> str:
         for r in s["time_to_valid_accuracy"].values():
             cells.append(f"{r['folds_reaching']}/{len(s['folds'])}" + (
                 f", step {r['median_step']:.0f}, {r['median_seconds']:.0f} s" if r["median_step"] is not None else ""))
-        if model not in SKLEARN_MODELS:  # a logistic regression has no training curve
-            times.append((model, cells, list(s["time_to_valid_accuracy"])))
+        if model not in SKLEARN_MODELS + LEXICAL_MODELS:  # a single fit has no training curve
+            times.append((f"{model}{opts}", cells, list(s["time_to_valid_accuracy"])))
     if times and any(t[1] for t in times):
         ths = next(t[2] for t in times if t[2])
         rows += ["", "| model | " + " | ".join(f"valid acc >= {th}: folds, median step, s" for th in ths) + " |",
@@ -150,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--budget-minutes", type=float, default=None, help="per-fold training budget (default: preset's)")
     ap.add_argument("--tune-layers", type=int, default=None,
                     help="minilm-ft: how many top MiniLM layers are fine-tuned, 1..6 (default: the preset's)")
+    ap.add_argument("--encoder", choices=tuple(ENCODERS), default=DEFAULT_ENCODER,
+                    help="reviews: whose token states the MiniLM-state models read (default: the published MiniLM)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--markdown", action="store_true", help="print the table in --out as Markdown and stop")
     a = ap.parse_args(argv)
@@ -166,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     try:
         crossval(a.data, a.models or MODEL_DATA[a.data], out, folds=a.folds, runs=a.runs,
-                 budget_minutes=a.budget_minutes, tune_layers=a.tune_layers)
+                 budget_minutes=a.budget_minutes, tune_layers=a.tune_layers, encoder=a.encoder)
     except AttnKitError as e:
         raise SystemExit(f"error: {e}") from None
     return 0

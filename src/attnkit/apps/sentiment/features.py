@@ -19,6 +19,10 @@ index 0 is the embedding output): :func:`features` with ``layer=`` swaps ``mid``
 cached per layer (all missing layers in one pass) in ``<data>-minilm-layer<L>.safetensors``
 (``mid`` and ``mid_layer``). Every cache records the layer it holds and is refused when asked for
 another.
+
+``encoder=`` (reviews only) reads the states of another encoder of :mod:`.encoders` (the MiniLM
+adapted on the sentence set, ``minilm-sentft``), cached in ``<data>-<encoder>.safetensors``; its
+chunks and cache record the sha256 of the encoder's layers and are refused once they change.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from torch import Tensor
 from ...errors import AttnKitError
 from ..trainer import cache_dir
 from .data import DATASETS, Example, load, split_sentences
+from .encoders import DEFAULT_ENCODER, check_encoder, encoder_digest, load_encoder
 
 __all__ = ["MAX_TOKENS", "MAX_SENTENCES", "LAYERS", "MID_LAYER", "Features", "mid_layer_of", "units_of",
            "encode_units", "token_ids", "features", "feature_path", "layer_path"]
@@ -87,8 +92,9 @@ def units_of(data: str, text: str) -> list[str]:
     return [text] if data == "sentences" else split_sentences(text, MAX_SENTENCES)
 
 
-def feature_path(data: str) -> Path:
-    return cache_dir("sentiment") / f"{data}-minilm.safetensors"
+def feature_path(data: str, encoder: str = DEFAULT_ENCODER) -> Path:
+    """The cache of the last-layer states of ``data`` under ``encoder`` (see :mod:`.encoders`)."""
+    return cache_dir("sentiment") / f"{data}-{check_encoder(encoder, data)}.safetensors"
 
 
 def layer_path(data: str, layer: int) -> Path:
@@ -164,7 +170,21 @@ def _join(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     return out
 
 
-_memo: dict[tuple[str, int | None], Features] = {}
+_memo: dict[tuple[str, int | None, str], Features] = {}
+
+
+def _check_made_by(path: Path, encoder: str, digest: str) -> None:
+    """Refuse a cache file written with another encoder (or another version of it)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if encoder == DEFAULT_ENCODER and not meta:
+        return  # caches of the published MiniLM from before caches recorded their encoder
+    if meta.get("encoder") != encoder or meta.get("encoder_sha256") != digest:
+        raise AttnKitError(f"{path} holds states of encoder {meta.get('encoder')!r} "
+                           f"(sha256 {meta.get('encoder_sha256', '?')[:12]}); expected {encoder!r} (sha256 "
+                           f"{digest[:12]}): delete it to re-encode")
 
 
 def _stored_layer(t: dict[str, Tensor], path: Path) -> int | None:
@@ -182,9 +202,7 @@ def _record_legacy_layer(path: Path, t: dict[str, Tensor]) -> None:
     few units that its ``mid`` is the output of layer :data:`MID_LAYER` (refused otherwise)."""
     from safetensors.torch import save_file
 
-    from ...models import load_minilm
-
-    model, tok = load_minilm(max_length=MAX_TOKENS["sentences"])
+    model, tok = load_encoder(DEFAULT_ENCODER, MAX_TOKENS["sentences"])
     examples = load("sentences")
     n = 8
     _, _, middle = encode_units(model, tok, [e.text for e in examples[:n]], MAX_TOKENS["sentences"], mid=True)
@@ -205,11 +223,9 @@ def _encode_layers(data: str, base: Features, log: Callable[[str], None]) -> Non
 
     from safetensors.torch import save_file
 
-    from ...models import load_minilm
-
     layers = [k for k in range(LAYERS) if k != MID_LAYER and not layer_path(data, k).is_file()]
     t0 = time.perf_counter()
-    model, tok = load_minilm(max_length=MAX_TOKENS[data])
+    model, tok = load_encoder(DEFAULT_ENCODER, MAX_TOKENS[data])
     flat = [u for e in load(data) for u in units_of(data, e.text)]
     order = sorted(range(len(flat)), key=lambda i: -len(flat[i]))
     ids: list[Tensor] = [torch.zeros(0)] * len(flat)
@@ -235,23 +251,27 @@ def _encode_layers(data: str, base: Features, log: Callable[[str], None]) -> Non
 
 
 def features(data: str, *, layer: int | None = None, log: Callable[[str], None] = print,
-             chunks: int | None = None) -> Features:
+             chunks: int | None = None, encoder: str = DEFAULT_ENCODER) -> Features:
     """The cached frozen-MiniLM states of ``data``, encoding them first if the cache is missing
     (sentences: about 2 minutes on one thread; reviews: about 15, in resumable chunks).
     ``layer`` (sentences only) makes ``mid`` hidden state ``layer`` (0: embedding output; default
     :data:`MID_LAYER`), encoded once into its own cache. ``chunks`` stops after encoding that many
-    new review chunks (for splitting the work)."""
+    new review chunks (for splitting the work). ``encoder`` (reviews only; see :mod:`.encoders`)
+    reads the states of another encoder than the published MiniLM."""
     from safetensors.torch import load_file, save_file
 
     if data not in DATASETS:
         raise AttnKitError(f"--data {data!r} is not known; expected one of {', '.join(DATASETS)}")
+    check_encoder(encoder, data)
+    if layer is not None and encoder != DEFAULT_ENCODER:
+        raise AttnKitError(f"layer={layer} applies to the published MiniLM only; got encoder {encoder!r}")
     if layer is not None:
         _check_layer(layer)
         if data != "sentences":
             raise AttnKitError(f"layer={layer} applies to data 'sentences' only; got {data!r}")
     if layer is not None and layer != MID_LAYER:
-        if (data, layer) in _memo:
-            return _memo[(data, layer)]
+        if (data, layer, encoder) in _memo:
+            return _memo[(data, layer, encoder)]
         base = features(data, log=log)
         path = layer_path(data, layer)
         if not path.is_file():
@@ -262,16 +282,16 @@ def features(data: str, *, layer: int | None = None, log: Callable[[str], None] 
             raise AttnKitError(f"{path} holds hidden state {got} of shape {tuple(t['mid'].shape)}; expected hidden "
                                f"state {layer} of shape {tuple(base.states.shape)} (delete it to re-encode)")
         feats = replace(base, mid=t["mid"], mid_layer=layer)
-        _memo[(data, layer)] = feats
+        _memo[(data, layer, encoder)] = feats
         return feats
-    if (data, None) in _memo:
-        return _memo[(data, None)]
-    path = feature_path(data)
+    if (data, None, encoder) in _memo:
+        return _memo[(data, None, encoder)]
+    path = feature_path(data, encoder)
+    digest = encoder_digest(encoder)
+    made_by = {} if encoder == DEFAULT_ENCODER else {"encoder": encoder, "encoder_sha256": digest}
     if not path.is_file():
-        from ...models import load_minilm
-
         examples = load(data)
-        model, tok = load_minilm(max_length=MAX_TOKENS[data])
+        model, tok = load_encoder(encoder, MAX_TOKENS[data])
         step = len(examples) if data == "sentences" else _CHUNK
         parts, done_now = [], 0
         for start in range(0, len(examples), step):
@@ -281,16 +301,18 @@ def features(data: str, *, layer: int | None = None, log: Callable[[str], None] 
                     raise AttnKitError(f"stopped after {chunks} new chunk(s) of {data}; run again to continue")
                 t0 = time.perf_counter()
                 tensors = _encode_texts(data, examples[start:start + step], model, tok)
-                save_file(tensors, str(part.with_suffix(".tmp")))
+                save_file(tensors, str(part.with_suffix(".tmp")), metadata=made_by or None)
                 part.with_suffix(".tmp").replace(part)
                 done_now += 1
-                log(f"encoded {data} {start}..{start + step - 1} with frozen MiniLM: "
+                log(f"encoded {data} {start}..{start + step - 1} with {encoder}: "
                     f"{len(tensors['ids'])} tokens in {time.perf_counter() - t0:.0f} s")
+            _check_made_by(part, encoder, digest)
             parts.append(load_file(str(part)))
-        save_file(_join(parts), str(path.with_suffix(".tmp")))
+        save_file(_join(parts), str(path.with_suffix(".tmp")), metadata=made_by or None)
         path.with_suffix(".tmp").replace(path)
         for start in range(0, len(examples), step):
             path.with_name(f"{path.stem}.part{start // step}.safetensors").unlink(missing_ok=True)
+    _check_made_by(path, encoder, digest)
     t = load_file(str(path))
     if "mid" in t and "mid_layer" not in t:
         _record_legacy_layer(path, t)
@@ -300,9 +322,9 @@ def features(data: str, *, layer: int | None = None, log: Callable[[str], None] 
     feats = Features(t["ids"], t["states"], t.get("mid"), t["unit_offsets"], t["text_offsets"], mid_layer)
     if feats.n_texts != len(load(data)):
         raise AttnKitError(f"{path} holds {feats.n_texts} texts; expected {len(load(data))} (delete it to re-encode)")
-    _memo[(data, None)] = feats
+    _memo[(data, None, encoder)] = feats
     if mid_layer is not None:
-        _memo[(data, mid_layer)] = feats
+        _memo[(data, mid_layer, encoder)] = feats
     return feats
 
 
@@ -314,7 +336,11 @@ if __name__ == "__main__":
     ap.add_argument("data", choices=DATASETS)
     ap.add_argument("--chunks", type=int, default=None, help="reviews: encode at most this many new chunks")
     ap.add_argument("--layer", type=int, default=None, help="sentences: also cache this hidden state (0..5)")
+    ap.add_argument("--encoder", default=DEFAULT_ENCODER, help="reviews: minilm (default) or minilm-sentft")
     a = ap.parse_args()
-    f = features(a.data, chunks=a.chunks, layer=a.layer)
+    try:
+        f = features(a.data, chunks=a.chunks, layer=a.layer, encoder=a.encoder)
+    except AttnKitError as e:
+        raise SystemExit(f"error: {e}") from None
     print(f"{a.data}: {f.n_texts} texts, {len(f.unit_offsets) - 1} units, {len(f.ids)} tokens -> "
-          f"{feature_path(a.data)}")
+          f"{feature_path(a.data, a.encoder)}")

@@ -12,7 +12,8 @@ Batches are dicts (shapes: B texts, T tokens, S sentences, C MiniLM width 384):
 * ``mid (B, T, C)``, ``mask``, ``mid_layer`` (a 0-d int tensor): hidden state ``6 - tune_layers``
   (default 4), the input of the fine-tuned top layers (``minilm-ft``);
 * ``ids (B, T)``, ``mask``: WordPiece ids (``gru``, ``gru-attn``);
-* ``states (B, S, T, C)``, ``mask (B, S, T)``, ``sent_mask (B, S)``: a review's sentences (``han``).
+* ``states (B, S, T, C)``, ``mask (B, S, T)``, ``sent_mask (B, S)``: a review's sentences (``han``;
+  ``han-lex`` also reads ``lex (B,)``, the NB-SVM score of each review, see :mod:`.lexical`).
 
 ``forward(batch)`` returns ``(logits (B, 2), weights)``; ``weights`` is ``(B, T)`` for the token
 poolers, ``(B, S, T)`` word and ``(B, S)`` sentence weights (a tuple) for ``han``, None without attention.
@@ -30,8 +31,8 @@ from torch import Tensor, nn
 from ...errors import AttnKitError
 from ...nn import MultiHeadAttention
 
-__all__ = ["MODELS", "SKLEARN_MODELS", "MODEL_DATA", "ModelConfig", "AttentionPool", "MeanPool", "FrozenHead",
-           "FineTuned", "BiGRU", "HAN", "build_model", "has_attention", "input_kind"]
+__all__ = ["MODELS", "SKLEARN_MODELS", "LEXICAL_MODELS", "MODEL_DATA", "ModelConfig", "AttentionPool", "MeanPool",
+           "FrozenHead", "FineTuned", "BiGRU", "HAN", "build_model", "has_attention", "input_kind"]
 
 # model -> what it is
 MODELS = {
@@ -43,19 +44,27 @@ MODELS = {
     "gru-attn": "bidirectional GRU from scratch, attention pooling",
     "sent-mean-lr": "reviews: mean of frozen MiniLM sentence embeddings, logistic regression",
     "han": "reviews: hierarchical attention (words within sentences, sentences within the review) on frozen MiniLM",
+    "han-lex": "reviews: han whose review vector is concatenated with the review's NB-SVM score (late fusion)",
+    "tfidf-lr": "TF-IDF of word uni+bigrams, logistic regression (scikit-learn; C chosen on the validation fold)",
+    "nbsvm": "NB-SVM (Wang & Manning 2012): binary uni+bigrams scaled by naive-Bayes log-count ratios, linear SVM",
 }
-SKLEARN_MODELS = ("minilm-lr", "sent-mean-lr")
-MODEL_DATA = {"sentences": ("minilm-lr", "minilm-mean", "minilm-attn", "minilm-ft", "gru", "gru-attn"),
-              "reviews": ("minilm-lr", "sent-mean-lr", "minilm-mean", "minilm-attn", "han")}
+SKLEARN_MODELS = ("minilm-lr", "sent-mean-lr")  # logistic regressions on pooled MiniLM states
+LEXICAL_MODELS = ("tfidf-lr", "nbsvm")  # linear models on word n-grams of the raw text (see .lexical)
+MODEL_DATA = {"sentences": ("minilm-lr", "minilm-mean", "minilm-attn", "minilm-ft", "gru", "gru-attn", "tfidf-lr",
+                            "nbsvm"),
+              "reviews": ("minilm-lr", "sent-mean-lr", "minilm-mean", "minilm-attn", "han", "tfidf-lr", "nbsvm",
+                          "han-lex")}
 
 
 def has_attention(kind: str) -> bool:
-    return kind in ("minilm-attn", "minilm-ft", "gru-attn", "han")
+    return kind in ("minilm-attn", "minilm-ft", "gru-attn", "han", "han-lex")
 
 
 def input_kind(kind: str) -> str:
-    """Which batch a model reads: ``states``, ``mid``, ``ids`` or ``review``."""
-    return {"minilm-ft": "mid", "gru": "ids", "gru-attn": "ids", "han": "review",
+    """Which batch a model reads: ``states``, ``mid``, ``ids``, ``review`` or ``text`` (the raw text)."""
+    if kind in LEXICAL_MODELS:
+        return "text"
+    return {"minilm-ft": "mid", "gru": "ids", "gru-attn": "ids", "han": "review", "han-lex": "review",
             "sent-mean-lr": "review"}.get(kind, "states")
 
 
@@ -72,8 +81,8 @@ class ModelConfig:
     tune_layers: int = 2  # minilm-ft: how many top MiniLM layers are fine-tuned (1..6)
 
     def __post_init__(self) -> None:
-        if self.kind not in MODELS or self.kind in SKLEARN_MODELS:
-            torch_models = [m for m in MODELS if m not in SKLEARN_MODELS]
+        if self.kind not in MODELS or self.kind in SKLEARN_MODELS + LEXICAL_MODELS:
+            torch_models = [m for m in MODELS if m not in SKLEARN_MODELS + LEXICAL_MODELS]
             raise AttnKitError(f"model kind {self.kind!r} is not a torch model; expected one of "
                                f"{', '.join(torch_models)}")
         from .features import mid_layer_of
@@ -234,7 +243,11 @@ class BiGRU(nn.Module):
 class HAN(nn.Module):
     """Hierarchical attention (Yang et al. 2016) on frozen MiniLM states: attention pooling over
     the tokens of each sentence, a bidirectional GRU over the sentence vectors, then attention
-    pooling over the sentences."""
+    pooling over the sentences.
+
+    ``han-lex`` (late fusion): the classifier reads the review vector concatenated with the batch's
+    ``lex (B,)``, a lexical model's score of the review; :meth:`start_from_score` starts it at the
+    lexical model alone, so that the attention model learns what the word n-grams miss."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -243,7 +256,22 @@ class HAN(nn.Module):
         self.sent_rnn = nn.GRU(self.word_pool.out_dim, cfg.hidden, batch_first=True, bidirectional=True)
         self.sent_pool = AttentionPool(2 * cfg.hidden, cfg.heads, cfg.attn_dim)
         self.drop = nn.Dropout(cfg.dropout)
-        self.out = nn.Linear(self.sent_pool.out_dim, 2)
+        self.fusion = cfg.kind == "han-lex"
+        self.out = nn.Linear(self.sent_pool.out_dim + int(self.fusion), 2)
+
+    @torch.no_grad()
+    def start_from_score(self, slope: float, intercept: float) -> None:
+        """``han-lex``: set the classifier so that its logit margin (positive minus negative) is
+        ``slope * lex + intercept`` and the review vector's weights are zero: training starts from
+        the (calibrated) lexical model and the gradient grows the attention model's share."""
+        if not self.fusion:
+            raise AttnKitError(f"start_from_score applies to han-lex; this model is {self.config.kind!r}")
+        for name, v in (("slope", slope), ("intercept", intercept)):
+            if not isinstance(v, float | int) or not torch.isfinite(torch.tensor(float(v))):
+                raise AttnKitError(f"{name} must be a finite number; got {v!r}")
+        self.out.weight.zero_()
+        self.out.weight[:, -1] = torch.tensor([-slope / 2, slope / 2])
+        self.out.bias.copy_(torch.tensor([-intercept / 2, intercept / 2]))
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         x, mask, smask = batch["states"], batch["mask"], batch["sent_mask"]  # (B,S,T,C), (B,S,T), (B,S)
@@ -257,7 +285,16 @@ class HAN(nn.Module):
         h, _ = self.sent_rnn(packed)
         h, _ = nn.utils.rnn.pad_packed_sequence(h, batch_first=True, total_length=s)  # (B, S, 2H)
         v, sw = self.sent_pool(h, smask)
-        return self.out(self.drop(v)), (ww.reshape(b, s, t), sw)
+        v = self.drop(v)
+        if self.fusion:
+            lex = batch.get("lex")
+            if lex is None or tuple(lex.shape) != (b,):
+                raise AttnKitError(f"han-lex needs batch['lex'] of shape ({b},), the lexical score of each review; "
+                                   f"got {None if lex is None else tuple(lex.shape)}")
+            if torch.isnan(lex).any():
+                raise AttnKitError("batch['lex'] holds NaN; expected a lexical score for every review")
+            v = torch.cat([v, lex.to(v.dtype)[:, None]], -1)  # (B, E + 1)
+        return self.out(v), (ww.reshape(b, s, t), sw)
 
 
 def build_model(cfg: ModelConfig, bert: nn.Module | None = None) -> nn.Module:

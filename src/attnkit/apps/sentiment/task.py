@@ -4,7 +4,8 @@ majority-class baseline, highlights, and classifying new text from a run.
 
 One run trains on eight folds, stops early on the next fold after the test fold (validation) and
 reports accuracy on the test fold (default: fold 10; see :func:`~attnkit.apps.sentiment.data.fold_split`).
-The logistic regressions train on the nine non-test folds.
+The logistic regressions train on the nine non-test folds; the lexical models (:mod:`.lexical`)
+choose their settings on the validation fold, then refit on all nine.
 """
 
 from __future__ import annotations
@@ -23,8 +24,18 @@ from torch import Tensor, nn
 from ...errors import AttnKitError
 from ..trainer import RunFolder, TrainConfig, Trainer, TrainResult, load_weights, read_json, save_weights, write_json
 from .data import DATASETS, FOLDS, fold_split, load
+from .encoders import DEFAULT_ENCODER, check_encoder, load_encoder
 from .features import MAX_TOKENS, Features, encode_units, features, token_ids, units_of
-from .models import MODEL_DATA, MODELS, SKLEARN_MODELS, ModelConfig, build_model, has_attention, input_kind
+from .models import (
+    LEXICAL_MODELS,
+    MODEL_DATA,
+    MODELS,
+    SKLEARN_MODELS,
+    ModelConfig,
+    build_model,
+    has_attention,
+    input_kind,
+)
 
 __all__ = ["TASK", "Preset", "PRESETS", "THRESHOLDS", "MAX_WORDS", "train", "LoadedRun", "load_run", "evaluate_run",
            "Prediction", "check_text", "batch_of", "summary"]
@@ -63,7 +74,10 @@ PRESETS: dict[tuple[str, bool], Preset] = {
     ("gru-attn", True): Preset(32, _cfg(150, 20, 5e-3, 50, warm=10, patience=None), dict(emb_dim=64, hidden=64)),
     ("han", False): Preset(16, _cfg(900, 120, 1e-3, 50), {}),
     ("han", True): Preset(16, _cfg(60, 10, 2e-3, 20, patience=None), {}),
+    ("han-lex", False): Preset(16, _cfg(900, 120, 1e-3, 50), {}),  # han's preset
+    ("han-lex", True): Preset(16, _cfg(60, 10, 2e-3, 20, patience=None), {}),
 }
+FUSION_LEXICAL = "nbsvm"  # the lexical model whose score han-lex reads
 
 
 def _check_model(data: str, model: str) -> None:
@@ -97,11 +111,15 @@ def _text_tokens(feats: Features, text: int, field: Tensor) -> Tensor:
     return field[int(feats.unit_offsets[units.start]): int(feats.unit_offsets[units.stop])]
 
 
-def batch_of(feats: Features, texts: Sequence[int], kind: str) -> dict[str, Tensor]:
-    """The batch of the given texts for a model reading ``input_kind`` ``kind`` (see :mod:`.models`)."""
+def batch_of(feats: Features, texts: Sequence[int], kind: str, lex: Tensor | None = None) -> dict[str, Tensor]:
+    """The batch of the given texts for a model reading ``input_kind`` ``kind`` (see :mod:`.models`);
+    ``lex (N_text,)``, when given, adds each text's lexical score (``han-lex``)."""
     if kind == "review":
         sents = [[feats.states[feats.tokens(u)] for u in feats.units(t)] for t in texts]
-        return review_batch(sents)
+        batch = review_batch(sents)
+        if lex is not None:
+            batch["lex"] = lex[list(texts)]
+        return batch
     if kind == "ids":
         ids, mask = _pad_rows([_text_tokens(feats, t, feats.ids).long() for t in texts])
         return {"ids": ids, "mask": mask}
@@ -131,12 +149,13 @@ def review_batch(sents: Sequence[Sequence[Tensor]]) -> dict[str, Tensor]:
     return {"states": states, "mask": mask, "sent_mask": smask}
 
 
-def _batches(feats: Features, labels: Sequence[int], idx: list[int], kind: str, batch_size: int):
+def _batches(feats: Features, labels: Sequence[int], idx: list[int], kind: str, batch_size: int,
+             lex: Tensor | None = None):
     def make(gen: torch.Generator) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
         order = torch.randperm(len(idx), generator=gen).tolist()
         for i in range(0, len(order) - batch_size + 1, batch_size):
             chosen = [idx[j] for j in order[i: i + batch_size]]
-            yield batch_of(feats, chosen, kind), torch.tensor([labels[j] for j in chosen])
+            yield batch_of(feats, chosen, kind, lex), torch.tensor([labels[j] for j in chosen])
 
     return make
 
@@ -148,11 +167,13 @@ def _loss(model: nn.Module, batch: tuple[dict[str, Tensor], Tensor]) -> tuple[Te
 
 
 @torch.no_grad()
-def _probs(model: nn.Module, feats: Features, idx: Sequence[int], kind: str, batch_size: int = 64) -> Tensor:
+def _probs(model: nn.Module, feats: Features, idx: Sequence[int], kind: str, batch_size: int = 64,
+           lex: Tensor | None = None) -> Tensor:
     """P(positive) of each text ``(N,)``."""
     model.eval()
     bs = 16 if kind == "review" else batch_size
-    out = [torch.softmax(model(batch_of(feats, idx[i: i + bs], kind))[0], -1)[:, 1] for i in range(0, len(idx), bs)]
+    out = [torch.softmax(model(batch_of(feats, idx[i: i + bs], kind, lex))[0], -1)[:, 1]
+           for i in range(0, len(idx), bs)]
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -219,16 +240,22 @@ def train(*, data: str = "sentences", model: str = "minilm-attn", quick: bool = 
           budget_minutes: float | None = None, max_steps: int | None = None, eval_every: int | None = None,
           out: str | Path | None = None, seed: int = 0, progress: bool = True, resume: bool = False,
           fold: int = FOLDS, target: float | None = None, pictures: bool = True, tune_layers: int | None = None,
-          log: Callable[[str], None] = print) -> tuple[RunFolder, dict[str, Any]]:
+          encoder: str = DEFAULT_ENCODER, log: Callable[[str], None] = print) -> tuple[RunFolder, dict[str, Any]]:
     """Train one model on the non-test folds and evaluate it on fold ``fold``; returns the run folder
     and its results. ``tune_layers`` (``minilm-ft`` only, 1..6; default: the preset's) is how many
-    top MiniLM layers are fine-tuned."""
+    top MiniLM layers are fine-tuned. ``encoder`` (reviews only; see :mod:`.encoders`) is whose
+    token states the MiniLM-state models read."""
     _check_model(data, model)
+    check_encoder(encoder, data)
+    if encoder != DEFAULT_ENCODER and model in LEXICAL_MODELS:
+        raise AttnKitError(f"--encoder applies to the models on MiniLM states; --model {model} reads the raw text")
     options: dict[str, Any] = {}
     if tune_layers is not None:
         if model != "minilm-ft":
             raise AttnKitError(f"--tune-layers applies to --model minilm-ft only; got --model {model}")
         options["tune_layers"] = tune_layers
+    if model in LEXICAL_MODELS:
+        return _train_lexical(data, model, fold, out, seed, quick, log, pictures)
     if model in SKLEARN_MODELS:
         mcfg = None
     else:
@@ -236,11 +263,12 @@ def train(*, data: str = "sentences", model: str = "minilm-attn", quick: bool = 
     RunFolder.refuse_existing(out, resume)
     t0 = time.perf_counter()
     examples = load(data)
-    feats = features(data, log=log, layer=mcfg.mid_layer if model == "minilm-ft" else None)
+    feats = features(data, log=log, layer=mcfg.mid_layer if model == "minilm-ft" else None, encoder=encoder)
     train_idx, valid_idx, test_idx = fold_split(examples, fold)
     labels = [e.label for e in examples]
     run = RunFolder.create(TASK, model, out)
-    base = {"task": TASK, "data": data, "fold": fold, "preset": "quick" if quick else "full", "seed": seed,
+    base = {"task": TASK, "data": data, "encoder": encoder, "fold": fold, "preset": "quick" if quick else "full",
+            "seed": seed,
             "sizes": {"train": len(train_idx), "valid": len(valid_idx), "test": len(test_idx)}}
     if model in SKLEARN_MODELS:
         fit_idx = train_idx + valid_idx
@@ -253,6 +281,9 @@ def train(*, data: str = "sentences", model: str = "minilm-attn", quick: bool = 
         results = evaluate_run(run, log=log, pictures=pictures, train_result=TrainResult(1, seconds, "fit", None, None),
                                setup_seconds=time.perf_counter() - t0 - seconds)
         return run, results
+    lex = None
+    if model == "han-lex":
+        lex = _fusion_scores(run, examples, train_idx, valid_idx, log)
     preset = PRESETS[(model, quick)]
     cfg = preset.train.overridden(seed=seed, progress=progress, metric="accuracy",
                                   budget_minutes=budget_minutes, max_steps=max_steps, target=target,
@@ -261,22 +292,88 @@ def train(*, data: str = "sentences", model: str = "minilm-attn", quick: bool = 
     assert mcfg is not None
     bert = _minilm(MAX_TOKENS[data])[0].bert if model == "minilm-ft" else None
     net = build_model(mcfg, bert)
+    if lex is not None:
+        f = read_json(run / "lexical" / "fusion.json")
+        net.start_from_score(f["slope"], f["intercept"])  # type: ignore[operator]
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    fusion = {"fusion": read_json(run / "lexical" / "fusion.json")} if lex is not None else {}
     write_json(run / "config.json", {**base, "model": mcfg.to_dict(), "train": asdict(cfg),
-                                     "batch_size": preset.batch_size, "parameters": trainable})
+                                     "batch_size": preset.batch_size, "parameters": trainable, **fusion})
     kind = input_kind(model)
 
     def evaluate(m: nn.Module) -> dict[str, float]:
-        p = _probs(m, feats, valid_idx, kind)
+        p = _probs(m, feats, valid_idx, kind, lex=lex)
         return {"accuracy": float(((p > 0.5).long() == torch.tensor([labels[i] for i in valid_idx])).float().mean())}
 
-    trainer = Trainer(net, cfg, run, batches=_batches(feats, labels, train_idx, kind, preset.batch_size), loss_fn=_loss,
+    trainer = Trainer(net, cfg, run, batches=_batches(feats, labels, train_idx, kind, preset.batch_size, lex),
+                      loss_fn=_loss,
                       evaluate=evaluate)
     result = trainer.fit_run(f"{model} on {data} (test fold {fold}): {len(train_idx)} train / {len(valid_idx)} "
                              f"valid / {len(test_idx)} test, {trainable:,} trainable parameters",
                              resume=resume, log=log)
     return run, evaluate_run(run, log=log, pictures=pictures, train_result=result,
                              setup_seconds=time.perf_counter() - t0 - result.seconds)
+
+
+def _fusion_scores(run: RunFolder, examples: Sequence[Any], train_idx: list[int], valid_idx: list[int],
+                   log: Callable[[str], None]) -> Tensor:
+    """The lexical scores ``han-lex`` reads ``(N_text,)`` (NaN outside training and validation),
+    divided by the spread of the training scores. A training review's score comes from the
+    lexical model fit on the other training folds (cross-fitting, so the network learns how far
+    to trust scores of unseen reviews); the validation (and later test) reviews are scored by the
+    model fit on all training folds, saved in ``run/lexical`` with ``fusion.json``: the scale, and
+    the logistic calibration (slope, intercept) of the cross-fitted training scores, where the
+    classifier starts (:meth:`~attnkit.apps.sentiment.models.HAN.start_from_score`)."""
+    from .data import folds
+    from .lexical import cross_fit_scores, fit_lexical
+
+    t0 = time.perf_counter()
+    fold_of = folds(list(examples))
+    texts = [examples[i].text for i in train_idx]
+    y = [examples[i].label for i in train_idx]
+    inner = cross_fit_scores(FUSION_LEXICAL, texts, y, [fold_of[i] for i in train_idx])
+    scale = float(inner.std())
+    if not math.isfinite(scale) or scale <= 0:
+        raise AttnKitError(f"the cross-fitted {FUSION_LEXICAL} scores have spread {scale}; expected a positive number")
+    from sklearn.linear_model import LogisticRegression
+
+    calib = LogisticRegression(C=1e4, max_iter=1000).fit((inner / scale).numpy()[:, None], y)
+    lexical = fit_lexical(FUSION_LEXICAL, texts, y)
+    lexical.save(run / "lexical")
+    write_json(run / "lexical" / "fusion.json", {"lexical": FUSION_LEXICAL, "scale": scale,
+                                                 "slope": float(calib.coef_[0, 0]),
+                                                 "intercept": float(calib.intercept_[0])})
+    lex = torch.full((len(examples),), math.nan)
+    lex[train_idx] = inner / scale
+    lex[valid_idx] = lexical.scores([examples[i].text for i in valid_idx]) / scale
+    log(f"{FUSION_LEXICAL} scores for han-lex: cross-fitted over {len(set(fold_of[i] for i in train_idx))} training "
+        f"folds in {time.perf_counter() - t0:.0f} s (scale {scale:.3f})")
+    return lex
+
+
+def _train_lexical(data: str, model: str, fold: int, out: str | Path | None, seed: int, quick: bool,
+                   log: Callable[[str], None], pictures: bool) -> tuple[RunFolder, dict[str, Any]]:
+    from .lexical import fit_lexical
+
+    t0 = time.perf_counter()
+    examples = load(data)
+    train_idx, valid_idx, test_idx = fold_split(examples, fold)
+    run = RunFolder.create(TASK, model, out)
+    t1 = time.perf_counter()
+    lex = fit_lexical(model, [examples[i].text for i in train_idx], [examples[i].label for i in train_idx],
+                      [examples[i].text for i in valid_idx], [examples[i].label for i in valid_idx])
+    seconds = time.perf_counter() - t1
+    lex.save(run.path)
+    write_json(run / "config.json", {"task": TASK, "data": data, "fold": fold, "preset": "quick" if quick else "full",
+                                     "seed": seed, "sizes": {"train": len(train_idx), "valid": len(valid_idx),
+                                                             "test": len(test_idx)},
+                                     "model": {"kind": model, **lex.info}, "parameters": len(lex.weights) + 1,
+                                     "train": {"fit_seconds": round(seconds, 2)}})
+    log(f"{model} on {data} (test fold {fold}): {len(lex.weights):,} n-grams, fit in {seconds:.1f} s"
+        + (f", C={lex.info['C']:g}" if "C" in lex.info else ""))
+    results = evaluate_run(run, log=log, pictures=pictures, train_result=TrainResult(1, seconds, "fit", None, None),
+                           setup_seconds=time.perf_counter() - t0 - seconds)
+    return run, results
 
 
 # ----------------------------------------------------------------------------------------------
@@ -302,10 +399,26 @@ class LoadedRun:
         self.run, self.config, self.model = run, config, model
         self.kind: str = config["model"]["kind"]
         self.data: str = config["data"]
+        self.lexical = None  # han-lex: the lexical model whose score it reads
+        if self.kind == "han-lex":
+            from .lexical import LexicalModel
+
+            self.lexical = LexicalModel.load(run / "lexical")
+
+    def lex_scores(self, texts: Sequence[str]) -> Tensor:
+        """``han-lex``: the scaled lexical score of each text ``(N,)``."""
+        if self.lexical is None:
+            raise AttnKitError(f"a {self.kind} run reads no lexical score; expected a han-lex run")
+        return self.lexical.scores(texts) / float(self.config["fusion"]["scale"])
+
+    @property
+    def encoder(self) -> str:
+        """Whose token states the model reads (runs from before the option: the published MiniLM)."""
+        return self.config.get("encoder", DEFAULT_ENCODER)
 
     def minilm(self):
-        """``(MiniLM encoder, tokenizer)``, loaded once per process."""
-        return _minilm(MAX_TOKENS[self.data])
+        """``(MiniLM encoder, tokenizer)`` of the run's encoder, loaded once per process."""
+        return _minilm(MAX_TOKENS[self.data], self.encoder)
 
     def features_of(self, texts: Sequence[str]) -> tuple[dict[str, Tensor], list[list[list[str]]]]:
         """The model's batch for raw ``texts`` and the tokens of each unit of each text."""
@@ -342,11 +455,17 @@ class LoadedRun:
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         """Label, probability and attention of each text (texts are checked with :func:`check_text`)."""
         texts = [check_text(t, self.data) for t in texts]
+        if self.kind in LEXICAL_MODELS:  # no attention: the units are the text's sentences, as words
+            p = torch.sigmoid(self.model.scores(texts))
+            return [Prediction("positive" if float(q) >= 0.5 else "negative", max(float(q), 1 - float(q)),
+                               [u.split() for u in units_of(self.data, t)], None, None) for q, t in zip(p, texts)]
         batch, words = self.features_of(texts)
         self.model.eval()
         if self.kind in SKLEARN_MODELS:
             logits, w = self._probe_logits(batch, words), None
         else:
+            if self.lexical is not None:
+                batch["lex"] = self.lex_scores(texts)
             logits, w = self.model(batch)
         p = torch.softmax(logits, -1)[:, 1]
         out = []
@@ -378,15 +497,8 @@ class LoadedRun:
         return self.model(torch.stack(rows))
 
 
-_MINILM: dict[int, Any] = {}
-
-
-def _minilm(max_length: int):
-    if max_length not in _MINILM:
-        from ...models import load_minilm
-
-        _MINILM[max_length] = load_minilm(max_length=max_length)
-    return _MINILM[max_length]
+def _minilm(max_length: int, encoder: str = DEFAULT_ENCODER):
+    return load_encoder(encoder, max_length)
 
 
 def check_text(text: object, data: str) -> str:
@@ -405,6 +517,10 @@ def load_run(path: str | Path) -> LoadedRun:
     """The model of a sentiment run folder, in eval mode, with its best weights."""
     run, config = RunFolder.open_task(path, TASK)
     kind = config["model"]["kind"]
+    if kind in LEXICAL_MODELS:
+        from .lexical import LexicalModel
+
+        return LoadedRun(run, config, LexicalModel.load(run.path, config["model"]))  # type: ignore[arg-type]
     weights = load_weights(run / "model.safetensors")
     if kind in SKLEARN_MODELS:
         model: nn.Module = LinearProbe(int(weights["coef"].shape[0]))
@@ -425,14 +541,22 @@ def evaluate_run(path: str | Path | RunFolder, *, log: Callable[[str], None] = p
     lr = load_run(path.path if isinstance(path, RunFolder) else path)
     run, config, kind, data = lr.run, lr.config, lr.kind, lr.data
     examples = load(data)
-    feats = features(data, log=log, layer=lr.model.config.mid_layer if kind == "minilm-ft" else None)
     train_idx, valid_idx, test_idx = fold_split(examples, config["fold"])
     labels = [e.label for e in examples]
     y_test = [labels[i] for i in test_idx]
-    if kind in SKLEARN_MODELS:
+    if kind in LEXICAL_MODELS:
+        p = torch.sigmoid(lr.model.scores([examples[i].text for i in test_idx]))
+    elif kind in SKLEARN_MODELS:
+        feats = features(data, log=log, encoder=lr.encoder)
         p = torch.sigmoid(pooled(feats, test_idx, kind) @ lr.model.coef + lr.model.intercept)
     else:
-        p = _probs(lr.model, feats, test_idx, input_kind(kind))
+        feats = features(data, log=log, layer=lr.model.config.mid_layer if kind == "minilm-ft" else None,
+                         encoder=lr.encoder)
+        lex = None
+        if lr.lexical is not None:
+            lex = torch.full((len(examples),), math.nan)
+            lex[test_idx] = lr.lex_scores([examples[i].text for i in test_idx])
+        p = _probs(lr.model, feats, test_idx, input_kind(kind), lex=lex)
     majority = max(set(labels[i] for i in train_idx), key=[labels[i] for i in train_idx].count)
     state = read_json(run / "trainer_state.json") if (run / "trainer_state.json").exists() else {}
     before = read_json(run / "results.json").get("train", {}) if (run / "results.json").exists() else {}
@@ -442,11 +566,13 @@ def evaluate_run(path: str | Path | RunFolder, *, log: Callable[[str], None] = p
         first = next((e for e in evals if e.get("accuracy", -1) >= th), None)
         reached[str(th)] = None if first is None else {"step": first["step"], "seconds": first["seconds"]}
     results: dict[str, Any] = {
-        "task": TASK, "data": data, "model": kind, "attention": has_attention(kind), "fold": config["fold"],
+        "task": TASK, "data": data, "model": kind,
+        **({"encoder": lr.encoder} if kind not in LEXICAL_MODELS else {}), "attention": has_attention(kind),
+        "fold": config["fold"],
         "preset": config["preset"], "parameters": config["parameters"],
         "test": {"n": len(test_idx), "accuracy": _accuracy(p, y_test)},
         "baselines": {"majority-class": {"accuracy": sum(y == majority for y in y_test) / len(y_test)}},
-        "train": {"steps": state.get("step", 1 if kind in SKLEARN_MODELS else None),
+        "train": {"steps": state.get("step", 1 if kind in SKLEARN_MODELS + LEXICAL_MODELS else None),
                   "seconds": state.get("seconds", config.get("train", {}).get("fit_seconds")),
                   "best_valid_accuracy": state.get("best"), "best_step": state.get("best_step"),
                   "stopped": before.get("stopped") if train_result is None else train_result.stopped,
