@@ -22,7 +22,7 @@ from attnkit import get_impl, list_impls, masks, scores
 from attnkit.call import make_call
 from attnkit.dispatch import not_supported_reasons
 
-EXACT = [n for n in list_impls() if get_impl(n).exact]
+EXACT = [n for n in list_impls() if get_impl(n).exact and "cpu" in get_impl(n).devices]  # CPU tensors here
 
 # each shape is B, H, Hkv, T, S, D, Dv
 SHAPES = {

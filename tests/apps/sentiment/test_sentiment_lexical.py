@@ -64,7 +64,8 @@ def test_cross_fit_scores_come_from_the_other_groups():
         fit = [i for i in range(10) if groups[i] != g]
         held = [i for i in range(10) if groups[i] == g]
         ref = fit_lexical("nbsvm", [TEXTS[i] for i in fit], [LABELS[i] for i in fit])
-        torch.testing.assert_close(got[held], ref.scores([TEXTS[i] for i in held]))
+        # the solver converges to 1e-5 or so from either fit: far closer than a fit that saw the held texts
+        torch.testing.assert_close(got[held], ref.scores([TEXTS[i] for i in held]), atol=1e-4, rtol=1e-4)
 
 
 def test_bad_input_is_refused():

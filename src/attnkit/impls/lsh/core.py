@@ -7,6 +7,7 @@ nC chunks, C chunk length, R hash rounds.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -64,6 +65,13 @@ def _duplicate_counts(chunk_of: Tensor, rows: Tensor, cols: Tensor, n_chunks: in
     return count.to(dtype)
 
 
+@functools.lru_cache(maxsize=32)
+def _seeded_rotations(head_dim: int, n_hashes: int, n_buckets: int, seed: int, device: torch.device) -> Tensor:
+    """:func:`random_rotations` of ``seed``, on ``device``, drawn once per setting (a call then
+    spends neither the CPU draw nor the copy to a GPU); callers only read it."""
+    return random_rotations(head_dim, n_hashes, n_buckets, seed=seed).to(device)
+
+
 def lsh_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, scale: float | None = None,
                   settings: LSHSettings | None = None, generator: torch.Generator | None = None,
                   return_weights: bool = False, return_lse: bool = False) -> LSHResult:
@@ -103,7 +111,10 @@ def lsh_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, 
     chunk = st.bucket_size if on_triton else min(st.bucket_size, n)  # the kernels' tile is the bucket
     n_chunks = math.ceil(n / chunk)
     n_buckets = st.buckets_for(n)
-    rot = random_rotations(d, st.n_hashes, n_buckets, generator=generator, seed=st.seed)
+    if generator is None:  # drawn from the seed: the same rotations every call, kept on the device
+        rot = _seeded_rotations(d, st.n_hashes, n_buckets, st.seed, q.device)
+    else:
+        rot = random_rotations(d, st.n_hashes, n_buckets, generator=generator, seed=st.seed)
     with torch.no_grad():
         if on_triton and n_buckets > 1:  # one fused pass in the inputs' dtype, projections kept in registers
             from ...kernels.triton_attention import hash_buckets
