@@ -192,3 +192,14 @@ def test_every_impl_returns_the_result_type():
         res = spec.fn(call)
         assert isinstance(res, attnkit.AttnResult) and res.out.shape == (2, 4, 33, 19)
         assert res.weights is None and res.lse is None, name  # not asked for, not computed
+
+
+def test_merge_partials_is_exact_at_large_log_sum_exp():
+    """Parts whose lse is about -1e5 (a shared-QK query that sees only itself): shares taken
+    relative to the total lse would carry its float32 rounding (about 0.008 there) into the
+    output; taken relative to the largest part they are exact."""
+    v = torch.randn(1, 2, 3, 8)
+    lse = torch.full((1, 2, 3), -1e5)
+    out, total = attnkit.merge_partials([(v, lse), (v, lse - math.log(2.0)), (v, lse)])
+    torch.testing.assert_close(out, v, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(total, lse + math.log(2.5), atol=0.02, rtol=0)
