@@ -96,7 +96,7 @@ def test_refusals_name_what_is_wrong(triton_device):
 
 def test_fused_hashing_gives_torch_buckets(triton_device):
     from attnkit.impls.lsh import hash_vectors, random_rotations
-    from attnkit.kernels.triton_attention import hash_buckets
+    from attnkit.kernels.triton_hashing import hash_buckets
 
     g = torch.Generator().manual_seed(4)
     x = torch.randn(2, 300, 24, generator=g)  # rows past a tile, a head dim that is padded

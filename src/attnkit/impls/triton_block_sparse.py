@@ -91,7 +91,7 @@ def triton_block_sparse(call: AttentionCall) -> AttnResult:
     v = call.v
     grad = _needs_grad(call)
     if call.lq == 1 and not grad:
-        from ..kernels.triton_attention import decode
+        from ..kernels.triton_decode import decode
 
         dense = call.dense_mask()
         keep = None if dense is None else dense[:, :, 0]  # (Bm, Hm, S)

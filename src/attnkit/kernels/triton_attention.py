@@ -1,5 +1,6 @@
-"""Triton kernels: FlashAttention-2 style attention over a tile plan, forward and backward, the
-attention weights by recomputation, and a split-key decode kernel for one query token.
+"""Triton kernels: FlashAttention-2 style attention over a tile plan, forward and backward, and
+its launchers (the weights kernel is in :mod:`.triton_weights`, the decode kernel in
+:mod:`.triton_decode`, LSH hashing in :mod:`.triton_hashing`).
 
 Imported only when a Triton implementation runs (``TRITON_INTERPRET=1`` must be set before this
 import to run the kernels on CPU tensors, as the tests do). The launchers take a
@@ -22,55 +23,21 @@ D head dim, Dv value dim, BM / BN query / key tile.
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
+from .triton_interpreter import apply_fixes
 from .triton_plan import interpreting
 
-__all__ = ["fwd", "bwd", "weights", "decode", "hash_buckets", "LOG2E"]
+__all__ = ["fwd", "bwd", "LOG2E"]
 
 LOG2E = 1.4426950408889634
 SELF_SCORE = -1e5  # shared-QK: the score of an item with itself (as lsh's SELF_SCORE)
 
-
-def _interpreter_fixes() -> None:
-    """Two fixes of Triton's interpreter (CPU only; compiled kernels are untouched): a loaded
-    scalar used as a loop bound goes through ``int(array)``, which NumPy 2.4 refuses for a
-    1-element array (read its one element instead); and ``tl.dot`` of bfloat16 operands
-    multiplies their raw 16-bit patterns (convert them to float32 first)."""
-    import numpy as np
-    from triton.runtime import interpreter
-
-    original = interpreter._patch_lang_tensor
-    if getattr(original, "reads_one_element", False):
-        return
-
-    def patched(tensor, scope) -> None:
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
-
-    patched.reads_one_element = True
-    interpreter._patch_lang_tensor = patched
-
-    dot = interpreter.InterpreterBuilder.create_dot
-
-    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
-        def widen(x):
-            if x.dtype.scalar == tl.bfloat16:
-                data = interpreter._convert_float(x.data, tl.bfloat16, tl.float32, None).view(np.float32)
-                return interpreter.TensorHandle(data, tl.float32)
-            return x
-        return dot(self, widen(a), widen(b), d, input_precision, max_num_imprecise_acc)
-
-    interpreter.InterpreterBuilder.create_dot = create_dot
-
-
-if interpreting():
-    _interpreter_fixes()
+apply_fixes()
 
 
 @triton.jit
@@ -391,102 +358,6 @@ def _dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, F_NUM, F_IDX, P_NUM, P_IDX, P_LIB, S
 
 
 @triton.jit
-def _weights_kernel(Q, K, LSE, W, KINDS, LIB, SUB, s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_wb, s_wh, s_wt,
-                    s_tb, s_th, s_tq, H, GROUP, T, S, qk_scale,
-                    BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, D_REAL: tl.constexpr, IEEE: tl.constexpr):
-    """One (BM, BN) tile of the weights ``exp(s - lse)``: zeros for an empty tile, the sub-mask
-    applied on a partial one."""
-    pid_m, pid_n = tl.program_id(0), tl.program_id(1)
-    bh = tl.program_id(2).to(tl.int64)
-    b, h = bh // H, bh % H
-    offs_m = pid_m * BM + tl.arange(0, BM)
-    offs_n = pid_n * BN + tl.arange(0, BN)
-    offs_d = tl.arange(0, D)
-    rows, cols = offs_m < T, offs_n < S
-    t_off = b * s_tb + h * s_th + pid_m * s_tq + pid_n
-    kind = tl.load(KINDS + t_off)
-    w = tl.zeros([BM, BN], tl.float32)
-    if kind != 0:
-        q = tl.load(Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qt + offs_d[None, :],
-                    mask=rows[:, None] & (offs_d[None, :] < D_REAL), other=0.0)
-        kt = tl.load(K + b * s_kb + (h // GROUP) * s_kh + offs_n[None, :] * s_kt + offs_d[:, None],
-                     mask=cols[None, :] & (offs_d[:, None] < D_REAL), other=0.0)
-        if IEEE:
-            qk = tl.dot(q, kt, input_precision="ieee")
-        else:
-            qk = tl.dot(q, kt)
-        qk = qk * qk_scale
-        if kind == 1:
-            lib = tl.load(LIB + t_off)
-            sub = tl.load(SUB + lib * (BM * BN) + tl.arange(0, BM)[:, None] * BN + tl.arange(0, BN)[None, :])
-            qk = tl.where(sub != 0, qk, float("-inf"))
-        lse = tl.load(LSE + bh * T + offs_m, mask=rows, other=float("inf"))
-        lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-        w = tl.exp2(qk - lse2[:, None])
-        w = tl.where(cols[None, :], w, 0.0)
-    tl.store(W + b * s_wb + h * s_wh + offs_m[:, None] * s_wt + offs_n[None, :], w.to(W.dtype.element_ty),
-             mask=rows[:, None] & cols[None, :])
-
-
-@triton.jit
-def _decode_kernel(Q, K, V, KEEP, W, ACC, ML, s_qb, s_qh, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt,
-                   s_eb, s_eh, s_wb, s_wh, HKV, GROUP, S, qk_scale, chunk, n_splits,
-                   GM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, D_REAL: tl.constexpr,
-                   DV_REAL: tl.constexpr, HAS_KEEP: tl.constexpr, WEIGHTS: tl.constexpr, IEEE: tl.constexpr):
-    """One query token, the ``GROUP`` query heads of one kv head as rows, over one split of the
-    keys: partial ``(acc, m, l)`` per split; with ``WEIGHTS`` the base-2 scores go to ``W``."""
-    split = tl.program_id(0)
-    bhk = tl.program_id(1).to(tl.int64)
-    b, hk = bhk // HKV, bhk % HKV
-    offs_g = tl.arange(0, GM)
-    offs_d = tl.arange(0, D)
-    offs_dv = tl.arange(0, DV)
-    heads = hk * GROUP + offs_g
-    live = offs_g < GROUP
-    q = tl.load(Q + b * s_qb + heads[:, None] * s_qh + offs_d[None, :],
-                mask=live[:, None] & (offs_d[None, :] < D_REAL), other=0.0)
-    m_i = tl.full([GM], float("-inf"), tl.float32)
-    l_i = tl.zeros([GM], tl.float32)
-    acc = tl.zeros([GM, DV], tl.float32)
-    lo = split * chunk
-    hi = tl.minimum(lo + chunk, S)
-    for start in range(lo, hi, BN):
-        cols = start + tl.arange(0, BN)
-        inside = cols < hi
-        kt = tl.load(K + b * s_kb + hk * s_kh + cols[None, :] * s_kt + offs_d[:, None],
-                     mask=inside[None, :] & (offs_d[:, None] < D_REAL), other=0.0)
-        if IEEE:
-            qk = tl.dot(q, kt, input_precision="ieee")
-        else:
-            qk = tl.dot(q, kt)
-        qk = qk * qk_scale
-        ok = inside[None, :] & live[:, None]
-        if HAS_KEEP:
-            keep = tl.load(KEEP + b * s_eb + heads[:, None] * s_eh + cols[None, :], mask=ok, other=0)
-            ok = ok & (keep != 0)
-        qk = tl.where(ok, qk, float("-inf"))
-        if WEIGHTS:
-            tl.store(W + b * s_wb + heads[:, None] * s_wh + cols[None, :], qk, mask=inside[None, :] & live[:, None])
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_use)
-        p = tl.exp2(qk - m_use[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V + b * s_vb + hk * s_vh + cols[:, None] * s_vt + offs_dv[None, :],
-                    mask=inside[:, None] & (offs_dv[None, :] < DV_REAL), other=0.0)
-        if IEEE:
-            pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            pv = tl.dot(p.to(v.dtype), v)
-        acc = acc * alpha[:, None] + pv
-        m_i = m_new
-    base = bhk * n_splits + split
-    tl.store(ACC + base * GM * DV + offs_g[:, None] * DV + offs_dv[None, :], acc)
-    tl.store(ML + base * 2 * GM + offs_g, m_i)
-    tl.store(ML + base * 2 * GM + GM + offs_g, l_i)
-
-
-@triton.jit
 def _delta_kernel(OUT, DO, DLSE, DELTA, s_ob, s_oh, s_ot, s_db, s_dh, s_dt, H, T,
                   BM: tl.constexpr, DV: tl.constexpr, DV_REAL: tl.constexpr, HAS_DLSE: tl.constexpr):
     """The backward's row term ``rowsum(dO * O) - dlse`` (float32), one block of rows."""
@@ -502,44 +373,6 @@ def _delta_kernel(OUT, DO, DLSE, DELTA, s_ob, s_oh, s_ot, s_db, s_dh, s_dt, H, T
     if HAS_DLSE:
         delta -= tl.load(DLSE + bh * T + rows, mask=rows < T, other=0.0)
     tl.store(DELTA + bh * T + rows, delta, mask=rows < T)
-
-
-@triton.jit
-def _hash_kernel(X, ROT, OUT, n_rows, n_half, s_x, s_rd, s_rr, n_rounds,
-                 BM: tl.constexpr, BC: tl.constexpr, D: tl.constexpr, D_REAL: tl.constexpr, IEEE: tl.constexpr):
-    """Angular LSH buckets of a block of rows for one round: ``argmax([xR, -xR])`` over the
-    round's ``n_half`` rotations, taken tile by tile (the projections never reach memory)."""
-    pid = tl.program_id(0)
-    r = tl.program_id(1)
-    rows = (pid * BM + tl.arange(0, BM)).to(tl.int64)
-    offs_d = tl.arange(0, D)
-    x = tl.load(X + rows[:, None] * s_x + offs_d[None, :], mask=(rows[:, None] < n_rows) & (offs_d[None, :] < D_REAL),
-                other=0.0)
-    top = tl.full([BM], float("-inf"), tl.float32)
-    arg_top = tl.zeros([BM], tl.int32)
-    low = tl.full([BM], float("inf"), tl.float32)
-    arg_low = tl.zeros([BM], tl.int32)
-    for c0 in range(0, n_half, BC):
-        cols = c0 + tl.arange(0, BC)
-        rot = tl.load(ROT + offs_d[:, None] * s_rd + r * s_rr + cols[None, :],
-                      mask=(offs_d[:, None] < D_REAL) & (cols[None, :] < n_half), other=0.0)
-        if IEEE:
-            proj = tl.dot(x, rot, input_precision="ieee")
-        else:  # the rotations are bf16 values (random_rotations): exact in x's half dtype only if bf16
-            proj = tl.dot(x, rot.to(x.dtype))
-        inside = cols[None, :] < n_half
-        hi_v = tl.max(tl.where(inside, proj, float("-inf")), 1)
-        hi_i = tl.argmax(tl.where(inside, proj, float("-inf")), 1).to(tl.int32) + c0
-        lo_v = tl.min(tl.where(inside, proj, float("inf")), 1)
-        lo_i = tl.argmin(tl.where(inside, proj, float("inf")), 1).to(tl.int32) + c0
-        better_hi = hi_v > top  # strict: the first maximum wins, as torch.max
-        top = tl.where(better_hi, hi_v, top)
-        arg_top = tl.where(better_hi, hi_i, arg_top)
-        better_lo = lo_v < low
-        low = tl.where(better_lo, lo_v, low)
-        arg_low = tl.where(better_lo, lo_i, arg_low)
-    bucket = tl.where(top >= -low, arg_top, arg_low + n_half)
-    tl.store(OUT + rows * n_rounds + r, bucket.to(tl.int64), mask=rows < n_rows)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -655,88 +488,3 @@ def bwd(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor,
         BM=dq_plan.bm, BN=dq_plan.bn, EVEN_S=s % dq_plan.bn == 0, **consts, **flags, **warps)
     return dq, dk, dv
 
-
-def weights(q: Tensor, k: Tensor, lse: Tensor, plan, scale: float, dtype: torch.dtype) -> Tensor:
-    """The attention weights ``(B, H, T, S)`` in ``dtype``, recomputed tile by tile from ``lse``."""
-    b, h, t, d = q.shape
-    hkv, s = k.shape[1], k.shape[2]
-    w = torch.empty(b, h, t, s, device=q.device, dtype=dtype)
-    kinds, lib = plan.kinds, plan.lib
-    consts, qk_scale = _common(q, k, k, scale)
-    sb, sh = plan.strides(kinds, kinds)[:2]
-    _weights_kernel[(triton.cdiv(t, plan.bm), triton.cdiv(s, plan.bn), b * h)](
-        q, k, lse.contiguous(), w, kinds, lib, plan.sub, q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2), w.stride(0), w.stride(1), w.stride(2), sb, sh, kinds.stride(2),
-        h, h // hkv, t, s, qk_scale, BM=plan.bm, BN=plan.bn, D=consts["D"], D_REAL=consts["D_REAL"],
-        IEEE=consts["IEEE"], **_warps(d, plan.bm))
-    return w
-
-
-def decode(q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None, scale: float, return_weights: bool,
-           weights_dtype: torch.dtype, block: int = 64,
-           splits: int | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
-    """One query token ``q (B, H, 1, D)`` over ``k``, ``v (B, Hkv, S, D)``, the keys split across
-    programs and merged by their log-sum-exp. ``keep (Bm, Hm, S)`` bool/uint8 or None. Returns
-    ``out (B, H, 1, Dv)``, ``lse (B, H, 1)`` and the weights ``(B, H, 1, S)`` when asked."""
-    b, h, _, d = q.shape
-    hkv, s = k.shape[1], k.shape[2]
-    dv = v.shape[-1]
-    group = h // hkv
-    gm = _pow2(group)
-    if splits is None:
-        target = 4 * (torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4)
-        splits = max(1, min(math.ceil(target / (b * hkv)), math.ceil(s / (4 * block))))
-    chunk = math.ceil(math.ceil(s / splits) / block) * block
-    splits = math.ceil(s / chunk)
-    consts, qk_scale = _common(q, k, v, scale)
-    acc = torch.empty(b * hkv, splits, gm, consts["DV"], device=q.device, dtype=torch.float32)
-    ml = torch.empty(b * hkv, splits, 2, gm, device=q.device, dtype=torch.float32)
-    w = torch.empty(b, h, 1, s, device=q.device, dtype=torch.float32) if return_weights else acc
-    if keep is not None:
-        keep = keep.to(torch.uint8)
-        keep_args = (keep, keep.stride(0) if keep.shape[0] > 1 else 0, keep.stride(1) if keep.shape[1] > 1 else 0)
-    else:
-        keep_args = (acc, 0, 0)
-    _decode_kernel[(splits, b * hkv)](
-        q, k, v, keep_args[0], w, acc, ml, q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), keep_args[1], keep_args[2],
-        w.stride(0) if return_weights else 0, w.stride(1) if return_weights else 0,
-        hkv, group, s, qk_scale, chunk, splits, GM=gm, BN=block, D=consts["D"], DV=consts["DV"],
-        D_REAL=d, DV_REAL=dv, HAS_KEEP=keep is not None, WEIGHTS=return_weights, IEEE=consts["IEEE"],
-        **_warps(d, 16))
-    m, sums = ml[:, :, 0, :group], ml[:, :, 1, :group]  # (B*Hkv, splits, G)
-    top = m.max(1, keepdim=True).values
-    top_use = torch.where(top == float("-inf"), torch.zeros_like(top), top)
-    f = torch.exp2(m - top_use)  # (B*Hkv, splits, G)
-    total = (sums * f).sum(1)  # (B*Hkv, G)
-    num = (acc[:, :, :group, :dv] * f.unsqueeze(-1)).sum(1)  # (B*Hkv, G, Dv)
-    dead = total == 0
-    out = num / torch.where(dead, torch.ones_like(total), total).unsqueeze(-1)
-    lse2 = torch.where(dead, torch.full_like(total, float("-inf")), top_use.squeeze(1) + torch.log2(total))
-    out = out.view(b, h, 1, dv).to(q.dtype)
-    lse = (lse2 / LOG2E).view(b, h, 1)
-    wts = None
-    if return_weights:
-        l2 = torch.where(dead, torch.full_like(lse2, float("inf")), lse2).view(b, h, 1, 1)
-        wts = torch.exp2(w - l2).to(weights_dtype)
-    return out, lse, wts
-
-
-def hash_buckets(x: Tensor, rotations: Tensor) -> Tensor:
-    """Angular LSH buckets of ``x (N, D)`` for every round of ``rotations (D, R, half)``:
-    ``argmax([x R_r, -x R_r])`` -> ``(N, R)`` int64, the projections computed tile by tile
-    (bfloat16 inputs on the matrix units, exact for the bf16-valued rotations of
-    :func:`attnkit.impls.lsh.random_rotations`; other dtypes in float32) and reduced in registers."""
-    n, d = x.shape
-    n_rounds, half = rotations.shape[1], rotations.shape[2]
-    if x.dtype != torch.bfloat16:  # float16 cannot hold the bf16 rotations exactly: project in float32
-        x = x.float()
-    x = x if x.stride(-1) == 1 else x.contiguous()
-    rot = rotations.to(device=x.device, dtype=torch.float32).contiguous()
-    out = torch.empty(n, n_rounds, dtype=torch.int64, device=x.device)
-    bc = 64 if half >= 64 else max(16, _pow2(half))
-    _hash_kernel[(triton.cdiv(n, 128), n_rounds)](x, rot, out, n, half, x.stride(0), rot.stride(0), rot.stride(1),
-                                                  n_rounds, BM=128, BC=bc, D=_pow2(d), D_REAL=d,
-                                                  IEEE=x.dtype == torch.float32,
-                                                  **({} if interpreting() else {"num_warps": 4, "num_stages": 3}))
-    return out

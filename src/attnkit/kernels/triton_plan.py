@@ -201,7 +201,7 @@ def plan_attention(q: Tensor, k: Tensor, v: Tensor, fwd_plan: TritonPlan,
 
 def tile_weights(q: Tensor, k: Tensor, lse: Tensor, plan: TritonPlan, scale: float, dtype: torch.dtype) -> Tensor:
     """The weights ``(B, H, T, S)`` recomputed by the Triton weights kernel from ``lse``."""
-    from . import triton_attention as ta
+    from .triton_weights import weights
 
     q, k = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k))
-    return ta.weights(q, k, lse, plan, scale, dtype)
+    return weights(q, k, lse, plan, scale, dtype)

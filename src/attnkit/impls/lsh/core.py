@@ -117,7 +117,7 @@ def lsh_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, 
         rot = random_rotations(d, st.n_hashes, n_buckets, generator=generator, seed=st.seed)
     with torch.no_grad():
         if on_triton and n_buckets > 1:  # one fused pass in the inputs' dtype, projections kept in registers
-            from ...kernels.triton_attention import hash_buckets
+            from ...kernels.triton_hashing import hash_buckets
 
             flat = items.hashed.detach().reshape(b * h * n, d)
             buckets = hash_buckets(flat, rot).view(b * h, n, -1).transpose(1, 2).contiguous()  # (BH, R, N)
