@@ -44,6 +44,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -147,6 +148,21 @@ def cleanup(device: torch.device) -> None:
 # ------------------------------------------------------------------------------------------------
 # masks and FLOPs
 # ------------------------------------------------------------------------------------------------
+
+
+def attempt(make: Callable[[], Any], label: str, case: dict, impl: str, res, device: torch.device) -> Any:
+    """``make()``, or None after printing and recording why the cell did not run (a Skip, or an
+    error such as out of memory: reported, not fatal)."""
+    try:
+        return make()
+    except Skip as why:
+        note = str(why)
+    except Exception as exc:
+        note = failure(exc)
+        cleanup(device)
+    print(f"  skip {label}: {note}")
+    res.add(case, impl, None, note=note)
+    return None
 
 
 def make_mask(name: str, window: int, bigbird_block: int) -> masks.Mask | None:
@@ -299,6 +315,13 @@ def block_sparse_cell(impl: str, mask_name: str, mask, q, k, v, go, backward: bo
     return step, extra
 
 
+def measured_block_cell(impl: str, mask_name: str, mask, q, k, v, go, backward: bool, args,
+                        device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One column of the block-sparse table: its timing row and its one-off costs / notes."""
+    step, extra = block_sparse_cell(impl, mask_name, mask, q, k, v, go, backward, args, device)
+    return measure(step, device, target_s=args.target_s, max_cell_s=args.max_cell_s), extra
+
+
 def run_block_sparse(args, res: Results, device: torch.device, clock: Callable[[], bool]) -> None:
     dtype, h = args.dtype, args.heads
     for d in args.D:
@@ -326,20 +349,11 @@ def run_block_sparse(args, res: Results, device: torch.device, clock: Callable[[
                             if not clock():
                                 res.add(case, impl, None, note="skipped: --budget-s reached")
                                 continue
-                            try:
-                                step, extra = block_sparse_cell(impl, mask_name, mask, q, k, v, go, backward,
-                                                                args, device)
-                                row = measure(step, device, target_s=args.target_s, max_cell_s=args.max_cell_s)
-                            except Skip as why:
-                                print(f"  skip {label}: {why}")
-                                res.add(case, impl, None, note=str(why))
+                            got = attempt(functools.partial(measured_block_cell, impl, mask_name, mask, q, k, v, go,
+                                                            backward, args, device), label, case, impl, res, device)
+                            if got is None:
                                 continue
-                            except Exception as exc:  # OOM, unsupported: reported, not fatal
-                                why = failure(exc)
-                                print(f"  skip {label}: {why}")
-                                res.add(case, impl, None, note=why)
-                                cleanup(device)
-                                continue
+                            row, extra = got
                             if impl == "flex":
                                 row["compile_s"] = max(0.0, row["first_s"] - row["seconds"])
                             row["tflops"] = flops / row["seconds"] / 1e12
@@ -350,7 +364,6 @@ def run_block_sparse(args, res: Results, device: torch.device, clock: Callable[[
                             comp = f" compile {row['compile_s']:.1f} s" if "compile_s" in row else ""
                             print(f"  {label}: {res.rows[-1]['seconds'] * 1e3:.2f} ms {row['tflops']:.1f} TFLOP/s "
                                   f"({row['mm_fraction']:.0%} of mm){mem}{comp}", flush=True)
-                            del step
                             cleanup(device)
                 del q, k, v, go
                 cleanup(device)
@@ -436,17 +449,9 @@ def run_lsh(args, res: Results, device: torch.device, clock: Callable[[], bool])
                     if not clock():
                         res.add(case, impl, None, note="skipped: --budget-s reached")
                         continue
-                    try:
-                        row = lsh_cell(impl, q, k, v, go, mask, opts, backward, exact, args, device)
-                    except Skip as why:
-                        print(f"  skip {label}: {why}")
-                        res.add(case, impl, None, note=str(why))
-                        continue
-                    except Exception as exc:
-                        why = failure(exc)
-                        print(f"  skip {label}: {why}")
-                        res.add(case, impl, None, note=why)
-                        cleanup(device)
+                    row = attempt(functools.partial(lsh_cell, impl, q, k, v, go, mask, opts, backward, exact, args,
+                                                    device), label, case, impl, res, device)
+                    if row is None:
                         continue
                     res.add(case, impl, row.pop("seconds"), **row)
                     mem = f" peak {row['peak_gib']:.2f} GiB" if "peak_gib" in row else ""
@@ -460,6 +465,23 @@ def run_lsh(args, res: Results, device: torch.device, clock: Callable[[], bool])
 # ------------------------------------------------------------------------------------------------
 # the decode table
 # ------------------------------------------------------------------------------------------------
+
+
+def decode_cell(name: str, fn: Callable[[], Any], q, k, v, want_out, want_w, args,
+                device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One column of the decode table: its timing row and its errors against float64."""
+    if name.startswith("triton"):
+        if "triton_block_sparse" not in attnkit.list_impls():
+            raise Skip("triton_block_sparse is not registered")
+        report = attnkit.explain_dispatch(q, k, v, impl="triton_block_sparse", return_weights=True)
+        if report.reasons["triton_block_sparse"]:
+            raise Skip("triton_block_sparse refuses: " + "; ".join(report.reasons["triton_block_sparse"]))
+    got = fn()
+    out, w = got if isinstance(got, tuple) else (got, None)
+    extra = {"out_max_err": float((out.double() - want_out).abs().max())}
+    if w is not None:
+        extra["weights_max_err"] = float((w.double() - want_w).abs().max())
+    return measure(fn, device, target_s=args.target_s, max_cell_s=args.max_cell_s), extra
 
 
 def run_decode(args, res: Results, device: torch.device, clock: Callable[[], bool]) -> None:
@@ -481,29 +503,11 @@ def run_decode(args, res: Results, device: torch.device, clock: Callable[[], boo
             if not clock():
                 res.add(case, name, None, note="skipped: --budget-s reached")
                 continue
-            try:
-                if name.startswith("triton"):
-                    if "triton_block_sparse" not in attnkit.list_impls():
-                        raise Skip("triton_block_sparse is not registered")
-                    report = attnkit.explain_dispatch(q, k, v, impl="triton_block_sparse", return_weights=True)
-                    if report.reasons["triton_block_sparse"]:
-                        raise Skip("triton_block_sparse refuses: " + "; ".join(report.reasons["triton_block_sparse"]))
-                got = fn()
-                out, w = got if isinstance(got, tuple) else (got, None)
-                extra = {"out_max_err": float((out.double() - want_out).abs().max())}
-                if w is not None:
-                    extra["weights_max_err"] = float((w.double() - want_w).abs().max())
-                row = measure(fn, device, target_s=args.target_s, max_cell_s=args.max_cell_s)
-            except Skip as why:
-                print(f"  skip {label}: {why}")
-                res.add(case, name, None, note=str(why))
+            got = attempt(functools.partial(decode_cell, name, fn, q, k, v, want_out, want_w, args, device), label,
+                          case, name, res, device)
+            if got is None:
                 continue
-            except Exception as exc:
-                why = failure(exc)
-                print(f"  skip {label}: {why}")
-                res.add(case, name, None, note=why)
-                cleanup(device)
-                continue
+            row, extra = got
             row.update(extra)
             res.add(case, name, row.pop("seconds"), **row)
             mem = f" peak {row['peak_gib']:.2f} GiB" if "peak_gib" in row else ""
