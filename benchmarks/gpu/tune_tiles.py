@@ -15,13 +15,16 @@ import torch
 
 import attnkit
 from attnkit import masks
+from attnkit.masks import patterns
 
 # forward settings (timed forward only) and backward settings (timed forward + backward, default forward)
-FWD = [{}, {"num_stages": 3}, {"block_k": 128}, {"block_k": 128, "num_stages": 3}, {"num_warps": 4, "num_stages": 3},
-       {"block_q": 64, "num_stages": 3}]
+FWD = [{}, {"num_stages": 2}, {"num_warps": 8, "num_stages": 2}, {"num_warps": 8, "num_stages": 3}, {"block_k": 128},
+       {"block_k": 128, "num_warps": 8}, {"block_q": 64, "num_stages": 3}]
 BWD = [{}, {"bwd_num_stages": 3}, {"bwd_block_q": 32, "bwd_block_k": 128, "bwd_num_stages": 3},
-       {"bwd_num_warps": 8}, {"bwd_block_q": 32, "bwd_block_k": 64, "bwd_num_stages": 3}]
-MASKS = {"causal": lambda: masks.causal(), "window": lambda: masks.window(1024)}
+       {"bwd_num_warps": 8}, {"bwd_num_warps": 8, "bwd_num_stages": 3},
+       {"bwd_block_q": 32, "bwd_block_k": 64, "bwd_num_stages": 3}]
+MASKS = {"causal": lambda: masks.causal(), "window": lambda: masks.window(1024),
+         "bigbird": lambda: patterns.bigbird(128, window_blocks=3, global_blocks=2, random_blocks=3)}  # as bench_gpu
 
 
 def _time(q, k, v, go, mask, opts: dict, backward: bool) -> dict:
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--T", type=int, default=16384)
     p.add_argument("--D", type=int, nargs="+", default=[128])
     p.add_argument("--H", type=int, default=16)
-    p.add_argument("--masks", nargs="+", default=list(MASKS), choices=list(MASKS))
+    p.add_argument("--masks", nargs="+", default=["causal", "window"], choices=list(MASKS))
     p.add_argument("--budget-s", type=float, default=90.0)
     p.add_argument("--json", default=None)
     p.add_argument("--best", default=None, help="write the fastest forward + backward options here (JSON)")

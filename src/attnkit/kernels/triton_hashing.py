@@ -18,20 +18,27 @@ __all__ = ["hash_buckets"]
 
 
 @triton.jit
+def _keyed(proj, idx):
+    """Order-preserving int64 keys of float32 ``proj``, the column ``idx`` in the low bits so that
+    of equal values the first column is the largest key (one max reduction gives value and index)."""
+    bits = tl.where(proj == 0.0, 0.0, proj).to(tl.int32, bitcast=True)  # -0.0 as +0.0, as torch compares
+    mono = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # the float order as signed integers
+    return (mono.to(tl.int64) << 32) | (0x7FFFFFFF - idx).to(tl.int64)
+
+
+@triton.jit
 def _hash_kernel(X, ROT, OUT, n_rows, n_half, s_x, s_rd, s_rr, n_rounds,
                  BM: tl.constexpr, BC: tl.constexpr, D: tl.constexpr, D_REAL: tl.constexpr, IEEE: tl.constexpr):
-    """Angular LSH buckets of a block of rows for one round: ``argmax([xR, -xR])`` over the
-    round's ``n_half`` rotations, taken tile by tile (the projections never reach memory)."""
+    """Angular LSH buckets of a block of rows for one round: the first argmax of ``[xR, -xR]`` over
+    the round's ``n_half`` rotations, taken tile by tile as one int64 max per tile (value and
+    column packed), the projections never reaching memory."""
     pid = tl.program_id(0)
     r = tl.program_id(1)
     rows = (pid * BM + tl.arange(0, BM)).to(tl.int64)
     offs_d = tl.arange(0, D)
     x = tl.load(X + rows[:, None] * s_x + offs_d[None, :], mask=(rows[:, None] < n_rows) & (offs_d[None, :] < D_REAL),
                 other=0.0)
-    top = tl.full([BM], float("-inf"), tl.float32)
-    arg_top = tl.zeros([BM], tl.int32)
-    low = tl.full([BM], float("inf"), tl.float32)
-    arg_low = tl.zeros([BM], tl.int32)
+    best = tl.full([BM], -1, tl.int64)  # below every key: of +p and -p one is >= 0
     for c0 in range(0, n_half, BC):
         cols = c0 + tl.arange(0, BC)
         rot = tl.load(ROT + offs_d[:, None] * s_rd + r * s_rr + cols[None, :],
@@ -40,19 +47,11 @@ def _hash_kernel(X, ROT, OUT, n_rows, n_half, s_x, s_rd, s_rr, n_rounds,
             proj = tl.dot(x, rot, input_precision="ieee")
         else:  # the rotations are bf16 values (random_rotations): exact in x's half dtype only if bf16
             proj = tl.dot(x, rot.to(x.dtype))
-        inside = cols[None, :] < n_half
-        hi_v = tl.max(tl.where(inside, proj, float("-inf")), 1)
-        hi_i = tl.argmax(tl.where(inside, proj, float("-inf")), 1).to(tl.int32) + c0
-        lo_v = tl.min(tl.where(inside, proj, float("inf")), 1)
-        lo_i = tl.argmin(tl.where(inside, proj, float("inf")), 1).to(tl.int32) + c0
-        better_hi = hi_v > top  # strict: the first maximum wins, as torch.max
-        top = tl.where(better_hi, hi_v, top)
-        arg_top = tl.where(better_hi, hi_i, arg_top)
-        better_lo = lo_v < low
-        low = tl.where(better_lo, lo_v, low)
-        arg_low = tl.where(better_lo, lo_i, arg_low)
-    bucket = tl.where(top >= -low, arg_top, arg_low + n_half)
-    tl.store(OUT + rows * n_rounds + r, bucket.to(tl.int64), mask=rows < n_rows)
+        key = tl.maximum(_keyed(proj, cols[None, :]), _keyed(-proj, cols[None, :] + n_half))  # (BM, BC)
+        key = tl.where(cols[None, :] < n_half, key, -1)
+        best = tl.maximum(best, tl.max(key, 1))
+    bucket = 0x7FFFFFFF - (best & 0xFFFFFFFF)
+    tl.store(OUT + rows * n_rounds + r, bucket, mask=rows < n_rows)
 
 
 def hash_buckets(x: Tensor, rotations: Tensor) -> Tensor:

@@ -137,7 +137,10 @@ def _sort_orders(items: _Items, buckets: Tensor, n_chunks: int, chunk: int) -> t
     Returns the sorted item ids padded with the dummy ``(BH, R, nC*C)`` and the sorted slot
     (rank) of every item ``(BH, R, N)``."""
     n = items.n
-    key = buckets * (2 * int(items.time.max()) + 2) + items.time  # (BH, R, N) unique per round
+    span = 2 * int(items.time.max()) + 2
+    key = buckets * span + items.time  # (BH, R, N) unique per round
+    if int(buckets.max()) * span + span < 2**31:  # int32 keys sort in half the passes
+        key = key.to(torch.int32)
     order = key.argsort(dim=-1)  # (BH, R, N)
     rank = torch.empty_like(order)
     rank.scatter_(-1, order, torch.arange(n, device=order.device).expand_as(order))
