@@ -3,7 +3,7 @@
 # kernels' tests and the CUDA sweep of every implementation for real, tile tuning, an LSH profile,
 # then the GPU benchmark tables. Everything lands in $OUT. Usage: bash benchmarks/gpu/run_device.sh
 # [stage ...] with stages: env tests tests_lsh tune tune_bigbird profile decode lsh blocks blocks64
-# blocks_d64 blocks_d64_64k blocks_b4 blocks128k (default: env tests tune blocks lsh blocks64). The
+# blocks_d64 blocks_d64_64k blocks_b4 blocks128k blocks_bigbird (default: env tests tune blocks lsh blocks64). The
 # block tables run triton_block_sparse with the settings the tune stage found ($OUT/best.json) when
 # it ran.
 set -uo pipefail
@@ -53,6 +53,8 @@ for stage in $stages; do
         --impls triton_bs flex sdpa ;;
     blocks128k) table blocks128k "${BLOCKS128_S:-90}" "${BLOCKS128_BUDGET:-75}" --T 131072 --D 128 --B 1 \
         --masks causal none window --impls triton_bs flex sdpa ;;
+    blocks_bigbird) table blocks_bigbird "${BLOCKS_BB_S:-70}" "${BLOCKS_BB_BUDGET:-55}" --T 16384 65536 --D 128 \
+        --B 1 --masks bigbird --impls triton_bs flex sdpa ;;
     tests_lsh)
       timeout "${TESTS_S:-90}" python3 -m pytest -p no:cacheprovider -o addopts="" -q -rs -n 8 \
         tests/kernels/test_triton_lsh.py tests/gpu/test_cuda_suite.py -k "lsh" > "$OUT/tests_lsh.log" 2>&1

@@ -105,3 +105,21 @@ def test_fused_hashing_gives_torch_buckets(triton_device):
         want = hash_vectors(x, rot, n_buckets)  # (2, 3, 300)
         got = hash_buckets(x.reshape(-1, 24).to(triton_device), rot).view(2, 300, 3).transpose(1, 2).cpu()
         assert got.dtype == torch.int64 and (got == want).float().mean() > 0.995  # float32 vs tiled sums
+
+
+def test_fused_hashing_breaks_ties_as_torch(triton_device):
+    """Exact ties (a zero row; two equal rotation columns) go to the first column, and the
+    positive side before the negative one, as ``argmax([xR, -xR])`` does."""
+    from attnkit.impls.lsh import hash_vectors, random_rotations
+    from attnkit.kernels.triton_hashing import hash_buckets
+
+    x = torch.randn(2, 200, 32, generator=torch.Generator().manual_seed(5)).bfloat16()  # exact bf16 products
+    x[0, :7] = 0
+    x[1, :3] = -x[1, 3:6]  # rows whose best side flips sign
+    rot = random_rotations(32, 2, 8, seed=2)
+    rot[:, :, 3] = rot[:, :, 1]  # a tie between columns 1 and 3 on every row
+    want = hash_vectors(x.float(), rot, 8)  # (2, 2, 200)
+    got = hash_buckets(x.reshape(-1, 32).to(triton_device), rot).view(2, 200, 2).transpose(1, 2).cpu()
+    assert (got[0, :, :7] == 0).all()
+    assert not (got == 3).any() and not (got == 7).any()  # column 3 never beats its twin column 1
+    assert (got == want).float().mean() > 0.995

@@ -25,7 +25,8 @@ Runs on CUDA tensors where the optional ``triton`` package is installed (``attnk
 CPU tensors only under Triton's interpreter (``TRITON_INTERPRET=1``, for tests), and ``auto``
 never picks it there.
 
-Options: ``block_q`` / ``block_k`` (forward tiles, default 128 x 64); ``bwd_block_q`` /
+Options: ``block_q`` / ``block_k`` (forward tiles, default 128 x 64, or 64 x 64 for a mask whose busiest
+query block holds more than 4x the mean tiles); ``bwd_block_q`` /
 ``bwd_block_k`` (the dK/dV kernel's query step and key block, default 64 x 64; the dQ kernel
 walks the transposed tiles); tiles are powers of two from 16 to 256. ``num_warps`` /
 ``num_stages`` and ``bwd_num_warps`` / ``bwd_num_stages`` override the launch settings.
@@ -40,6 +41,7 @@ import torch
 from ..call import AttentionCall
 from ..kernels.triton_plan import (
     TILE_SIZES,
+    TritonPlan,
     plan_attention,
     tile_weights,
     triton_plan,
@@ -61,7 +63,8 @@ def _count(value: int) -> str | None:
 
 
 OPTIONS = {
-    "block_q": Option(int, 128, "forward query tile", check=_tile),
+    "block_q": Option(int, None, "forward query tile (default 128; 64 where a few query blocks hold most of the "
+                      "tiles)", check=_tile),
     "block_k": Option(int, 64, "forward key tile", check=_tile),
     "bwd_block_q": Option(int, 64, "backward dK/dV: query rows per step (dQ: keys per step)", check=_tile),
     "bwd_block_k": Option(int, 64, "backward dK/dV: keys per program (dQ: query rows per program)", check=_tile),
@@ -76,6 +79,17 @@ MAX_HEAD_DIM = 256
 
 def _needs_grad(call: AttentionCall) -> bool:
     return torch.is_grad_enabled() and any(x.requires_grad for x in (call.q, call.k, call.v))
+
+
+def _forward_plan(call: AttentionCall, block_q: int | None, block_k: int) -> TritonPlan:
+    """The forward plan at ``block_q`` rows, or when not given at 128 rows, or at 64 where the
+    busiest query block has more than 4x the mean tiles (BigBird's global rows): its program then
+    outlasts the rest of the launch, and halving it shortened BigBird at 16k from 0.83 to 0.70 ms on
+    an H100 (benchmarks/results/gpu_tune_bigbird_h100.json)."""
+    plan = triton_plan(call.mask, call.lq, call.lk, block_q or 128, block_k, call.q.device)
+    if block_q is None and plan.imbalance > 4.0:
+        plan = triton_plan(call.mask, call.lq, call.lk, 64, block_k, call.q.device)
+    return plan
 
 
 def triton_block_sparse(call: AttentionCall) -> AttnResult:
@@ -99,7 +113,7 @@ def triton_block_sparse(call: AttentionCall) -> AttnResult:
                              call.q.dtype)
         return AttnResult(out, w, lse if call.return_lse else None)
     dev = q.device
-    fwd_plan = triton_plan(call.mask, call.lq, call.lk, opts["block_q"], opts["block_k"], dev)
+    fwd_plan = _forward_plan(call, opts["block_q"], opts["block_k"])
     bwd_plans = None
     if grad:
         bq, bk = opts["bwd_block_q"], opts["bwd_block_k"]

@@ -18,40 +18,47 @@ __all__ = ["hash_buckets"]
 
 
 @triton.jit
-def _keyed(proj, idx):
-    """Order-preserving int64 keys of float32 ``proj``, the column ``idx`` in the low bits so that
-    of equal values the first column is the largest key (one max reduction gives value and index)."""
-    bits = tl.where(proj == 0.0, 0.0, proj).to(tl.int32, bitcast=True)  # -0.0 as +0.0, as torch compares
-    mono = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # the float order as signed integers
-    return (mono.to(tl.int64) << 32) | (0x7FFFFFFF - idx).to(tl.int64)
+def _projections(x, ROT, offs_d, r, c0, n_half, s_rd, s_rr, BC: tl.constexpr, D_REAL: tl.constexpr,
+                 IEEE: tl.constexpr):
+    """``x R_r`` on the rotation columns ``c0 .. c0 + BC`` of round ``r``: ``(BM, BC)`` float32."""
+    cols = c0 + tl.arange(0, BC)
+    rot = tl.load(ROT + offs_d[:, None] * s_rd + r * s_rr + cols[None, :],
+                  mask=(offs_d[:, None] < D_REAL) & (cols[None, :] < n_half), other=0.0)
+    if IEEE:
+        return tl.dot(x, rot, input_precision="ieee")
+    return tl.dot(x, rot.to(x.dtype))  # the rotations are bf16 values: exact in x's dtype only if bf16
 
 
 @triton.jit
 def _hash_kernel(X, ROT, OUT, n_rows, n_half, s_x, s_rd, s_rr, n_rounds,
                  BM: tl.constexpr, BC: tl.constexpr, D: tl.constexpr, D_REAL: tl.constexpr, IEEE: tl.constexpr):
-    """Angular LSH buckets of a block of rows for one round: the first argmax of ``[xR, -xR]`` over
-    the round's ``n_half`` rotations, taken tile by tile as one int64 max per tile (value and
-    column packed), the projections never reaching memory."""
+    """Angular LSH buckets of a block of rows for one round: the first argmax of ``[xR, -xR]``.
+
+    Two passes over the round's rotations, the projections never reaching memory: the largest
+    ``|xR|`` per row (a plain float max), then the first column reaching it, counted as
+    ``c`` where ``xR`` is positive and ``c + n_half`` where it is negative; the smallest such code
+    is torch's ``argmax([xR, -xR])`` (the positive side wins a tie, as it comes first). The second
+    pass recomputes the same products, so the comparison is exact."""
     pid = tl.program_id(0)
     r = tl.program_id(1)
     rows = (pid * BM + tl.arange(0, BM)).to(tl.int64)
     offs_d = tl.arange(0, D)
     x = tl.load(X + rows[:, None] * s_x + offs_d[None, :], mask=(rows[:, None] < n_rows) & (offs_d[None, :] < D_REAL),
                 other=0.0)
-    best = tl.full([BM], -1, tl.int64)  # below every key: of +p and -p one is >= 0
+    top = tl.zeros([BM], tl.float32)
+    for c0 in range(0, n_half, BC):  # columns past n_half project to 0, which never exceeds |xR|
+        proj = _projections(x, ROT, offs_d, r, c0, n_half, s_rd, s_rr, BC, D_REAL, IEEE)
+        top = tl.maximum(top, tl.max(tl.abs(proj), 1))
+    big = 2 * n_half
+    bucket = tl.zeros([BM], tl.int32) + big
     for c0 in range(0, n_half, BC):
+        proj = _projections(x, ROT, offs_d, r, c0, n_half, s_rd, s_rr, BC, D_REAL, IEEE)
         cols = c0 + tl.arange(0, BC)
-        rot = tl.load(ROT + offs_d[:, None] * s_rd + r * s_rr + cols[None, :],
-                      mask=(offs_d[:, None] < D_REAL) & (cols[None, :] < n_half), other=0.0)
-        if IEEE:
-            proj = tl.dot(x, rot, input_precision="ieee")
-        else:  # the rotations are bf16 values (random_rotations): exact in x's half dtype only if bf16
-            proj = tl.dot(x, rot.to(x.dtype))
-        key = tl.maximum(_keyed(proj, cols[None, :]), _keyed(-proj, cols[None, :] + n_half))  # (BM, BC)
-        key = tl.where(cols[None, :] < n_half, key, -1)
-        best = tl.maximum(best, tl.max(key, 1))
-    bucket = 0x7FFFFFFF - (best & 0xFFFFFFFF)
-    tl.store(OUT + rows * n_rounds + r, bucket, mask=rows < n_rows)
+        code = tl.where(proj < 0, cols[None, :] + n_half, cols[None, :])
+        hit = (tl.abs(proj) == top[:, None]) & (cols[None, :] < n_half)
+        bucket = tl.minimum(bucket, tl.min(tl.where(hit, code, big), 1))
+    bucket = tl.where(bucket == big, 0, bucket)  # a row with NaN: bucket 0 (its attention output is NaN)
+    tl.store(OUT + rows * n_rounds + r, bucket.to(tl.int64), mask=rows < n_rows)
 
 
 def hash_buckets(x: Tensor, rotations: Tensor) -> Tensor:

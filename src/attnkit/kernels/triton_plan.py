@@ -99,6 +99,13 @@ class TritonPlan:
         bcast = lambda t, d: 0 if t.shape[d] == 1 else t.stride(d)  # noqa: E731
         return bcast(num, 0), bcast(num, 1), bcast(idx, 0), bcast(idx, 1), idx.stride(2)
 
+    @functools.cached_property
+    def imbalance(self) -> float:
+        """Kept tiles of the busiest query block over the mean of the non-empty ones (1: even)."""
+        per_block = (self.kv_lists[0] + self.kv_lists[2]).float()  # (Bm, Hm, nQ)
+        busy = per_block[per_block > 0]
+        return float(busy.max() / busy.mean()) if busy.numel() else 1.0
+
     @property
     def tiles(self) -> int:
         """Kept tiles (full + partial) over all mask slices."""
