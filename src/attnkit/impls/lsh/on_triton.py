@@ -8,7 +8,6 @@ sorted chunks, forward and backward, is the fused kernel."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ...kernels.triton_plan import TILE_SIZES, HashedIds, look_one_back_plan, plan_attention, triton_reason
@@ -17,26 +16,6 @@ from ...merge import merge_partials
 from .items import _Items, _slots
 
 __all__ = ["triton_route_reasons", "rounds_on_triton"]
-
-
-class _Rows(torch.autograd.Function):
-    """``x[rows]`` for a flat ``x (M, E)``, with a backward that is a row gather as well: ``back
-    (C, M)`` holds, for each of up to ``C`` copies of row ``m``, its row in the output (or
-    ``len(rows)``: no copy). The gradient of a row is the sum of its copies' gradients (float32
-    when there are several), with no atomic scatter."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, rows: Tensor, back: Tensor) -> Tensor:
-        ctx.save_for_backward(back)
-        return x.index_select(0, rows)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        (back,) = ctx.saved_tensors
-        padded = torch.cat([grad, grad.new_zeros(1, grad.shape[1])])  # the row of "no copy"
-        parts = padded.index_select(0, back.reshape(-1)).view(*back.shape, grad.shape[1])  # (C, M, E)
-        dx = parts[0] if back.shape[0] == 1 else parts.sum(0, dtype=torch.float32).to(grad.dtype)
-        return dx, None, None
 
 
 def triton_route_reasons(device: torch.device, chunk: int, head_dim: int, kernel_mask: tuple | None,
@@ -81,22 +60,13 @@ def rounds_on_triton(items: _Items, orders: Tensor, ranks: Tensor, chunk_of: Ten
         ids.append(at.transpose(1, 2).gather(2, pick))  # (BH, R, R-1, slots)
     idt = torch.cat([x.to(torch.int32) for x in ids], dim=2)  # (BH, R, 2+R', slots)
     idt = idt.transpose(0, 1).reshape(n_rounds * b, h, idt.shape[2], slots).contiguous()
-    # sorted copies of the items, one row gather each way (forward by the orders, backward by the
-    # ranks), never an index_add: the rows of a round are a permutation
-    rounds = torch.arange(n_rounds, device=dev).view(-1, 1, 1)  # (R, 1, 1)
-    base = _slots(bh, slots, dev).view(1, bh, 1) + rounds * (bh * slots)  # (R, BH, 1) first slot of each
     rows = (orders.transpose(0, 1) + _slots(bh, items.n + 1, dev).view(1, bh, 1)).reshape(-1)  # (R*BH*slots,)
-    to_sorted = F.pad(ranks.transpose(0, 1) + base, (0, 1), value=n_rounds * bh * slots)  # (R, BH, N+1)
-    qs, ks, vs = (_Rows.apply(x.reshape(-1, x.shape[-1]), rows, to_sorted.view(n_rounds, -1))
-                  .view(n_rounds * b, h, slots, -1) for x in (items.qv, items.kv, items.vv))  # (R*B, H, slots, E)
+    qs, ks, vs = (x.reshape(-1, x.shape[-1]).index_select(0, rows).view(n_rounds * b, h, slots, -1)
+                  for x in (items.qv, items.kv, items.vv))  # (R*B, H, slots, E)
     plan = look_one_back_plan(n_chunks, chunk, dev)
     out, lse = plan_attention(qs, ks, vs, plan, (plan, plan), scale, HashedIds(idt, n_chunks, causal_offset, shared))
     dv = out.shape[-1]
-    # back to query order: the slot of query i in round r, and for each slot its query (or none)
-    back = (ranks[:, :, :t].transpose(0, 1) + base).reshape(-1)  # (R*BH*T,)
-    query_rows = _slots(bh, t, dev).view(1, bh, 1) + rounds * (bh * t)  # (R, BH, 1)
-    sorted_items = orders.transpose(0, 1)  # (R, BH, slots)
-    to_query = torch.where(sorted_items < t, sorted_items + query_rows, n_rounds * bh * t).reshape(1, -1)
-    out = _Rows.apply(out.reshape(-1, dv), back, to_query).view(n_rounds, bh, t, dv)
-    lse = _Rows.apply(lse.reshape(-1, 1), back, to_query).view(n_rounds, bh, t)
+    back = ranks[:, :, :t].transpose(0, 1)  # (R, BH, T): sorted slot of each query per round
+    out = out.view(n_rounds, bh, slots, dv).gather(2, back.unsqueeze(-1).expand(-1, -1, -1, dv))
+    lse = lse.view(n_rounds, bh, slots).gather(2, back)
     return merge_partials([(out[r].view(b, h, t, dv), lse[r].view(b, h, t)) for r in range(n_rounds)])
