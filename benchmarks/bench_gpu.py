@@ -23,7 +23,8 @@ cut short keeps what it measured):
    8192^3 ceiling measured in the same run, and the peak memory
    (``torch.cuda.max_memory_allocated`` after a reset). ``x/sdpa`` = column time / SDPA time
    (< 1: faster than SDPA).
-2. **lsh** (T in {16384, 65536}, D=64): ``triton_lsh`` vs ``lsh`` (PyTorch on the GPU) vs SDPA
+2. **lsh** (T in {16384, 65536}, D=64): ``triton_lsh`` (sorted copies of the rows, and
+   ``triton_lsh_indexed``: ``triton_rows="indexed"``) vs ``lsh`` (PyTorch on the GPU) vs SDPA
    flash (exact), with each LSH output's relative error ``||o - o_exact|| / ||o_exact||`` against
    float32 exact attention of the same inputs (queries near keys of a few clusters, so attention is
    peaked, as LSH assumes); SDPA bfloat16's own error is the floor.
@@ -404,6 +405,8 @@ def lsh_cell(impl: str, q, k, v, go, mask, opts: dict, backward: bool, exact: to
     if impl == "sdpa":
         fn = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # noqa: E731
     else:
+        if impl == "triton_lsh_indexed":  # the kernels read the rows through the sort order
+            impl, opts = "triton_lsh", {**opts, "triton_rows": "indexed"}
         if impl not in attnkit.list_impls():
             raise Skip(f"{impl} is not registered")
         if impl == "lsh":  # the pure-PyTorch rounds (kernel="auto" takes the Triton route on CUDA)
@@ -444,7 +447,7 @@ def run_lsh(args, res: Results, device: torch.device, clock: Callable[[], bool])
                 for x in (q, k, v):
                     x.requires_grad_(backward)
                 case = {"table": "lsh", "mask": mask_name, "T": t, "D": d, "B": b, "H": h, "mode": mode, **opts}
-                for impl in ("triton_lsh", "lsh", "sdpa"):
+                for impl in ("triton_lsh", "triton_lsh_indexed", "lsh", "sdpa"):
                     label = f"lsh {mask_name} T={t} {mode} {impl}"
                     if not clock():
                         res.add(case, impl, None, note="skipped: --budget-s reached")

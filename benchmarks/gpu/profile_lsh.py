@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bucket-size", type=int, default=64)
     p.add_argument("--n-hashes", type=int, default=4)
     p.add_argument("--rows", type=int, default=22)
+    p.add_argument("--triton-rows", choices=["copy", "indexed"], default="copy", help="lsh option triton_rows")
     p.add_argument("--device", default="cuda")
     p.add_argument("--no-variants", action="store_true", help="only the profile")
     p.add_argument("--json", type=Path, help="write the settings' times and errors here")
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.bfloat16
     q, k, v, go = clustered_inputs(1, args.H, args.T, args.D, device, dtype)
     mask = masks.causal() if args.mask == "causal" else None
-    opts = {"bucket_size": args.bucket_size, "n_hashes": args.n_hashes, "seed": 0}
+    opts = {"bucket_size": args.bucket_size, "n_hashes": args.n_hashes, "seed": 0, "triton_rows": args.triton_rows}
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
 
     def fwd(**extra):
@@ -91,9 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     sample = torch.arange(0, args.T, max(1, args.T // 2048), device=device)  # rows for the shared-QK error
     print(f"== settings (forward): sdpa {sdpa['seconds'] * 1e3:.2f} ms", flush=True)
     rows = [{"setting": "sdpa", "ms": sdpa["seconds"] * 1e3}]
-    for extra in ({}, {"n_hashes": 1}, {"n_hashes": 2}, {"n_hashes": 8}, {"bucket_size": 32},
-                  {"bucket_size": 128}, {"dedup": False}, {"shared_qk": True}, {"shared_qk": True, "n_hashes": 2},
-                  {"kernel": "torch"}):
+    for extra in ({}, {"triton_rows": "indexed"}, {"n_hashes": 1}, {"n_hashes": 2}, {"n_hashes": 8},
+                  {"bucket_size": 32}, {"bucket_size": 128}, {"dedup": False}, {"shared_qk": True},
+                  {"shared_qk": True, "n_hashes": 2}, {"kernel": "torch"}):
         try:
             if extra.get("shared_qk"):  # another model: keys are the normalised queries, a token not its own key
                 err = rel_error(fwd(**extra)[:, :, sample], _shared_exact(q, v, sample, mask is not None))

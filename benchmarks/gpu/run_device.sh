@@ -2,7 +2,7 @@
 # One run on a lent GPU machine (no network there; its own torch and triton): versions, the Triton
 # kernels' tests and the CUDA sweep of every implementation for real, tile tuning, an LSH profile,
 # then the GPU benchmark tables. Everything lands in $OUT. Usage: bash benchmarks/gpu/run_device.sh
-# [stage ...] with stages: env tests tests_lsh tune tune_bigbird profile decode lsh blocks blocks64
+# [stage ...] with stages: env tests tests_lsh tune tune_bigbird profile profile_indexed decode lsh blocks blocks64
 # blocks_d64 blocks_d64_64k blocks_b4 blocks128k blocks_bigbird (default: env tests tune blocks lsh blocks64). The
 # block tables run triton_block_sparse with the settings the tune stage found ($OUT/best.json) when
 # it ran.
@@ -69,6 +69,10 @@ for r in json.load(open(sys.argv[1]))["rows"]:
     print(f"{r['mask']:8} {r['timed']:8} {json.dumps(r['options']):70} {r.get('ms', r.get('error'))}")
 PY
       ;;
+    profile_indexed)
+      timeout "${PROFILE_S:-80}" python3 benchmarks/gpu/profile_lsh.py --T 65536 --D 64 --triton-rows indexed \
+        --no-variants > "$OUT/profile_indexed.log" 2>&1; echo "profile_indexed exit $?"
+      grep -B2 -A12 "^== forward, T" "$OUT/profile_indexed.log" | cut -c1-70,150-200 ;;
     profile)
       timeout "${PROFILE_S:-80}" python3 benchmarks/gpu/profile_lsh.py --T 65536 --D 64 \
         --json "$OUT/gpu_lsh_settings.json" > "$OUT/profile.log" 2>&1; echo "profile exit $?"

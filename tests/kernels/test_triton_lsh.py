@@ -39,14 +39,15 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("rows", ["copy", "indexed"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_rounds_match_the_pytorch_rounds(triton_device, case):
+def test_rounds_match_the_pytorch_rounds(triton_device, case, rows):
     shared, make_mask, extra = CASES[case]
     g = torch.Generator().manual_seed(0)
     b = 2 if "padding" in case else 1
     q, k, v = (torch.randn(b, 2, 64, 16, generator=g) for _ in range(3))
     opts = {"bucket_size": 16, "n_hashes": 2, "shared_qk": shared, **extra}
-    out, lse, grads = _run("triton_lsh", q, k, v, make_mask(), opts, triton_device)
+    out, lse, grads = _run("triton_lsh", q, k, v, make_mask(), {**opts, "triton_rows": rows}, triton_device)
     ref, ref_lse, ref_grads = _run("lsh", q, k, v, make_mask(), {**opts, "kernel": "torch"}, "cpu")
     assert _rel(out, ref) < 1e-5 and _rel(lse, ref_lse) < 1e-6
     for got, want in zip(grads, ref_grads):
@@ -54,11 +55,12 @@ def test_rounds_match_the_pytorch_rounds(triton_device, case):
             assert _rel(got, want) < 1e-5
 
 
-def test_gqa_queries_and_keys_of_different_lengths_bfloat16(triton_device):
+@pytest.mark.parametrize("rows", ["copy", "indexed"])
+def test_gqa_queries_and_keys_of_different_lengths_bfloat16(triton_device, rows):
     g = torch.Generator().manual_seed(1)
     q = torch.randn(1, 4, 40, 16, generator=g)
     k, v = torch.randn(1, 2, 56, 16, generator=g), torch.randn(1, 2, 56, 16, generator=g)
-    opts = {"bucket_size": 16, "n_hashes": 2}
+    opts = {"bucket_size": 16, "n_hashes": 2, "triton_rows": rows}
     out, lse, _ = _run("triton_lsh", q, k, v, masks.causal(), opts, triton_device)
     ref, ref_lse, _ = _run("lsh", q, k, v, masks.causal(), {**opts, "kernel": "torch"}, "cpu")
     assert out.shape == (1, 4, 40, 16) and _rel(out, ref) < 1e-5 and _rel(lse, ref_lse) < 1e-6

@@ -23,6 +23,7 @@ D head dim, Dv value dim, BM / BN query / key tile.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 import triton
@@ -63,18 +64,37 @@ def _hashed(qk, IDS, ids_off, s_idr, offs_m, offs_n, n_other, n_chunks, causal_o
 
 
 @triton.jit
+def _rows_of(ROWS, rows_off, slots, n, INDEXED: tl.constexpr):
+    """The rows of Q / K / V that tile positions ``slots`` read: the positions themselves, or
+    (``INDEXED``: LSH rounds over unsorted items) the item in each sorted slot."""
+    if INDEXED:
+        return tl.load(ROWS + rows_off + slots, mask=slots < n, other=0).to(tl.int64)
+    return slots
+
+
+@triton.jit
+def _query_of(IDS, ids_off, slots, n, INDEXED: tl.constexpr):
+    """Where each row's output goes: the row itself, or (``INDEXED``) the query position of the
+    item in each sorted slot (-1: not a query)."""
+    if INDEXED:
+        return tl.load(IDS + ids_off + slots, mask=slots < n, other=-1).to(tl.int64)
+    return slots
+
+
+@triton.jit
 def _fwd_tile(acc, l_i, m_i, q, K, V, k_off, v_off, s_kt, s_vt, start_n, offs_m, offs_n, offs_d, offs_dv, S,
-              qk_scale, SUB, lib, IDS, ids_off, s_idr, n_other, n_chunks, causal_off,
+              qk_scale, SUB, lib, IDS, ids_off, s_idr, n_other, n_chunks, causal_off, ROWS, rows_off,
               BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, D_REAL: tl.constexpr,
               DV_REAL: tl.constexpr,
               MASKED: tl.constexpr, MODE: tl.constexpr, CAUSAL: tl.constexpr, SHARED: tl.constexpr,
-              SELF2: tl.constexpr, EVEN_S: tl.constexpr, IEEE: tl.constexpr):
+              SELF2: tl.constexpr, EVEN_S: tl.constexpr, IEEE: tl.constexpr, INDEXED: tl.constexpr):
     """One key tile of the online softmax: returns the updated ``(acc, l_i, m_i)``."""
     cols = start_n + offs_n
+    krow = _rows_of(ROWS, rows_off, cols, S, INDEXED)
     if EVEN_S and D == D_REAL and DV == DV_REAL:  # no bounds to check: plain (vectorised) loads
-        kt = tl.load(K + k_off + cols[None, :] * s_kt + offs_d[:, None])  # (D, BN)
+        kt = tl.load(K + k_off + krow[None, :] * s_kt + offs_d[:, None])  # (D, BN)
     else:
-        kt = tl.load(K + k_off + cols[None, :] * s_kt + offs_d[:, None],
+        kt = tl.load(K + k_off + krow[None, :] * s_kt + offs_d[:, None],
                      mask=(cols[None, :] < S) & (offs_d[:, None] < D_REAL), other=0.0)
     if IEEE:
         qk = tl.dot(q, kt, input_precision="ieee")
@@ -95,9 +115,9 @@ def _fwd_tile(acc, l_i, m_i, q, K, V, k_off, v_off, s_kt, s_vt, start_n, offs_m,
     p = tl.exp2(qk - m_use[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     if EVEN_S and D == D_REAL and DV == DV_REAL:
-        v = tl.load(V + v_off + cols[:, None] * s_vt + offs_dv[None, :])  # (BN, DV)
+        v = tl.load(V + v_off + krow[:, None] * s_vt + offs_dv[None, :])  # (BN, DV)
     else:
-        v = tl.load(V + v_off + cols[:, None] * s_vt + offs_dv[None, :],
+        v = tl.load(V + v_off + krow[:, None] * s_vt + offs_dv[None, :],
                     mask=(cols[:, None] < S) & (offs_dv[None, :] < DV_REAL), other=0.0)
     if IEEE:
         pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
@@ -108,25 +128,28 @@ def _fwd_tile(acc, l_i, m_i, q, K, V, k_off, v_off, s_kt, s_vt, start_n, offs_m,
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, OUT, LSE, F_NUM, F_IDX, P_NUM, P_IDX, P_LIB, SUB, IDS,
+def _fwd_kernel(Q, K, V, OUT, LSE, F_NUM, F_IDX, P_NUM, P_IDX, P_LIB, SUB, IDS, ROWS,
                 s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh, s_ot,
-                s_nb, s_nh, s_ib, s_ih, s_iq, s_idb, s_idh, s_idr,
-                H, GROUP, T, S, qk_scale, n_other, n_chunks, causal_off,
+                s_nb, s_nh, s_ib, s_ih, s_iq, s_idb, s_idh, s_idr, s_rwb, s_rwh,
+                H, GROUP, T, S, T_OUT, B_ITEMS, qk_scale, n_other, n_chunks, causal_off,
                 BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, D_REAL: tl.constexpr,
                 DV_REAL: tl.constexpr, MODE: tl.constexpr, CAUSAL: tl.constexpr, SHARED: tl.constexpr,
-                SELF2: tl.constexpr, EVEN_S: tl.constexpr, IEEE: tl.constexpr):
+                SELF2: tl.constexpr, EVEN_S: tl.constexpr, IEEE: tl.constexpr, INDEXED: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b, h = bh // H, bh % H
+    bi = b % B_ITEMS  # the batch of Q / K / V (LSH: every round reads the same items)
     hk = h // GROUP
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = tl.arange(0, BN)
     offs_d = tl.arange(0, D)
     offs_dv = tl.arange(0, DV)
-    q = tl.load(Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qt + offs_d[None, :],
+    rows_off = b * s_rwb + h * s_rwh
+    qrow = _rows_of(ROWS, rows_off, offs_m, T, INDEXED)
+    q = tl.load(Q + bi * s_qb + h * s_qh + qrow[:, None] * s_qt + offs_d[None, :],
                 mask=(offs_m[:, None] < T) & (offs_d[None, :] < D_REAL), other=0.0)
-    k_off = b * s_kb + hk * s_kh
-    v_off = b * s_vb + hk * s_vh
+    k_off = bi * s_kb + hk * s_kh
+    v_off = bi * s_vb + hk * s_vh
     ids_off = b * s_idb + h * s_idh
     num_off = b * s_nb + h * s_nh + pid_m
     idx_off = b * s_ib + h * s_ih + pid_m * s_iq
@@ -138,22 +161,25 @@ def _fwd_kernel(Q, K, V, OUT, LSE, F_NUM, F_IDX, P_NUM, P_IDX, P_LIB, SUB, IDS,
         start_n = tl.load(F_IDX + idx_off + it) * BN
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, K, V, k_off, v_off, s_kt, s_vt, start_n, offs_m, offs_n, offs_d,
                                   offs_dv, S, qk_scale, SUB, 0, IDS, ids_off, s_idr, n_other, n_chunks, causal_off,
-                                  BM, BN, D, DV, D_REAL, DV_REAL, False, MODE, CAUSAL, SHARED, SELF2, EVEN_S, IEEE)
+                                  ROWS, rows_off, BM, BN, D, DV, D_REAL, DV_REAL, False, MODE, CAUSAL, SHARED, SELF2,
+                                  EVEN_S, IEEE, INDEXED)
     n_part = tl.load(P_NUM + num_off)
     for it in range(n_part):
         start_n = tl.load(P_IDX + idx_off + it) * BN
         lib = tl.load(P_LIB + idx_off + it)
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, K, V, k_off, v_off, s_kt, s_vt, start_n, offs_m, offs_n, offs_d,
                                   offs_dv, S, qk_scale, SUB, lib, IDS, ids_off, s_idr, n_other, n_chunks, causal_off,
-                                  BM, BN, D, DV, D_REAL, DV_REAL, True, MODE, CAUSAL, SHARED, SELF2, EVEN_S, IEEE)
+                                  ROWS, rows_off, BM, BN, D, DV, D_REAL, DV_REAL, True, MODE, CAUSAL, SHARED, SELF2,
+                                  EVEN_S, IEEE, INDEXED)
     dead = l_i == 0.0
     l_safe = tl.where(dead, 1.0, l_i)
     out = acc / l_safe[:, None]
     lse = tl.where(dead, float("-inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
-    rows = offs_m < T
-    tl.store(OUT + b * s_ob + h * s_oh + offs_m[:, None] * s_ot + offs_dv[None, :], out.to(OUT.dtype.element_ty),
+    dest = _query_of(IDS, ids_off, offs_m, T, INDEXED)  # INDEXED: each query's row of its round
+    rows = (dest >= 0) & (offs_m < T)
+    tl.store(OUT + b * s_ob + h * s_oh + dest[:, None] * s_ot + offs_dv[None, :], out.to(OUT.dtype.element_ty),
              mask=rows[:, None] & (offs_dv[None, :] < DV_REAL))
-    tl.store(LSE + bh * T + offs_m, lse, mask=rows)
+    tl.store(LSE + bh * T_OUT + dest, lse, mask=rows)
 
 
 @triton.jit
@@ -181,14 +207,36 @@ def _bwd_scores_t(k, q, qk_scale, lse2, offs_m, offs_n, SUB, lib, IDS, ids_off, 
 
 
 @triton.jit
+def _indexed_rows(Q, DO, LSE, DELTA, q_off, do_off, row_off, s_qt, s_dot, offs_m, offs_d, offs_dv, T, ROWS, rows_off,
+                  IDS, ids_off, D_REAL: tl.constexpr, DV_REAL: tl.constexpr):
+    """An LSH round's query rows for the backward: ``q`` of the item in each sorted slot, and
+    ``dO``, lse and the row term at that item's query row (a slot that is no query gets lse
+    +inf: no weight, no gradient)."""
+    qrow = _rows_of(ROWS, rows_off, offs_m, T, True)
+    dest = _query_of(IDS, ids_off, offs_m, T, True)
+    isq = dest >= 0
+    at = tl.where(isq, dest, 0)
+    q = tl.load(Q + q_off + qrow[:, None] * s_qt + offs_d[None, :],
+                mask=(offs_m[:, None] < T) & (offs_d[None, :] < D_REAL), other=0.0)
+    do = tl.load(DO + do_off + at[:, None] * s_dot + offs_dv[None, :], mask=isq[:, None] & (offs_dv[None, :] < DV_REAL),
+                 other=0.0)
+    lse = tl.load(LSE + row_off + at, mask=isq, other=float("inf"))
+    delta = tl.load(DELTA + row_off + at, mask=isq, other=0.0)
+    return q, do, lse, delta
+
+
+@triton.jit
 def _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, q_off, do_off, row_off, s_qt, s_dot, start_m, offs_n, offs_d, offs_dv,
-               T, S, qk_scale, SUB, lib, IDS, ids_off, s_idr, n_other, n_chunks, causal_off,
+               T, S, qk_scale, SUB, lib, IDS, ids_off, s_idr, n_other, n_chunks, causal_off, ROWS, rows_off,
                BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, D_REAL: tl.constexpr,
                DV_REAL: tl.constexpr, MASKED: tl.constexpr, MODE: tl.constexpr, CAUSAL: tl.constexpr,
                SHARED: tl.constexpr, SELF2: tl.constexpr, EVEN_S: tl.constexpr, EVEN_T: tl.constexpr,
-               IEEE: tl.constexpr):
+               IEEE: tl.constexpr, INDEXED: tl.constexpr):
     offs_m = start_m + tl.arange(0, BM)
-    if EVEN_T and D == D_REAL and DV == DV_REAL:
+    if INDEXED:  # q by the slot's item; dO, lse and the row term by its query's row (none: no weight)
+        q, do, lse, delta = _indexed_rows(Q, DO, LSE, DELTA, q_off, do_off, row_off, s_qt, s_dot, offs_m, offs_d,
+                                          offs_dv, T, ROWS, rows_off, IDS, ids_off, D_REAL, DV_REAL)
+    elif EVEN_T and D == D_REAL and DV == DV_REAL:
         q = tl.load(Q + q_off + offs_m[:, None] * s_qt + offs_d[None, :])
         do = tl.load(DO + do_off + offs_m[:, None] * s_dot + offs_dv[None, :])
         lse = tl.load(LSE + row_off + offs_m)
@@ -222,34 +270,40 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, q_off, do_off, row_off, s_qt, s_
 
 
 @triton.jit
-def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK_OUT, DV_OUT, F_NUM, F_IDX, P_NUM, P_IDX, P_LIB, SUB, IDS,
+def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK_OUT, DV_OUT, F_NUM, F_IDX, P_NUM, P_IDX, P_LIB, SUB, IDS, ROWS,
                  s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_db, s_dh, s_dt,
-                 s_nb, s_nh, s_ib, s_ih, s_iq, s_idb, s_idh, s_idr,
-                 H, HKV, GROUP, T, S, qk_scale, scale, n_other, n_chunks, causal_off,
+                 s_nb, s_nh, s_ib, s_ih, s_iq, s_idb, s_idh, s_idr, s_rwb, s_rwh,
+                 H, HKV, GROUP, T, S, T_OUT, B_ITEMS, qk_scale, scale, n_other, n_chunks, causal_off,
                  BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, D_REAL: tl.constexpr,
                  DV_REAL: tl.constexpr, MODE: tl.constexpr, CAUSAL: tl.constexpr, SHARED: tl.constexpr,
-                 SELF2: tl.constexpr, EVEN_S: tl.constexpr, EVEN_T: tl.constexpr, IEEE: tl.constexpr):
+                 SELF2: tl.constexpr, EVEN_S: tl.constexpr, EVEN_T: tl.constexpr, IEEE: tl.constexpr,
+                 INDEXED: tl.constexpr):
     """dK and dV of one key block of one kv head, summed over the query heads of its group; the
-    plan's transposed lists give the query blocks that attend it."""
+    plan's transposed lists give the query blocks that attend it. ``INDEXED`` (LSH rounds, one
+    head per group): the block's rows are read through the sort order and its gradients written
+    at those rows of this round's slice of ``DK_OUT`` / ``DV_OUT``."""
     pid_n = tl.program_id(0)
     bhk = tl.program_id(1).to(tl.int64)
     b, hk = bhk // HKV, bhk % HKV
+    bi = b % B_ITEMS
     offs_n = pid_n * BN + tl.arange(0, BN)
     offs_d = tl.arange(0, D)
     offs_dv = tl.arange(0, DV)
     cols = offs_n < S
-    k = tl.load(K + b * s_kb + hk * s_kh + offs_n[:, None] * s_kt + offs_d[None, :],
+    krow = _rows_of(ROWS, b * s_rwb + hk * s_rwh, offs_n, S, INDEXED)
+    k = tl.load(K + bi * s_kb + hk * s_kh + krow[:, None] * s_kt + offs_d[None, :],
                 mask=cols[:, None] & (offs_d[None, :] < D_REAL), other=0.0)
-    v = tl.load(V + b * s_vb + hk * s_vh + offs_n[:, None] * s_vt + offs_dv[None, :],
+    v = tl.load(V + bi * s_vb + hk * s_vh + krow[:, None] * s_vt + offs_dv[None, :],
                 mask=cols[:, None] & (offs_dv[None, :] < DV_REAL), other=0.0)
     dk = tl.zeros([BN, D], tl.float32)
     dv = tl.zeros([BN, DV], tl.float32)
     for g in range(GROUP):
         h = hk * GROUP + g
-        q_off = b * s_qb + h * s_qh
+        q_off = bi * s_qb + h * s_qh
         do_off = b * s_db + h * s_dh
-        row_off = (b * H + h) * T
+        row_off = (b * H + h) * T_OUT
         ids_off = b * s_idb + h * s_idh
+        rows_off = b * s_rwb + h * s_rwh
         num_off = b * s_nb + h * s_nh + pid_n
         idx_off = b * s_ib + h * s_ih + pid_n * s_iq
         n_full = tl.load(F_NUM + num_off)
@@ -257,40 +311,41 @@ def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK_OUT, DV_OUT, F_NUM, F_IDX, P_NUM, P
             start_m = tl.load(F_IDX + idx_off + it) * BM
             dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, q_off, do_off, row_off, s_qt, s_dt, start_m, offs_n,
                                 offs_d, offs_dv, T, S, qk_scale, SUB, 0, IDS, ids_off, s_idr, n_other, n_chunks,
-                                causal_off, BM, BN, D, DV, D_REAL, DV_REAL, False, MODE, CAUSAL, SHARED, SELF2, EVEN_S,
-                                EVEN_T, IEEE)
+                                causal_off, ROWS, rows_off, BM, BN, D, DV, D_REAL, DV_REAL, False, MODE, CAUSAL, SHARED,
+                                SELF2, EVEN_S, EVEN_T, IEEE, INDEXED)
         n_part = tl.load(P_NUM + num_off)
         for it in range(n_part):
             start_m = tl.load(P_IDX + idx_off + it) * BM
             lib = tl.load(P_LIB + idx_off + it)
             dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, q_off, do_off, row_off, s_qt, s_dt, start_m, offs_n,
                                 offs_d, offs_dv, T, S, qk_scale, SUB, lib, IDS, ids_off, s_idr, n_other, n_chunks,
-                                causal_off, BM, BN, D, DV, D_REAL, DV_REAL, True, MODE, CAUSAL, SHARED, SELF2, EVEN_S,
-                                EVEN_T, IEEE)
-    out = cols[:, None]
-    tl.store(DK_OUT + b * s_kb + hk * s_kh + offs_n[:, None] * s_kt + offs_d[None, :],
+                                causal_off, ROWS, rows_off, BM, BN, D, DV, D_REAL, DV_REAL, True, MODE, CAUSAL, SHARED,
+                                SELF2, EVEN_S, EVEN_T, IEEE, INDEXED)
+    out = cols[:, None]  # DK_OUT / DV_OUT have K's and V's strides (INDEXED: one slice per round)
+    tl.store(DK_OUT + b * s_kb + hk * s_kh + krow[:, None] * s_kt + offs_d[None, :],
              (dk * scale).to(DK_OUT.dtype.element_ty),
              mask=out & (offs_d[None, :] < D_REAL))
-    tl.store(DV_OUT + b * s_vb + hk * s_vh + offs_n[:, None] * s_vt + offs_dv[None, :], dv.to(DV_OUT.dtype.element_ty),
+    tl.store(DV_OUT + b * s_vb + hk * s_vh + krow[:, None] * s_vt + offs_dv[None, :], dv.to(DV_OUT.dtype.element_ty),
              mask=out & (offs_dv[None, :] < DV_REAL))
 
 
 @triton.jit
 def _dq_tile(dq, q, do, lse2, delta, K, V, k_off, v_off, s_kt, s_vt, start_n, offs_m, offs_d, offs_dv, T, S, qk_scale,
-             SUB, lib, IDS, ids_off, s_idr, n_other, n_chunks, causal_off,
+             SUB, lib, IDS, ids_off, s_idr, n_other, n_chunks, causal_off, ROWS, rows_off,
              BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, D_REAL: tl.constexpr,
              DV_REAL: tl.constexpr, MASKED: tl.constexpr,
              MODE: tl.constexpr, CAUSAL: tl.constexpr, SHARED: tl.constexpr, SELF2: tl.constexpr,
-             EVEN_S: tl.constexpr, IEEE: tl.constexpr):
+             EVEN_S: tl.constexpr, IEEE: tl.constexpr, INDEXED: tl.constexpr):
     offs_n = start_n + tl.arange(0, BN)
+    krow = _rows_of(ROWS, rows_off, offs_n, S, INDEXED)
     if EVEN_S and D == D_REAL and DV == DV_REAL:
-        k = tl.load(K + k_off + offs_n[:, None] * s_kt + offs_d[None, :])
-        v = tl.load(V + v_off + offs_n[:, None] * s_vt + offs_dv[None, :])
+        k = tl.load(K + k_off + krow[:, None] * s_kt + offs_d[None, :])
+        v = tl.load(V + v_off + krow[:, None] * s_vt + offs_dv[None, :])
     else:
         cols = offs_n < S
-        k = tl.load(K + k_off + offs_n[:, None] * s_kt + offs_d[None, :],
+        k = tl.load(K + k_off + krow[:, None] * s_kt + offs_d[None, :],
                     mask=cols[:, None] & (offs_d[None, :] < D_REAL), other=0.0)
-        v = tl.load(V + v_off + offs_n[:, None] * s_vt + offs_dv[None, :],
+        v = tl.load(V + v_off + krow[:, None] * s_vt + offs_dv[None, :],
                     mask=cols[:, None] & (offs_dv[None, :] < DV_REAL), other=0.0)
     pt = _bwd_scores_t(k, q, qk_scale, lse2, offs_m, offs_n, SUB, lib, IDS, ids_off, s_idr, n_other, n_chunks,
                        causal_off, T, S, BM, BN, MASKED, MODE, CAUSAL, SHARED, SELF2, EVEN_S, IEEE)
@@ -311,32 +366,41 @@ def _dq_tile(dq, q, do, lse2, delta, K, V, k_off, v_off, s_kt, s_vt, start_n, of
 
 
 @triton.jit
-def _dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, F_NUM, F_IDX, P_NUM, P_IDX, P_LIB, SUB, IDS,
+def _dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, F_NUM, F_IDX, P_NUM, P_IDX, P_LIB, SUB, IDS, ROWS,
                s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_db, s_dh, s_dt,
-               s_nb, s_nh, s_ib, s_ih, s_iq, s_idb, s_idh, s_idr,
-               H, GROUP, T, S, qk_scale, scale, n_other, n_chunks, causal_off,
+               s_nb, s_nh, s_ib, s_ih, s_iq, s_idb, s_idh, s_idr, s_rwb, s_rwh,
+               H, GROUP, T, S, T_OUT, B_ITEMS, qk_scale, scale, n_other, n_chunks, causal_off,
                BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, D_REAL: tl.constexpr,
                DV_REAL: tl.constexpr, MODE: tl.constexpr, CAUSAL: tl.constexpr, SHARED: tl.constexpr,
-               SELF2: tl.constexpr, EVEN_S: tl.constexpr, IEEE: tl.constexpr):
-    """dQ of one query block of one head over the key blocks of the plan's lists."""
+               SELF2: tl.constexpr, EVEN_S: tl.constexpr, IEEE: tl.constexpr, INDEXED: tl.constexpr):
+    """dQ of one query block of one head over the key blocks of the plan's lists (``INDEXED``:
+    rows read and written through the sort order, as in the dK / dV kernel)."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b, h = bh // H, bh % H
+    bi = b % B_ITEMS
     hk = h // GROUP
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_d = tl.arange(0, D)
     offs_dv = tl.arange(0, DV)
     rows = offs_m < T
-    q = tl.load(Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qt + offs_d[None, :],
-                mask=rows[:, None] & (offs_d[None, :] < D_REAL), other=0.0)
-    do = tl.load(DO + b * s_db + h * s_dh + offs_m[:, None] * s_dt + offs_dv[None, :],
-                 mask=rows[:, None] & (offs_dv[None, :] < DV_REAL), other=0.0)
-    lse = tl.load(LSE + bh * T + offs_m, mask=rows, other=float("inf"))
-    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-    delta = tl.load(DELTA + bh * T + offs_m, mask=rows, other=0.0)
-    k_off = b * s_kb + hk * s_kh
-    v_off = b * s_vb + hk * s_vh
     ids_off = b * s_idb + h * s_idh
+    rows_off = b * s_rwb + h * s_rwh
+    qrow = _rows_of(ROWS, rows_off, offs_m, T, INDEXED)
+    if INDEXED:
+        q, do, lse, delta = _indexed_rows(Q, DO, LSE, DELTA, bi * s_qb + h * s_qh, b * s_db + h * s_dh, bh * T_OUT,
+                                          s_qt, s_dt, offs_m, offs_d, offs_dv, T, ROWS, rows_off, IDS, ids_off, D_REAL,
+                                          DV_REAL)
+    else:
+        q = tl.load(Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qt + offs_d[None, :],
+                    mask=rows[:, None] & (offs_d[None, :] < D_REAL), other=0.0)
+        do = tl.load(DO + b * s_db + h * s_dh + offs_m[:, None] * s_dt + offs_dv[None, :],
+                     mask=rows[:, None] & (offs_dv[None, :] < DV_REAL), other=0.0)
+        lse = tl.load(LSE + bh * T + offs_m, mask=rows, other=float("inf"))
+        delta = tl.load(DELTA + bh * T + offs_m, mask=rows, other=0.0)
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    k_off = bi * s_kb + hk * s_kh
+    v_off = bi * s_vb + hk * s_vh
     num_off = b * s_nb + h * s_nh + pid_m
     idx_off = b * s_ib + h * s_ih + pid_m * s_iq
     dq = tl.zeros([BM, D], tl.float32)
@@ -344,16 +408,16 @@ def _dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, F_NUM, F_IDX, P_NUM, P_IDX, P_LIB, S
     for it in range(n_full):
         start_n = tl.load(F_IDX + idx_off + it) * BN
         dq = _dq_tile(dq, q, do, lse2, delta, K, V, k_off, v_off, s_kt, s_vt, start_n, offs_m, offs_d, offs_dv, T, S,
-                      qk_scale, SUB, 0, IDS, ids_off, s_idr, n_other, n_chunks, causal_off, BM, BN, D, DV, D_REAL,
-                      DV_REAL, False, MODE, CAUSAL, SHARED, SELF2, EVEN_S, IEEE)
+                      qk_scale, SUB, 0, IDS, ids_off, s_idr, n_other, n_chunks, causal_off, ROWS, rows_off, BM, BN, D,
+                      DV, D_REAL, DV_REAL, False, MODE, CAUSAL, SHARED, SELF2, EVEN_S, IEEE, INDEXED)
     n_part = tl.load(P_NUM + num_off)
     for it in range(n_part):
         start_n = tl.load(P_IDX + idx_off + it) * BN
         lib = tl.load(P_LIB + idx_off + it)
         dq = _dq_tile(dq, q, do, lse2, delta, K, V, k_off, v_off, s_kt, s_vt, start_n, offs_m, offs_d, offs_dv, T, S,
-                      qk_scale, SUB, lib, IDS, ids_off, s_idr, n_other, n_chunks, causal_off, BM, BN, D, DV, D_REAL,
-                      DV_REAL, True, MODE, CAUSAL, SHARED, SELF2, EVEN_S, IEEE)
-    tl.store(DQ + b * s_qb + h * s_qh + offs_m[:, None] * s_qt + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
+                      qk_scale, SUB, lib, IDS, ids_off, s_idr, n_other, n_chunks, causal_off, ROWS, rows_off, BM, BN,
+                      D, DV, D_REAL, DV_REAL, True, MODE, CAUSAL, SHARED, SELF2, EVEN_S, IEEE, INDEXED)
+    tl.store(DQ + b * s_qb + h * s_qh + qrow[:, None] * s_qt + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
              mask=rows[:, None] & (offs_d[None, :] < D_REAL))
 
 
@@ -400,6 +464,29 @@ def _mode_args(hashed, device: torch.device) -> tuple:
             dict(MODE=1, CAUSAL=hashed.causal_offset is not None, SHARED=hashed.shared))
 
 
+class _Layout(NamedTuple):
+    """Where the kernels' rows are: ``rows`` (with its two strides) the item row of each sorted
+    slot, or a dummy; ``b_out`` batches of ``t_slots`` rows walked, ``t_out`` rows per output
+    batch, ``b_items`` batches of Q / K / V."""
+
+    rows: Tensor
+    s_rwb: int
+    s_rwh: int
+    b_out: int
+    t_slots: int
+    t_out: int
+    b_items: int
+    indexed: bool
+
+
+def _layout(q: Tensor, hashed) -> _Layout:
+    if hashed is None or hashed.rows is None:
+        return _Layout(_dummy(q.device), 0, 0, q.shape[0], q.shape[2], q.shape[2], q.shape[0], False)
+    rows = hashed.rows  # (R * B, H, slots) int32
+    return _Layout(rows, rows.stride(0), rows.stride(1), rows.shape[0], rows.shape[2], hashed.n_queries, q.shape[0],
+                   True)
+
+
 def _common(q: Tensor, k: Tensor, v: Tensor, scale: float) -> dict:
     d, dv = q.shape[-1], v.shape[-1]
     return dict(D=_pow2(d), DV=_pow2(dv), D_REAL=d, DV_REAL=dv, IEEE=q.dtype == torch.float32,
@@ -426,22 +513,28 @@ def _fwd_warps(warps: int | None = None, stages: int | None = None) -> dict:
 def fwd(q: Tensor, k: Tensor, v: Tensor, plan, scale: float, hashed=None, launch: dict | None = None,
         ) -> tuple[Tensor, Tensor]:
     """Output ``(B, H, T, Dv)`` in q's dtype and lse ``(B, H, T)`` float32 over the forward lists
-    of ``plan`` (tiles ``plan.bm x plan.bn``)."""
-    b, h, t, d = q.shape
-    hkv, s = k.shape[1], k.shape[2]
-    out = torch.empty(b, h, t, v.shape[-1], device=q.device, dtype=q.dtype)
-    lse = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
+    of ``plan`` (tiles ``plan.bm x plan.bn``). With ``hashed.rows`` (LSH rounds read through the
+    sort order) q, k and v are the unsorted items ``(B, H, N+1, E)`` and the results are
+    ``(R*B, H, n_queries, Dv)`` and ``(R*B, H, n_queries)``, each round's queries in their order."""
+    lay = _layout(q, hashed)
+    if lay.indexed:  # the per-round gradient slices take the items' (dense) strides
+        q, k, v = (x.contiguous() for x in (q, k, v))
+    b, h, _, d = q.shape
+    hkv = k.shape[1]
+    s = lay.t_slots if lay.indexed else k.shape[2]
+    out = torch.empty(lay.b_out, h, lay.t_out, v.shape[-1], device=q.device, dtype=q.dtype)
+    lse = torch.empty(lay.b_out, h, lay.t_out, device=q.device, dtype=torch.float32)
     (ids, *ids_args), flags = _mode_args(hashed, q.device)
     consts, qk_scale = _common(q, k, v, scale)
     f_num, f_idx, p_num, p_idx, p_lib = plan.kv_lists
     sub = plan.sub
-    grid = (triton.cdiv(t, plan.bm), b * h)
-    _fwd_kernel[grid](q, k, v, out, lse, f_num, f_idx, p_num, p_idx, p_lib, sub, ids,
+    grid = (triton.cdiv(lay.t_slots, plan.bm), lay.b_out * h)
+    _fwd_kernel[grid](q, k, v, out, lse, f_num, f_idx, p_num, p_idx, p_lib, sub, ids, lay.rows,
                       q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                       v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-                      *plan.strides(f_num, f_idx), ids_args[0], ids_args[1], ids_args[2],
-                      h, h // hkv, t, s, qk_scale, *ids_args[3:],
-                      BM=plan.bm, BN=plan.bn, EVEN_S=s % plan.bn == 0, **consts, **flags,
+                      *plan.strides(f_num, f_idx), ids_args[0], ids_args[1], ids_args[2], lay.s_rwb, lay.s_rwh,
+                      h, h // hkv, lay.t_slots, s, lay.t_out, lay.b_items, qk_scale, *ids_args[3:],
+                      BM=plan.bm, BN=plan.bn, EVEN_S=s % plan.bn == 0, INDEXED=lay.indexed, **consts, **flags,
                       **_fwd_warps(*_launch(launch, "")))
     return out, lse
 
@@ -454,37 +547,58 @@ def _launch(launch: dict | None, prefix: str) -> tuple[int | None, int | None]:
 def bwd(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor, dlse: Tensor | None, plans,
         scale: float, hashed=None, launch: dict | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """``(dq, dk, dv)`` over both lists of ``plan`` (its tiles ``plan.bm x plan.bn``); ``dlse`` is
-    the gradient of the returned log-sum-exp, or None."""
-    b, h, t, d = q.shape
-    hkv, s = k.shape[1], k.shape[2]
+    the gradient of the returned log-sum-exp, or None. With ``hashed.rows`` each round writes its
+    gradients at the items' rows of a slice of its own, and the slices are summed (float32)."""
+    lay = _layout(q, hashed)
+    if lay.indexed:  # the per-round gradient slices take the items' (dense) strides
+        q, k, v = (x.contiguous() for x in (q, k, v))
+    b, h, _, d = q.shape
+    hkv = k.shape[1]
+    s = lay.t_slots if lay.indexed else k.shape[2]
+    t_out = out.shape[2]
     dout = dout.contiguous()
-    delta = torch.empty(b, h, t, device=q.device, dtype=torch.float32)  # rowsum(dO * O) - dlse
+    delta = torch.empty(lay.b_out, h, t_out, device=q.device, dtype=torch.float32)  # rowsum(dO * O) - dlse
     dvp = _pow2(v.shape[-1])
-    _delta_kernel[(triton.cdiv(t, 64), b * h)](
+    _delta_kernel[(triton.cdiv(t_out, 64), lay.b_out * h)](
         out, dout, delta if dlse is None else dlse.float().contiguous(), delta, out.stride(0), out.stride(1),
-        out.stride(2), dout.stride(0), dout.stride(1), dout.stride(2), h, t, BM=64, DV=dvp, DV_REAL=v.shape[-1],
+        out.stride(2), dout.stride(0), dout.stride(1), dout.stride(2), h, t_out, BM=64, DV=dvp, DV_REAL=v.shape[-1],
         HAS_DLSE=dlse is not None)
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if lay.indexed:  # one slice per round, laid out as the items (which must be dense for that)
+        dq, dk, dv = (torch.empty((lay.b_out,) + x.shape[1:], device=x.device, dtype=x.dtype) for x in (q, k, v))
+    else:
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     (ids, *ids_args), flags = _mode_args(hashed, q.device)
     consts, qk_scale = _common(q, k, v, scale)
     lse = lse.contiguous()
     plan, dq_plan = plans  # dK/dV: key blocks of plan.bn, query steps of plan.bm; dQ: dq_plan's tiles
     warps = _warps(d, 64, *_launch(launch, "bwd_"))
+    sizes = (lay.t_slots, s, lay.t_out, lay.b_items)
     f_num, f_idx, p_num, p_idx, p_lib = plan.q_lists
-    _dkdv_kernel[(triton.cdiv(s, plan.bn), b * hkv)](
-        q, k, v, dout, lse, delta, dk, dv, f_num, f_idx, p_num, p_idx, p_lib, plan.sub, ids,
+    _dkdv_kernel[(triton.cdiv(s, plan.bn), lay.b_out * hkv)](
+        q, k, v, dout, lse, delta, dk, dv, f_num, f_idx, p_num, p_idx, p_lib, plan.sub, ids, lay.rows,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1), dout.stride(2),
-        *plan.strides(f_num, f_idx), ids_args[0], ids_args[1], ids_args[2],
-        h, hkv, h // hkv, t, s, qk_scale, scale, *ids_args[3:],
-        BM=plan.bm, BN=plan.bn, EVEN_S=s % plan.bn == 0, EVEN_T=t % plan.bm == 0, **consts, **flags, **warps)
+        *plan.strides(f_num, f_idx), ids_args[0], ids_args[1], ids_args[2], lay.s_rwb, lay.s_rwh,
+        h, hkv, h // hkv, *sizes, qk_scale, scale, *ids_args[3:],
+        BM=plan.bm, BN=plan.bn, EVEN_S=s % plan.bn == 0, EVEN_T=lay.t_slots % plan.bm == 0, INDEXED=lay.indexed,
+        **consts, **flags, **warps)
     f_num, f_idx, p_num, p_idx, p_lib = dq_plan.kv_lists
-    _dq_kernel[(triton.cdiv(t, dq_plan.bm), b * h)](
-        q, k, v, dout, lse, delta, dq, f_num, f_idx, p_num, p_idx, p_lib, dq_plan.sub, ids,
+    _dq_kernel[(triton.cdiv(lay.t_slots, dq_plan.bm), lay.b_out * h)](
+        q, k, v, dout, lse, delta, dq, f_num, f_idx, p_num, p_idx, p_lib, dq_plan.sub, ids, lay.rows,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1), dout.stride(2),
-        *plan.strides(f_num, f_idx), ids_args[0], ids_args[1], ids_args[2],
-        h, h // hkv, t, s, qk_scale, scale, *ids_args[3:],
-        BM=dq_plan.bm, BN=dq_plan.bn, EVEN_S=s % dq_plan.bn == 0, **consts, **flags, **warps)
+        *plan.strides(f_num, f_idx), ids_args[0], ids_args[1], ids_args[2], lay.s_rwb, lay.s_rwh,
+        h, h // hkv, *sizes, qk_scale, scale, *ids_args[3:],
+        BM=dq_plan.bm, BN=dq_plan.bn, EVEN_S=s % dq_plan.bn == 0, INDEXED=lay.indexed, **consts, **flags, **warps)
+    if lay.indexed:
+        dq, dk, dv = (_sum_rounds(x, lay.b_items) for x in (dq, dk, dv))
     return dq, dk, dv
 
+
+def _sum_rounds(per_round: Tensor, b: int) -> Tensor:
+    """``(R*B, H, N+1, E)`` gradients of each round's slots at the items' rows -> their sum over
+    rounds ``(B, H, N+1, E)`` (float32 sum). The last row, the padding item that several slots
+    share, is not a real row: it gets zero."""
+    per_round[:, :, -1] = 0
+    summed = per_round.view(-1, b, *per_round.shape[1:]).sum(0, dtype=torch.float32)
+    return summed.to(per_round.dtype)

@@ -71,12 +71,16 @@ class HashedIds(NamedTuple):
     """What the ``hashed`` mode reads per sorted item (as the native kernel's ``HashedItems``):
     ``ids (B', H, 2 + R', N)`` int32 (query position, key position, the item's chunk in each of
     the ``R'`` other rounds), ``n_chunks`` per round, ``causal_offset`` (None: not causal) and
-    ``shared`` (shared-QK: an item's score with itself is the constant -1e5)."""
+    ``shared`` (shared-QK: an item's score with itself is the constant -1e5). With ``rows`` the
+    kernels read q, k and v as the unsorted items through the sort order and write each round's
+    output at its queries' rows (``n_queries`` of them)."""
 
     ids: Tensor
     n_chunks: int
     causal_offset: int | None
     shared: bool
+    rows: Tensor | None = None  # (B', H, N) int32: the item row of each sorted slot (None: rows are sorted copies)
+    n_queries: int = 0  # with rows: queries per round, the output's rows
 
 
 class TritonPlan:

@@ -128,7 +128,7 @@ def lsh_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, 
         chunk_of = F.pad(torch.div(ranks, chunk, rounding_mode="floor"), (0, 1), value=-n_chunks)
     if on_triton:
         out, lse = rounds_on_triton(items, orders, ranks, chunk_of if st.dedup else None, mask_form, b, h, t, s,
-                                    chunk, scale, st.shared_qk)
+                                    chunk, scale, st.shared_qk, indexed=st.triton_rows == "indexed")
         return LSHResult(out.to(out_dtype), lse=lse if return_lse else None)
     on_kernel = mask_form if st.kernel == "auto" and not return_weights else None
     if on_kernel is not None and n < 2**31 and kernel_usable(  # the kernel reads int32 positions

@@ -37,9 +37,13 @@ def triton_route_reasons(device: torch.device, chunk: int, head_dim: int, kernel
 
 def rounds_on_triton(items: _Items, orders: Tensor, ranks: Tensor, chunk_of: Tensor | None,
                      kernel_mask: tuple[int | None, Mask | None], b: int, h: int, t: int, n_keys: int, chunk: int,
-                     scale: float, shared: bool) -> tuple[Tensor, Tensor]:
+                     scale: float, shared: bool, indexed: bool = False) -> tuple[Tensor, Tensor]:
     """The rounds of :func:`attnkit.impls.lsh.on_kernel.rounds_on_kernel` (same arguments and
-    result: ``out (B, H, T, Dv)``, ``lse (B, H, T)``), all rounds in one launch of each kernel."""
+    result: ``out (B, H, T, Dv)``, ``lse (B, H, T)``), all rounds in one launch of each kernel.
+
+    ``indexed``: the kernels read the unsorted items through the sort order and write each
+    round's output at its queries' rows; otherwise the rows are copied into sorted order first and
+    the outputs gathered back."""
     bh, n_rounds, slots = orders.shape
     n_chunks = slots // chunk
     dev = orders.device
@@ -60,10 +64,18 @@ def rounds_on_triton(items: _Items, orders: Tensor, ranks: Tensor, chunk_of: Ten
         ids.append(at.transpose(1, 2).gather(2, pick))  # (BH, R, R-1, slots)
     idt = torch.cat([x.to(torch.int32) for x in ids], dim=2)  # (BH, R, 2+R', slots)
     idt = idt.transpose(0, 1).reshape(n_rounds * b, h, idt.shape[2], slots).contiguous()
+    plan = look_one_back_plan(n_chunks, chunk, dev)
+    if indexed:
+        rows = orders.transpose(0, 1).to(torch.int32).reshape(n_rounds * b, h, slots)  # item of each slot
+        qi, ki, vi = (x.view(b, h, items.n + 1, -1) for x in (items.qv, items.kv, items.vv))  # (B, H, N+1, E)
+        hashed = HashedIds(idt, n_chunks, causal_offset, shared, rows, t)
+        out, lse = plan_attention(qi, ki, vi, plan, (plan, plan), scale, hashed)  # (R*B, H, T, Dv), (R*B, H, T)
+        dv = out.shape[-1]
+        out, lse = out.view(n_rounds, b, h, t, dv), lse.view(n_rounds, b, h, t)
+        return merge_partials([(out[r], lse[r]) for r in range(n_rounds)])
     rows = (orders.transpose(0, 1) + _slots(bh, items.n + 1, dev).view(1, bh, 1)).reshape(-1)  # (R*BH*slots,)
     qs, ks, vs = (x.reshape(-1, x.shape[-1]).index_select(0, rows).view(n_rounds * b, h, slots, -1)
                   for x in (items.qv, items.kv, items.vv))  # (R*B, H, slots, E)
-    plan = look_one_back_plan(n_chunks, chunk, dev)
     out, lse = plan_attention(qs, ks, vs, plan, (plan, plan), scale, HashedIds(idt, n_chunks, causal_offset, shared))
     dv = out.shape[-1]
     back = ranks[:, :, :t].transpose(0, 1)  # (R, BH, T): sorted slot of each query per round

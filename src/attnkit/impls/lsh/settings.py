@@ -35,6 +35,10 @@ OPTIONS: dict[str, Option] = {
                      "elements over all rounds; both for calls without weights whose mask is causal and / or key "
                      "padding), 'triton' (the Triton kernels, or an error saying why not), 'torch' (always "
                      "PyTorch)", choices=("auto", "torch", "triton")),
+    "triton_rows": Option(str, "copy", "how the Triton rounds reach the sorted items: 'copy' (sorted copies of q, k "
+                          "and v, their gradients scattered back: the route measured on a GPU) or 'indexed' (the "
+                          "kernels read and write rows through the sort order; no copies)",
+                          choices=("copy", "indexed")),
 }
 
 
@@ -50,6 +54,7 @@ class LSHSettings:
     seed: int = OPTIONS["seed"].default
     dedup: bool = OPTIONS["dedup"].default
     kernel: str = OPTIONS["kernel"].default
+    triton_rows: str = OPTIONS["triton_rows"].default
 
     def __post_init__(self):
         for f in fields(self):
