@@ -182,12 +182,12 @@ class _PlanAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dlse):
-        from . import triton_attention as ta
+        from .triton_backward import bwd
 
         q, k, v, out, lse = ctx.saved_tensors
         if dout is None:
             dout = torch.zeros_like(out)
-        dq, dk, dv = ta.bwd(q, k, v, out, lse, dout, dlse, ctx.plans, ctx.scale, ctx.hashed, ctx.launch)
+        dq, dk, dv = bwd(q, k, v, out, lse, dout, dlse, ctx.plans, ctx.scale, ctx.hashed, ctx.launch)
         return dq, dk, dv, None, None, None, None, None
 
 
