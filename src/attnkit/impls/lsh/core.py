@@ -123,7 +123,7 @@ def lsh_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, 
             buckets = hash_buckets(flat, rot).view(b * h, n, -1).transpose(1, 2).contiguous()  # (BH, R, N)
         else:
             buckets = hash_vectors(items.hashed.detach().to(compute_dtype(q.dtype)), rot, n_buckets)  # (BH, R, N)
-        orders, ranks = _sort_orders(items, buckets, n_chunks, chunk)
+        orders, ranks = _sort_orders(items, buckets, n_buckets, n_chunks, chunk)
         # chunk of every item per round (BH, R, N+1); the dummy matches no chunk
         chunk_of = F.pad(torch.div(ranks, chunk, rounding_mode="floor"), (0, 1), value=-n_chunks)
     if on_triton:

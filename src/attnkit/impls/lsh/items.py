@@ -131,15 +131,15 @@ def _look_one_back(x: Tensor, chunk: int) -> Tensor:
     return win if x.dim() == 2 else win.transpose(-1, -2)
 
 
-def _sort_orders(items: _Items, buckets: Tensor, n_chunks: int, chunk: int) -> tuple[Tensor, Tensor]:
+def _sort_orders(items: _Items, buckets: Tensor, n_buckets: int, n_chunks: int, chunk: int) -> tuple[Tensor, Tensor]:
     """Sort the items by ``(bucket, time)`` in every round.
 
     Returns the sorted item ids padded with the dummy ``(BH, R, nC*C)`` and the sorted slot
     (rank) of every item ``(BH, R, N)``."""
     n = items.n
     span = 2 * int(items.time.max()) + 2
-    key = buckets * span + items.time  # (BH, R, N) unique per round
-    if int(buckets.max()) * span + span < 2**31:  # int32 keys sort in half the passes
+    key = buckets * span + items.time  # (BH, R, N) unique per round, below n_buckets * span
+    if n_buckets * span < 2**31:  # int32 keys sort in half the passes
         key = key.to(torch.int32)
     order = key.argsort(dim=-1)  # (BH, R, N)
     rank = torch.empty_like(order)
