@@ -202,13 +202,17 @@ class ScoreMod:
     ``additive=True`` promises ``mod(s) - s`` does not depend on ``s`` (a bias), which lets
     implementations that only accept a bias tensor (SDPA) materialise it with :meth:`as_bias`.
     ``check(batch, heads, lq, lk)``, when given, returns why the modifier cannot apply to a
-    problem of those sizes (or None); :meth:`validate` raises it.
+    problem of those sizes (or None); :meth:`validate` raises it. ``builtin`` marks attnkit's own
+    :func:`bias`, :func:`alibi` and :func:`softcap`, whose ``params`` a kernel may compute natively
+    (set by those constructors; a user's function, whatever its name, is never taken for one).
     """
 
     name: str
     fn: Callable[..., Tensor]
     additive: bool = False
     check: Callable[[int, int, int, int], str | None] | None = None
+    params: dict = field(default_factory=dict)
+    builtin: bool = False
 
     def validate(self, batch: int, heads: int, lq: int, lk: int) -> None:
         """Raise :class:`ShapeError` if the modifier cannot apply to scores ``(batch, heads, lq, lk)``."""
@@ -254,7 +258,7 @@ def bias(tensor: Tensor) -> ScoreMod:
             return f"bias of shape {tuple(tensor.shape)} is not broadcastable to (B, H, T, S) = {target}"
         return None
 
-    return ScoreMod("bias", fn, additive=True, check=check)
+    return ScoreMod("bias", fn, additive=True, check=check, params={"tensor": t4}, builtin=True)
 
 
 def alibi_slopes(num_heads: int) -> Tensor:
@@ -301,7 +305,7 @@ def alibi(slopes: Tensor | Sequence[float] | int) -> ScoreMod:
     def check(batch, heads, lq, lk):
         return None if len(sl) == heads else f"has {len(sl)} slopes but the call has {heads} query heads"
 
-    return ScoreMod("alibi", fn, additive=True, check=check)
+    return ScoreMod("alibi", fn, additive=True, check=check, params={"slopes": sl}, builtin=True)
 
 
 def score_mod(fn: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor], name: str = "custom",
@@ -316,7 +320,8 @@ def softcap(cap: float) -> ScoreMod:
     """Tanh soft-capping ``cap * tanh(s / cap)`` (Gemma 2, Grok): bounds the logits smoothly;
     ``cap`` is a finite number > 0."""
     cap = _positive("softcap cap", cap)
-    return ScoreMod("softcap", lambda s, b, h, i, j, lq, lk: cap * torch.tanh(s / cap))
+    return ScoreMod("softcap", lambda s, b, h, i, j, lq, lk: cap * torch.tanh(s / cap), params={"cap": cap},
+                    builtin=True)
 
 
 def apply_mods(s: Tensor, mods: Sequence[ScoreMod], b: Tensor, h: Tensor, i: Tensor, j: Tensor,

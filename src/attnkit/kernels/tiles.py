@@ -16,7 +16,6 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .. import scores as _scores
 from ..masks import EMPTY, PARTIAL, Mask
 from ..masks.plan import BlockMask, tile_plan
 from ..scores import ScoreMod
@@ -159,41 +158,29 @@ class HashedItems(NamedTuple):
     shared: bool
 
 
-def _closure(fn) -> dict[str, object]:
-    cells = fn.__closure__ or ()
-    return dict(zip(fn.__code__.co_freevars, (c.cell_contents for c in cells)))
+# the parameter the kernel reads of each of attnkit's own modifiers (``ScoreMod.builtin``)
+_BUILTIN_PARAM = {"bias": "tensor", "alibi": "slopes", "softcap": "cap"}
 
 
-# attnkit's own modifier functions, known by the identity of their code (every ``bias(...)``,
-# ``alibi(...)``, ``softcap(...)`` returns a closure over the same code object): a user's function
-# is never taken for a built-in, whatever its name
-_BUILTIN_CODE = {
-    _scores.bias(torch.zeros(1)).fn.__code__: ("bias", "t4"),
-    _scores.alibi([1.0]).fn.__code__: ("alibi", "sl"),
-    _scores.softcap(1.0).fn.__code__: ("softcap", "cap"),
-}
+def _is_builtin(mod: ScoreMod) -> bool:
+    return mod.builtin and mod.name in _BUILTIN_PARAM
 
 
 def kernel_mods(mods: Sequence[ScoreMod]) -> list[KernelMod] | None:
     """The kernel's form of ``mods`` (in order), or None when one of them is not a built-in
     ``bias`` / ``alibi`` / ``softcap`` (then the kernel cannot run the call)."""
-    out = []
-    for mod in mods:
-        code = getattr(mod.fn, "__code__", None)
-        if code not in _BUILTIN_CODE:
-            return None
-        kind, var = _BUILTIN_CODE[code]
-        out.append(KernelMod(kind, _closure(mod.fn)[var]))
-    return out
+    if not all(_is_builtin(mod) for mod in mods):
+        return None
+    return [KernelMod(mod.name, mod.params[_BUILTIN_PARAM[mod.name]]) for mod in mods]
 
 
 def kernel_mod_reasons(mods: Sequence[ScoreMod], *, grad_enabled: bool = True) -> list[str]:
     """Why the kernel cannot run the score modifiers ``mods`` (empty: it can)."""
     reasons = []
     for mod in mods:
-        if getattr(mod.fn, "__code__", None) not in _BUILTIN_CODE:
+        if not _is_builtin(mod):
             reasons.append(f"score modifier {mod.name!r} is a user function; the kernel computes only the "
-                           "built-in bias, alibi and softcap (known by identity, not by name)")
+                           "built-in bias, alibi and softcap (marked by their constructors, not known by name)")
     for km in kernel_mods(mods) or ():
         if km.kind == "alibi" and grad_enabled and isinstance(km.value, Tensor) and km.value.requires_grad:
             reasons.append("alibi slopes require grad (the kernel differentiates a bias, not the slopes)")
