@@ -70,7 +70,7 @@ TASKS: dict[str, Task] = {
                       "mean or attention pooling, GRUs with and without attention, hierarchical attention",
                       "classify", "attnkit.apps.sentiment",
                       models=("minilm-attn", "minilm-lr", "minilm-mean", "minilm-ft", "gru", "gru-attn", "sent-mean-lr",
-                              "han", "han-lex", "tfidf-lr", "nbsvm"),
+                              "han", "han-lex", "tfidf-lr", "nbsvm", "minilm-ft-lex"),
                       datasets=("sentences", "reviews"), train_options=("fold", "tune_layers", "encoder")),
     "summarization": Task("one-line summaries of docstrings, man pages and Debian package descriptions: a "
                           "pointer-generator transformer against the same transformer without copying, a GRU without "

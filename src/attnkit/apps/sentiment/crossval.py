@@ -6,7 +6,7 @@ under ``--runs``), and writes after each fold: per model the test accuracy of ea
 the 95% t-interval over the folds, and the steps and seconds to each validation-accuracy
 threshold. ``--folds 1 2 3`` runs some folds only (the table says how many ran). An existing
 output file is extended: folds already in it are not run again. ``--tune-layers N`` sets how many
-top MiniLM layers ``minilm-ft`` fine-tunes (default: its preset's); the table records it, and a
+top MiniLM layers ``minilm-ft`` (and ``minilm-ft-lex``) fine-tunes (default: its preset's); the table records it, and a
 model's folds are never mixed across settings. ``--encoder minilm-sentft`` (reviews) runs the
 models on MiniLM states with the encoder adapted on the sentence set (see :mod:`.encoders`); their
 rows are keyed ``<model>@<encoder>``, next to the rows of the published MiniLM in the same table.
@@ -27,7 +27,7 @@ from .data import DATASETS, FOLDS
 from .encoders import DEFAULT_ENCODER, ENCODERS, check_encoder
 from .models import LEXICAL_MODELS, MODEL_DATA
 
-__all__ = ["t_interval", "summarize", "crossval", "markdown"]
+__all__ = ["t_interval", "summarize", "crossval", "markdown", "paired"]
 
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
@@ -67,9 +67,9 @@ def crossval(data: str, models: Sequence[str], out: str | Path, *, folds: Sequen
              progress: bool = False, tune_layers: int | None = None,
              encoder: str = DEFAULT_ENCODER) -> dict[str, Any]:
     """Run ``models`` on ``folds`` of ``data``; extend and return the JSON table in ``out``.
-    ``tune_layers`` applies to ``minilm-ft`` (default: its preset's); ``encoder`` to the models on
+    ``tune_layers`` applies to ``minilm-ft`` and ``minilm-ft-lex`` (default: its preset's); ``encoder`` to the models on
     MiniLM states (the lexical models read the text and ignore it)."""
-    from .models import ModelConfig
+    from .models import ModelConfig, fine_tuned
     from .task import PRESETS, train
 
     for m in models:
@@ -82,10 +82,10 @@ def crossval(data: str, models: Sequence[str], out: str | Path, *, folds: Sequen
         raise AttnKitError(f"{out} holds a {table.get('data')!r} table; expected {data!r}")
     for model in models:
         options = {}
-        if model == "minilm-ft":
-            preset = ModelConfig("minilm-ft", **PRESETS[("minilm-ft", False)].model)
+        if fine_tuned(model):
+            preset = ModelConfig(model, **PRESETS[(model, False)].model)
             options["tune_layers"] = preset.tune_layers if tune_layers is None else ModelConfig(
-                "minilm-ft", tune_layers=tune_layers).tune_layers
+                model, tune_layers=tune_layers).tune_layers
         key = model
         if encoder != DEFAULT_ENCODER and model not in LEXICAL_MODELS:
             options["encoder"] = encoder
@@ -155,6 +155,30 @@ def markdown(table: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _row(spec: str) -> tuple[str, dict[str, float]]:
+    """``FILE.json:KEY`` -> (``KEY``, its test accuracy per fold)."""
+    path, sep, key = spec.rpartition(":")
+    if not sep or not path:
+        raise AttnKitError(f"--paired {spec!r}: expected FILE.json:MODEL (a table and one of its rows)")
+    table = read_json(path)
+    if key not in table.get("models", {}):
+        raise AttnKitError(f"--paired {spec!r}: {path} has no row {key!r}; expected one of "
+                           f"{', '.join(table.get('models', {}))}")
+    return key, {f: r["accuracy"] for f, r in table["models"][key]["per_fold"].items()}
+
+
+def paired(a: dict[str, float], b: dict[str, float]) -> dict[str, Any]:
+    """The paired difference ``a - b`` of two models' per-fold accuracies (``{fold: accuracy}``)
+    over their common folds: mean and 95% t-interval (in accuracy units), folds better / equal."""
+    common = sorted(set(a) & set(b), key=int)
+    if not common:
+        raise AttnKitError(f"the two rows share no fold; got folds {sorted(a)} and {sorted(b)}")
+    diffs = [a[f] - b[f] for f in common]
+    mean, low, high = t_interval(diffs)
+    return {"folds": [int(f) for f in common], "mean": mean, "ci95": [low, high],
+            "better": sum(d > 1e-9 for d in diffs), "equal": sum(abs(d) <= 1e-9 for d in diffs), "per_fold": diffs}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m attnkit.apps.sentiment.crossval", description=__doc__.split("\n")[0])
     ap.add_argument("--data", choices=DATASETS, default="sentences")
@@ -164,12 +188,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--runs", default="runs/sentiment-cv", help="folder of the per-fold run folders")
     ap.add_argument("--budget-minutes", type=float, default=None, help="per-fold training budget (default: preset's)")
     ap.add_argument("--tune-layers", type=int, default=None,
-                    help="minilm-ft: how many top MiniLM layers are fine-tuned, 1..6 (default: the preset's)")
+                    help="minilm-ft(-lex): how many top MiniLM layers are fine-tuned, 1..6 (default: the preset's)")
     ap.add_argument("--encoder", choices=tuple(ENCODERS), default=DEFAULT_ENCODER,
                     help="reviews: whose token states the MiniLM-state models read (default: the published MiniLM)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--markdown", action="store_true", help="print the table in --out as Markdown and stop")
+    ap.add_argument("--paired", nargs=2, metavar="FILE.json:MODEL", default=None,
+                    help="print the paired difference (first minus second) of two rows over their common folds")
     a = ap.parse_args(argv)
+    if a.paired:
+        try:
+            (ka, ra), (kb, rb) = _row(a.paired[0]), _row(a.paired[1])
+            d = paired(ra, rb)
+        except AttnKitError as e:
+            raise SystemExit(f"error: {e}") from None
+        print(f"{ka} - {kb}: {100 * d['mean']:+.2f} points [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}] "
+              f"over {len(d['folds'])} folds; better / equal on {d['better']} / {d['equal']}")
+        return 0
     if a.markdown:
         print(markdown(read_json(a.out or f"runs/sentiment-cv-{a.data}.json")))
         return 0

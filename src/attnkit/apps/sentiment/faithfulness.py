@@ -9,8 +9,19 @@ and running the whole model again gives ``p_k``; the curve is the mean drop ``p 
 ``k``, and AOPC is its mean over ``k``. A ranking that finds what the model relies on drops
 the probability more than a random one.
 
+The review models (``han``, ``han-lex``) attend at two levels; they are tested at the level of
+sentences, which is what their review vector attends over. The sentences of a held-out review
+are ranked by the model's own sentence-attention weights, by gradient x input (the gradient of
+the predicted class's log-probability with respect to the input token states, dotted with them
+and summed over each sentence's tokens) and at random; deleting the ``k`` top-ranked sentences
+removes their states from the model's input. Each sentence was encoded by MiniLM on its own, so
+the other sentences' states are exactly those of the shortened review. For ``han-lex`` the
+deleted sentences also leave the text its lexical score is computed from (``lexical="recompute"``,
+the default); ``lexical="keep"`` keeps the full review's score, so that only the attention
+model's input changes.
+
 ``python -m attnkit.apps.sentiment.faithfulness RUN`` writes ``faithfulness.json`` and
-``faithfulness.png`` into the run folder.
+``faithfulness.png`` into the run folder (``--lexical keep``: ``faithfulness-keep-lex.*``).
 """
 
 from __future__ import annotations
@@ -26,14 +37,15 @@ from torch import Tensor
 
 from ...errors import AttnKitError
 from ..trainer import write_json
-from .data import fold_split, load
+from .data import fold_split, load, split_sentences
 from .models import input_kind
-from .task import MAX_TOKENS, LoadedRun, _pad_rows, load_run
+from .task import MAX_TOKENS, LoadedRun, _pad_rows, load_run, review_batch
 
-__all__ = ["KS", "METHODS", "faithfulness", "aopc_picture"]
+__all__ = ["KS", "METHODS", "LEXICAL_MODES", "faithfulness", "review_deletion", "text_without", "aopc_picture"]
 
 KS = (1, 2, 3, 4, 5, 7, 10)
 METHODS = ("attention", "grad_x_input", "random")
+LEXICAL_MODES = ("recompute", "keep")  # han-lex: the lexical score of the shortened text, or of the full one
 _SPECIAL_IDS = (0, 101, 102)  # [PAD], [CLS], [SEP]: never deleted
 
 
@@ -46,6 +58,9 @@ class _Full:
         if kind not in ("states", "mid", "ids") or lr.data != "sentences":
             raise AttnKitError(f"the faithfulness test runs on sentence models with token attention; got "
                                f"{lr.kind!r} on {lr.data}")
+        if lr.lexical is not None:  # deleted WordPieces have no counterpart in the NB-SVM's word n-grams
+            raise AttnKitError(f"the token deletion test does not run on {lr.kind!r}, whose score also reads the "
+                               "NB-SVM of the text; expected a sentence model without a lexical score")
         self.lr, self.kind = lr, kind
         self.bert = None if kind == "ids" else lr.minilm()[0].bert
         self.embedding = lr.model.emb if kind == "ids" else self.bert.embeddings.word
@@ -93,8 +108,13 @@ def _delete(ids: Tensor, positions: Sequence[int]) -> Tensor:
 
 
 def faithfulness(lr: LoadedRun, *, n: int = 100, ks: Sequence[int] = KS, seed: int = 0, batch: int = 25,
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
-    """The deletion curves of ``n`` held-out sentences of the run's test fold (see the module docstring)."""
+                 lexical: str = "recompute", log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The deletion curves of ``n`` held-out texts of the run's test fold (see the module docstring):
+    tokens of sentences for the sentence models, sentences of reviews for ``han`` and ``han-lex``."""
+    if lexical not in LEXICAL_MODES:
+        raise AttnKitError(f"lexical must be one of {list(LEXICAL_MODES)}; got {lexical!r}")
+    if input_kind(lr.kind) == "review" and lr.kind != "sent-mean-lr":
+        return _review_faithfulness(lr, n=n, ks=ks, seed=seed, lexical=lexical, log=log)
     lr.model.eval()
     full = _Full(lr)
     examples = load("sentences")
@@ -129,8 +149,137 @@ def faithfulness(lr: LoadedRun, *, n: int = 100, ks: Sequence[int] = KS, seed: i
         log(f"faithfulness: {min(s + batch, len(test))}/{len(test)} sentences")
     curves = {m: {str(k): statistics.fmean(v[k]) for k in ks} for m, v in drops.items()}
     return {"run": str(lr.run.path), "model": lr.kind, "fold": lr.config["fold"], "n": len(test), "ks": list(ks),
+            "unit": "tokens", "texts": "sentences",
             "curves": curves, "aopc": {m: statistics.fmean(c.values()) for m, c in curves.items()},
             "note": "k tokens deleted (at most all but one real token), drop in the predicted class's probability"}
+
+
+# ----------------------------------------------------------------------------------------------
+# reviews: deleting sentences
+# ----------------------------------------------------------------------------------------------
+
+
+def _review_pass(model: torch.nn.Module, reviews: Sequence[Sequence[Tensor]], lex: Tensor | None,
+                 grad: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``model`` on reviews given as their sentences' token states ``(T_j, C)``: log P(class)
+    ``(B, 2)``, the sentence weights ``(B, S)`` and (``grad``) gradient x input per sentence ``(B, S)``."""
+    batch = review_batch(reviews)
+    if lex is not None:
+        batch["lex"] = lex
+    if not grad:
+        with torch.no_grad():
+            logits, (_, sw) = model(batch)
+        return torch.log_softmax(logits, -1), sw, None
+    states = batch["states"].requires_grad_(True)  # a leaf: the input of the whole model
+    with torch.enable_grad():
+        logits, (_, sw) = model(batch)
+        logp = torch.log_softmax(logits, -1)
+        logp.gather(1, logp.argmax(1, keepdim=True)).sum().backward()
+    gxi = (states.grad * states).sum(-1).sum(-1)  # (B, S): summed over each sentence's tokens (padding is 0)
+    return logp.detach(), sw.detach(), gxi.detach()
+
+
+def review_deletion(model: torch.nn.Module, reviews: Sequence[Sequence[Tensor]], *, ks: Sequence[int] = KS,
+                    seed: int = 0, lex: Callable[[int, Sequence[int]], float] | None = None, batch: int = 16,
+                    log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Deletion curves of a review model (``han``, ``han-lex``: ``model(batch) -> (logits, (word
+    weights, sentence weights (B, S)))``) over ``reviews``, each a list of its sentences' token
+    states ``(T_j, C)``. For each review and each ranking of its sentences (``METHODS``), the
+    ``k`` top-ranked sentences are deleted (at most all but one) and the model runs again; the
+    curve is the mean drop in the probability of the class predicted on the whole review.
+    ``lex(review, deleted)`` (``han-lex``) gives the lexical score of review number ``review``
+    with the sentences ``deleted`` removed (``deleted`` empty: the whole review)."""
+    if not reviews or any(len(r) == 0 for r in reviews):
+        raise AttnKitError(f"reviews must be a non-empty list of reviews with at least one sentence each; got "
+                           f"{len(reviews)} reviews, {sum(len(r) == 0 for r in reviews)} of them empty")
+    if any(not isinstance(k, int) or k < 1 for k in ks):
+        raise AttnKitError(f"ks must be positive ints; got {list(ks)}")
+    model.eval()
+    params = list(model.parameters())
+    was = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    rng = random.Random(seed)
+    drops: dict[str, dict[int, list[float]]] = {m: {k: [] for k in ks} for m in METHODS}
+    shown: list[dict[str, Any]] = []
+    try:
+        for s in range(0, len(reviews), batch):
+            chunk = list(range(s, min(s + batch, len(reviews))))
+            full_lex = None if lex is None else torch.tensor([lex(i, ()) for i in chunk], dtype=torch.float32)
+            logp, sw, gxi = _review_pass(model, [reviews[i] for i in chunk], full_lex, grad=True)
+            pred = logp.argmax(1)
+            p0 = logp.gather(1, pred[:, None])[:, 0].exp()
+            assert gxi is not None
+            variants: list[tuple[int, str, int, list[int]]] = []
+            for b, i in enumerate(chunk):
+                real = list(range(len(reviews[i])))
+                rankings = {"attention": sorted(real, key=lambda j: -float(sw[b, j])),
+                            "grad_x_input": sorted(real, key=lambda j: -float(gxi[b, j])),
+                            "random": rng.sample(real, len(real))}
+                if len(shown) < 3:
+                    shown.append({"review": i, "sentences": len(real), "predicted": int(pred[b]),
+                                  "p": float(p0[b]), "attention_top": rankings["attention"][:3],
+                                  "sentence_weights_top": [float(sw[b, j]) for j in rankings["attention"][:3]]})
+                for m, order in rankings.items():
+                    for k in ks:
+                        variants.append((b, m, k, sorted(order[:min(k, len(real) - 1)])))
+            for v in range(0, len(variants), batch):
+                part = variants[v:v + batch]
+                kept = [[x for j, x in enumerate(reviews[chunk[b]]) if j not in set(gone)] for b, _, _, gone in part]
+                vlex = None if lex is None else torch.tensor([lex(chunk[b], gone) for b, _, _, gone in part],
+                                                            dtype=torch.float32)
+                lp, _, _ = _review_pass(model, kept, vlex)
+                for (b, m, k, _), row in zip(part, lp):
+                    drops[m][k].append(float(p0[b] - row[pred[b]].exp()))
+            log(f"faithfulness: {chunk[-1] + 1}/{len(reviews)} reviews")
+    finally:
+        for p, w in zip(params, was):
+            p.requires_grad_(w)
+    curves = {m: {str(k): statistics.fmean(v[k]) for k in ks} for m, v in drops.items()}
+    return {"n": len(reviews), "ks": list(ks), "unit": "sentences", "texts": "reviews", "curves": curves,
+            "aopc": {m: statistics.fmean(c.values()) for m, c in curves.items()},
+            "sentences_median": statistics.median(len(r) for r in reviews), "examples": shown,
+            "note": "k sentences deleted (at most all but one), drop in the predicted class's probability"}
+
+
+def text_without(sentences: Sequence[str], deleted: Sequence[int], max_sentences: int) -> str:
+    """The review of ``sentences`` (all of them, one a line) without the model's sentences ``deleted``:
+    indices among the at most ``max_sentences`` the model reads (a longer review: its first
+    ``max_sentences - max_sentences // 2`` and its last ``max_sentences // 2``)."""
+    total, head = len(sentences), max_sentences - max_sentences // 2
+    shown = min(total, max_sentences)
+    bad = [j for j in deleted if not 0 <= j < shown]
+    if bad:
+        raise AttnKitError(f"deleted sentences {bad} are outside the {shown} sentences the model reads")
+    gone = {j if total <= max_sentences or j < head else total - (max_sentences - j) for j in deleted}
+    return "\n".join(x for q, x in enumerate(sentences) if q not in gone)
+
+
+def _review_faithfulness(lr: LoadedRun, *, n: int, ks: Sequence[int], seed: int, lexical: str,
+                         log: Callable[[str], None]) -> dict[str, Any]:
+    from .features import MAX_SENTENCES, features
+
+    examples = load(lr.data)
+    test = fold_split(examples, lr.config["fold"])[2][:n]
+    feats = features(lr.data, log=log, encoder=lr.encoder)
+    reviews = [[feats.states[feats.tokens(u)] for u in feats.units(t)] for t in test]
+    score = None
+    if lr.lexical is not None:
+        texts = [examples[t].text for t in test]
+        parts = [split_sentences(t) for t in texts]  # every sentence; the model reads at most MAX_SENTENCES
+        for i, r in enumerate(reviews):
+            if len(r) != min(len(parts[i]), MAX_SENTENCES):
+                raise AttnKitError(f"review {test[i]} has {len(r)} cached sentences and {len(parts[i])} in its text; "
+                                   "expected the same cut (re-encode the features)")
+
+        def score(i: int, deleted: Sequence[int]) -> float:
+            if lexical == "keep" or not deleted:
+                return float(lr.lex_scores([texts[i]])[0])
+            return float(lr.lex_scores([text_without(parts[i], deleted, MAX_SENTENCES)])[0])
+
+    res = review_deletion(lr.model, reviews, ks=ks, seed=seed, lex=score, log=log)
+    return {"run": str(lr.run.path), "model": lr.kind, "encoder": lr.encoder, "fold": lr.config["fold"],
+            **({"lexical": lexical} if lr.lexical is not None else {}), **res}
 
 
 def aopc_picture(result: dict[str, Any], path: str | Path) -> Path:
@@ -145,9 +294,12 @@ def aopc_picture(result: dict[str, Any], path: str | Path) -> Path:
     for m, style in zip(METHODS, ("o-", "s-", "^--")):
         ax.plot(ks, [result["curves"][m][str(k)] for k in ks], style,
                 label=f"{m.replace('_', ' ')} (AOPC {result['aopc'][m]:.3f})")
-    ax.set_xlabel("k tokens deleted")
+    unit, texts = result.get("unit", "tokens"), result.get("texts", "sentences")
+    ax.set_xlabel(f"k {unit} deleted")
     ax.set_ylabel("drop in P(predicted class)")
-    ax.set_title(f"deletion test, {result['model']}, {result['n']} held-out sentences", fontsize=10)
+    what = result["model"] + (f" ({result['encoder']})" if result.get("encoder", "minilm") != "minilm" else "")
+    what += {"recompute": ", NB-SVM score recomputed", "keep": ", NB-SVM score kept"}.get(result.get("lexical"), "")
+    ax.set_title(f"deletion test, {what}, {result['n']} held-out {texts}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -163,14 +315,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m attnkit.apps.sentiment.faithfulness",
                                  description="deletion test of a sentiment run's attention")
     ap.add_argument("run")
-    ap.add_argument("-n", type=int, default=100, help="held-out sentences (default 100)")
+    ap.add_argument("-n", type=int, default=100, help="held-out texts (default 100)")
+    ap.add_argument("--lexical", choices=LEXICAL_MODES, default="recompute",
+                    help="han-lex: the NB-SVM score of the shortened review (default) or of the full one (keep)")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    lr = load_run(a.run)
-    res = faithfulness(lr, n=a.n)
-    write_json(lr.run / "faithfulness.json", res)
-    aopc_picture(res, lr.run / "faithfulness.png")
+    try:
+        lr = load_run(a.run)
+        res = faithfulness(lr, n=a.n, lexical=a.lexical)
+    except AttnKitError as e:
+        raise SystemExit(f"error: {e}") from None
+    name = "faithfulness" + ("-keep-lex" if res.get("lexical") == "keep" else "")
+    write_json(lr.run / f"{name}.json", res)
+    aopc_picture(res, lr.run / f"{name}.png")
     print("AOPC: " + ", ".join(f"{m} {v:.4f}" for m, v in res["aopc"].items()))
     return 0
 

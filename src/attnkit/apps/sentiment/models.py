@@ -10,7 +10,8 @@ Batches are dicts (shapes: B texts, T tokens, S sentences, C MiniLM width 384):
 * ``states (B, T, C)``, ``mask (B, T)`` bool: frozen MiniLM last-layer states (``minilm-mean``,
   ``minilm-attn``);
 * ``mid (B, T, C)``, ``mask``, ``mid_layer`` (a 0-d int tensor): hidden state ``6 - tune_layers``
-  (default 4), the input of the fine-tuned top layers (``minilm-ft``);
+  (default 4), the input of the fine-tuned top layers (``minilm-ft``; ``minilm-ft-lex`` also reads
+  ``lex (B,)``, the NB-SVM score of each sentence);
 * ``ids (B, T)``, ``mask``: WordPiece ids (``gru``, ``gru-attn``);
 * ``states (B, S, T, C)``, ``mask (B, S, T)``, ``sent_mask (B, S)``: a review's sentences (``han``;
   ``han-lex`` also reads ``lex (B,)``, the NB-SVM score of each review, see :mod:`.lexical`).
@@ -31,8 +32,9 @@ from torch import Tensor, nn
 from ...errors import AttnKitError
 from ...nn import MultiHeadAttention
 
-__all__ = ["MODELS", "SKLEARN_MODELS", "LEXICAL_MODELS", "MODEL_DATA", "ModelConfig", "AttentionPool", "MeanPool",
-           "FrozenHead", "FineTuned", "BiGRU", "HAN", "build_model", "has_attention", "input_kind"]
+__all__ = ["MODELS", "SKLEARN_MODELS", "LEXICAL_MODELS", "FUSION_MODELS", "MODEL_DATA", "ModelConfig",
+           "AttentionPool", "MeanPool", "FrozenHead", "FineTuned", "BiGRU", "HAN", "build_model", "has_attention",
+           "input_kind", "fine_tuned"]
 
 # model -> what it is
 MODELS = {
@@ -40,6 +42,7 @@ MODELS = {
     "minilm-mean": "frozen MiniLM, mean pooling, linear layer",
     "minilm-attn": "frozen MiniLM, attention pooling (learned query), linear layer",
     "minilm-ft": "MiniLM with its top tune_layers layers fine-tuned (full preset: all 6), attention pooling",
+    "minilm-ft-lex": "minilm-ft whose pooled vector is concatenated with the sentence's NB-SVM score (late fusion)",
     "gru": "bidirectional GRU from scratch, mean pooling",
     "gru-attn": "bidirectional GRU from scratch, attention pooling",
     "sent-mean-lr": "reviews: mean of frozen MiniLM sentence embeddings, logistic regression",
@@ -50,22 +53,28 @@ MODELS = {
 }
 SKLEARN_MODELS = ("minilm-lr", "sent-mean-lr")  # logistic regressions on pooled MiniLM states
 LEXICAL_MODELS = ("tfidf-lr", "nbsvm")  # linear models on word n-grams of the raw text (see .lexical)
+FUSION_MODELS = ("han-lex", "minilm-ft-lex")  # attention models whose classifier also reads a lexical score
 MODEL_DATA = {"sentences": ("minilm-lr", "minilm-mean", "minilm-attn", "minilm-ft", "gru", "gru-attn", "tfidf-lr",
-                            "nbsvm"),
+                            "nbsvm", "minilm-ft-lex"),
               "reviews": ("minilm-lr", "sent-mean-lr", "minilm-mean", "minilm-attn", "han", "tfidf-lr", "nbsvm",
                           "han-lex")}
 
 
 def has_attention(kind: str) -> bool:
-    return kind in ("minilm-attn", "minilm-ft", "gru-attn", "han", "han-lex")
+    return kind in ("minilm-attn", "minilm-ft", "minilm-ft-lex", "gru-attn", "han", "han-lex")
+
+
+def fine_tuned(kind: str) -> bool:
+    """Whether ``kind`` fine-tunes MiniLM's top layers on cached intermediate states."""
+    return kind in ("minilm-ft", "minilm-ft-lex")
 
 
 def input_kind(kind: str) -> str:
     """Which batch a model reads: ``states``, ``mid``, ``ids``, ``review`` or ``text`` (the raw text)."""
     if kind in LEXICAL_MODELS:
         return "text"
-    return {"minilm-ft": "mid", "gru": "ids", "gru-attn": "ids", "han": "review", "han-lex": "review",
-            "sent-mean-lr": "review"}.get(kind, "states")
+    return {"minilm-ft": "mid", "minilm-ft-lex": "mid", "gru": "ids", "gru-attn": "ids", "han": "review",
+            "han-lex": "review", "sent-mean-lr": "review"}.get(kind, "states")
 
 
 @dataclass(frozen=True)
@@ -78,7 +87,7 @@ class ModelConfig:
     heads: int = 1  # attention-pooling heads (weights shown averaged over heads)
     attn_dim: int = 64  # width of the attention pooling's keys, values and output
     dropout: float = 0.1
-    tune_layers: int = 2  # minilm-ft: how many top MiniLM layers are fine-tuned (1..6)
+    tune_layers: int = 2  # minilm-ft(-lex): how many top MiniLM layers are fine-tuned (1..6)
 
     def __post_init__(self) -> None:
         if self.kind not in MODELS or self.kind in SKLEARN_MODELS + LEXICAL_MODELS:
@@ -91,7 +100,8 @@ class ModelConfig:
 
     @property
     def mid_layer(self) -> int:
-        """The hidden-state index ``minilm-ft`` reads (``6 - tune_layers``; 0 is the embedding output)."""
+        """The hidden-state index ``minilm-ft`` (and ``minilm-ft-lex``) reads (``6 - tune_layers``; 0 is
+        the embedding output)."""
         from .features import mid_layer_of
 
         return mid_layer_of(self.tune_layers)
@@ -104,6 +114,32 @@ def _check_mask(mask: Tensor, shape: tuple[int, ...]) -> None:
     if mask.dtype != torch.bool or tuple(mask.shape) != shape:
         raise AttnKitError(f"mask must be a bool tensor of shape {shape} (True = real token); got "
                            f"{mask.dtype} {tuple(mask.shape)}")
+
+
+def _with_score(v: Tensor, batch: dict[str, Tensor], kind: str) -> Tensor:
+    """``v (B, E)`` with the batch's lexical score ``lex (B,)`` appended as a last column: ``(B, E + 1)``."""
+    b = v.shape[0]
+    lex = batch.get("lex")
+    if lex is None or tuple(lex.shape) != (b,):
+        raise AttnKitError(f"{kind} needs batch['lex'] of shape ({b},), the lexical score of each text; "
+                           f"got {None if lex is None else tuple(lex.shape)}")
+    if torch.isnan(lex).any():
+        raise AttnKitError("batch['lex'] holds NaN; expected a lexical score for every text")
+    return torch.cat([v, lex.to(v.dtype)[:, None]], -1)
+
+
+@torch.no_grad()
+def _start_from_score(out: nn.Linear, slope: float, intercept: float, keep_vector: bool) -> None:
+    """Set the score column of the fusion classifier ``out`` (its last input) and its bias so that
+    the score adds ``slope * lex + intercept`` to the logit margin (positive minus negative); the
+    vector's weights are zeroed unless ``keep_vector``."""
+    for name, v in (("slope", slope), ("intercept", intercept)):
+        if not isinstance(v, float | int) or not torch.isfinite(torch.tensor(float(v))):
+            raise AttnKitError(f"{name} must be a finite number; got {v!r}")
+    if not keep_vector:
+        out.weight.zero_()
+    out.weight[:, -1] = torch.tensor([-slope / 2, slope / 2])
+    out.bias.copy_(torch.tensor([-intercept / 2, intercept / 2]))
 
 
 class AttentionPool(nn.Module):
@@ -168,6 +204,11 @@ class FineTuned(nn.Module):
     :mod:`~attnkit.apps.sentiment.features`); :meth:`from_minilm` copies the pretrained top layers.
     A batch's ``mid_layer`` must be the hidden state these layers expect: states of another layer
     are refused.
+
+    ``minilm-ft-lex`` (late fusion, as ``han-lex``): the classifier reads the pooled vector
+    concatenated with the batch's ``lex (B,)``, a lexical score of the sentence;
+    :meth:`start_from_score` sets the score's weight to its calibration and keeps the vector's
+    weights as initialised, so the fine-tuned layers get a gradient from the first step.
     """
 
     def __init__(self, cfg: ModelConfig, layers: nn.ModuleList | None = None, settings: Any = None):
@@ -184,7 +225,16 @@ class FineTuned(nn.Module):
         self.settings = settings or AttentionSettings()
         self.pool = AttentionPool(cfg.dim, cfg.heads, cfg.attn_dim)
         self.drop = nn.Dropout(cfg.dropout)
-        self.out = nn.Linear(self.pool.out_dim, 2)
+        self.fusion = cfg.kind in FUSION_MODELS
+        self.out = nn.Linear(self.pool.out_dim + int(self.fusion), 2)
+
+    def start_from_score(self, slope: float, intercept: float) -> None:
+        """``minilm-ft-lex``: the score adds ``slope * lex + intercept`` to the logit margin at the
+        start; the pooled vector's weights keep their initialisation (a learning rate made for
+        fine-tuning, 5e-5, would move weights started at zero too little to matter in 250 steps)."""
+        if not self.fusion:
+            raise AttnKitError(f"start_from_score applies to minilm-ft-lex; this model is {self.config.kind!r}")
+        _start_from_score(self.out, slope, intercept, keep_vector=True)
 
     @classmethod
     def from_minilm(cls, cfg: ModelConfig, bert: nn.Module) -> FineTuned:
@@ -212,7 +262,10 @@ class FineTuned(nn.Module):
             h = layer(h, am, self.settings, packing)
         x = packing.scatter(h) if packing is not None else h  # (B, T, C)
         v, w = self.pool(x, mask)
-        return self.out(self.drop(v)), w
+        v = self.drop(v)
+        if self.fusion:
+            v = _with_score(v, batch, self.config.kind)  # (B, E + 1)
+        return self.out(v), w
 
 
 class BiGRU(nn.Module):
@@ -259,19 +312,13 @@ class HAN(nn.Module):
         self.fusion = cfg.kind == "han-lex"
         self.out = nn.Linear(self.sent_pool.out_dim + int(self.fusion), 2)
 
-    @torch.no_grad()
     def start_from_score(self, slope: float, intercept: float) -> None:
         """``han-lex``: set the classifier so that its logit margin (positive minus negative) is
         ``slope * lex + intercept`` and the review vector's weights are zero: training starts from
         the (calibrated) lexical model and the gradient grows the attention model's share."""
         if not self.fusion:
             raise AttnKitError(f"start_from_score applies to han-lex; this model is {self.config.kind!r}")
-        for name, v in (("slope", slope), ("intercept", intercept)):
-            if not isinstance(v, float | int) or not torch.isfinite(torch.tensor(float(v))):
-                raise AttnKitError(f"{name} must be a finite number; got {v!r}")
-        self.out.weight.zero_()
-        self.out.weight[:, -1] = torch.tensor([-slope / 2, slope / 2])
-        self.out.bias.copy_(torch.tensor([-intercept / 2, intercept / 2]))
+        _start_from_score(self.out, slope, intercept, keep_vector=False)
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         x, mask, smask = batch["states"], batch["mask"], batch["sent_mask"]  # (B,S,T,C), (B,S,T), (B,S)
@@ -287,13 +334,7 @@ class HAN(nn.Module):
         v, sw = self.sent_pool(h, smask)
         v = self.drop(v)
         if self.fusion:
-            lex = batch.get("lex")
-            if lex is None or tuple(lex.shape) != (b,):
-                raise AttnKitError(f"han-lex needs batch['lex'] of shape ({b},), the lexical score of each review; "
-                                   f"got {None if lex is None else tuple(lex.shape)}")
-            if torch.isnan(lex).any():
-                raise AttnKitError("batch['lex'] holds NaN; expected a lexical score for every review")
-            v = torch.cat([v, lex.to(v.dtype)[:, None]], -1)  # (B, E + 1)
+            v = _with_score(v, batch, self.config.kind)  # (B, E + 1)
         return self.out(v), (ww.reshape(b, s, t), sw)
 
 
@@ -301,7 +342,7 @@ def build_model(cfg: ModelConfig, bert: nn.Module | None = None) -> nn.Module:
     """The torch model of ``cfg`` (``minilm-ft`` copies the top layers of ``bert`` when given)."""
     if cfg.kind in ("minilm-mean", "minilm-attn"):
         return FrozenHead(cfg)
-    if cfg.kind == "minilm-ft":
+    if fine_tuned(cfg.kind):
         return FineTuned.from_minilm(cfg, bert) if bert is not None else FineTuned(cfg)
     if cfg.kind in ("gru", "gru-attn"):
         return BiGRU(cfg)

@@ -27,12 +27,14 @@ from .data import DATASETS, FOLDS, fold_split, load
 from .encoders import DEFAULT_ENCODER, check_encoder, load_encoder
 from .features import MAX_TOKENS, Features, encode_units, features, token_ids, units_of
 from .models import (
+    FUSION_MODELS,
     LEXICAL_MODELS,
     MODEL_DATA,
     MODELS,
     SKLEARN_MODELS,
     ModelConfig,
     build_model,
+    fine_tuned,
     has_attention,
     input_kind,
 )
@@ -77,7 +79,9 @@ PRESETS: dict[tuple[str, bool], Preset] = {
     ("han-lex", False): Preset(16, _cfg(900, 120, 1e-3, 50), {}),  # han's preset
     ("han-lex", True): Preset(16, _cfg(60, 10, 2e-3, 20, patience=None), {}),
 }
-FUSION_LEXICAL = "nbsvm"  # the lexical model whose score han-lex reads
+PRESETS[("minilm-ft-lex", False)] = PRESETS[("minilm-ft", False)]  # the fused models train as their base
+PRESETS[("minilm-ft-lex", True)] = PRESETS[("minilm-ft", True)]
+FUSION_LEXICAL = "nbsvm"  # the lexical model whose score han-lex and minilm-ft-lex read
 
 
 def _check_model(data: str, model: str) -> None:
@@ -113,7 +117,7 @@ def _text_tokens(feats: Features, text: int, field: Tensor) -> Tensor:
 
 def batch_of(feats: Features, texts: Sequence[int], kind: str, lex: Tensor | None = None) -> dict[str, Tensor]:
     """The batch of the given texts for a model reading ``input_kind`` ``kind`` (see :mod:`.models`);
-    ``lex (N_text,)``, when given, adds each text's lexical score (``han-lex``)."""
+    ``lex (N_text,)``, when given, adds each text's lexical score (``han-lex``, ``minilm-ft-lex``)."""
     if kind == "review":
         sents = [[feats.states[feats.tokens(u)] for u in feats.units(t)] for t in texts]
         batch = review_batch(sents)
@@ -127,7 +131,10 @@ def batch_of(feats: Features, texts: Sequence[int], kind: str, lex: Tensor | Non
         if feats.mid is None or feats.mid_layer is None:
             raise AttnKitError("the cached features hold no intermediate states (minilm-ft runs on sentences only)")
         x, mask = _pad_rows([_text_tokens(feats, t, feats.mid) for t in texts])
-        return {"mid": x.float(), "mask": mask, "mid_layer": torch.tensor(feats.mid_layer)}
+        batch = {"mid": x.float(), "mask": mask, "mid_layer": torch.tensor(feats.mid_layer)}
+        if lex is not None:
+            batch["lex"] = lex[list(texts)]
+        return batch
     x, mask = _pad_rows([_text_tokens(feats, t, feats.states) for t in texts])
     return {"states": x.float(), "mask": mask}
 
@@ -251,8 +258,9 @@ def train(*, data: str = "sentences", model: str = "minilm-attn", quick: bool = 
         raise AttnKitError(f"--encoder applies to the models on MiniLM states; --model {model} reads the raw text")
     options: dict[str, Any] = {}
     if tune_layers is not None:
-        if model != "minilm-ft":
-            raise AttnKitError(f"--tune-layers applies to --model minilm-ft only; got --model {model}")
+        if not fine_tuned(model):
+            raise AttnKitError(f"--tune-layers applies to --model minilm-ft and minilm-ft-lex only; got --model "
+                               f"{model}")
         options["tune_layers"] = tune_layers
     if model in LEXICAL_MODELS:
         return _train_lexical(data, model, fold, out, seed, quick, log, pictures)
@@ -263,7 +271,7 @@ def train(*, data: str = "sentences", model: str = "minilm-attn", quick: bool = 
     RunFolder.refuse_existing(out, resume)
     t0 = time.perf_counter()
     examples = load(data)
-    feats = features(data, log=log, layer=mcfg.mid_layer if model == "minilm-ft" else None, encoder=encoder)
+    feats = features(data, log=log, layer=mcfg.mid_layer if fine_tuned(model) else None, encoder=encoder)
     train_idx, valid_idx, test_idx = fold_split(examples, fold)
     labels = [e.label for e in examples]
     run = RunFolder.create(TASK, model, out)
@@ -282,15 +290,15 @@ def train(*, data: str = "sentences", model: str = "minilm-attn", quick: bool = 
                                setup_seconds=time.perf_counter() - t0 - seconds)
         return run, results
     lex = None
-    if model == "han-lex":
-        lex = _fusion_scores(run, examples, train_idx, valid_idx, log)
+    if model in FUSION_MODELS:
+        lex = _fusion_scores(run, examples, train_idx, valid_idx, log, model)
     preset = PRESETS[(model, quick)]
     cfg = preset.train.overridden(seed=seed, progress=progress, metric="accuracy",
                                   budget_minutes=budget_minutes, max_steps=max_steps, target=target,
                                   eval_every=eval_every)
     torch.manual_seed(seed)
     assert mcfg is not None
-    bert = _minilm(MAX_TOKENS[data])[0].bert if model == "minilm-ft" else None
+    bert = _minilm(MAX_TOKENS[data])[0].bert if fine_tuned(model) else None
     net = build_model(mcfg, bert)
     if lex is not None:
         f = read_json(run / "lexical" / "fusion.json")
@@ -316,14 +324,15 @@ def train(*, data: str = "sentences", model: str = "minilm-attn", quick: bool = 
 
 
 def _fusion_scores(run: RunFolder, examples: Sequence[Any], train_idx: list[int], valid_idx: list[int],
-                   log: Callable[[str], None]) -> Tensor:
-    """The lexical scores ``han-lex`` reads ``(N_text,)`` (NaN outside training and validation),
-    divided by the spread of the training scores. A training review's score comes from the
-    lexical model fit on the other training folds (cross-fitting, so the network learns how far
-    to trust scores of unseen reviews); the validation (and later test) reviews are scored by the
+                   log: Callable[[str], None], model: str = "han-lex") -> Tensor:
+    """The lexical scores ``han-lex`` and ``minilm-ft-lex`` read ``(N_text,)`` (NaN outside training
+    and validation), divided by the spread of the training scores. A training text's score comes
+    from the lexical model fit on the other training folds (cross-fitting, so the network learns
+    how far to trust scores of unseen texts); the validation (and later test) texts are scored by the
     model fit on all training folds, saved in ``run/lexical`` with ``fusion.json``: the scale, and
     the logistic calibration (slope, intercept) of the cross-fitted training scores, where the
-    classifier starts (:meth:`~attnkit.apps.sentiment.models.HAN.start_from_score`)."""
+    classifier starts (:meth:`~attnkit.apps.sentiment.models.HAN.start_from_score`). No test text
+    reaches either fit."""
     from .data import folds
     from .lexical import cross_fit_scores, fit_lexical
 
@@ -346,7 +355,7 @@ def _fusion_scores(run: RunFolder, examples: Sequence[Any], train_idx: list[int]
     lex = torch.full((len(examples),), math.nan)
     lex[train_idx] = inner / scale
     lex[valid_idx] = lexical.scores([examples[i].text for i in valid_idx]) / scale
-    log(f"{FUSION_LEXICAL} scores for han-lex: cross-fitted over {len(set(fold_of[i] for i in train_idx))} training "
+    log(f"{FUSION_LEXICAL} scores for {model}: cross-fitted over {len(set(fold_of[i] for i in train_idx))} training "
         f"folds in {time.perf_counter() - t0:.0f} s (scale {scale:.3f})")
     return lex
 
@@ -399,16 +408,17 @@ class LoadedRun:
         self.run, self.config, self.model = run, config, model
         self.kind: str = config["model"]["kind"]
         self.data: str = config["data"]
-        self.lexical = None  # han-lex: the lexical model whose score it reads
-        if self.kind == "han-lex":
+        self.lexical = None  # han-lex, minilm-ft-lex: the lexical model whose score it reads
+        if self.kind in FUSION_MODELS:
             from .lexical import LexicalModel
 
             self.lexical = LexicalModel.load(run / "lexical")
 
     def lex_scores(self, texts: Sequence[str]) -> Tensor:
-        """``han-lex``: the scaled lexical score of each text ``(N,)``."""
+        """``han-lex``, ``minilm-ft-lex``: the scaled lexical score of each text ``(N,)``."""
         if self.lexical is None:
-            raise AttnKitError(f"a {self.kind} run reads no lexical score; expected a han-lex run")
+            raise AttnKitError(f"a {self.kind} run reads no lexical score; expected a run of "
+                               f"{' or '.join(FUSION_MODELS)}")
         return self.lexical.scores(texts) / float(self.config["fusion"]["scale"])
 
     @property
@@ -550,7 +560,7 @@ def evaluate_run(path: str | Path | RunFolder, *, log: Callable[[str], None] = p
         feats = features(data, log=log, encoder=lr.encoder)
         p = torch.sigmoid(pooled(feats, test_idx, kind) @ lr.model.coef + lr.model.intercept)
     else:
-        feats = features(data, log=log, layer=lr.model.config.mid_layer if kind == "minilm-ft" else None,
+        feats = features(data, log=log, layer=lr.model.config.mid_layer if fine_tuned(kind) else None,
                          encoder=lr.encoder)
         lex = None
         if lr.lexical is not None:
