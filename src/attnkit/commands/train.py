@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fold", type=int_range(1, 10), default=None,
                    help="sentiment: the test fold of the ten fixed folds (default 10; the next fold validates)")
     p.add_argument("--tune-layers", type=int_range(1, 6), default=None,
-                   help="sentiment --model minilm-ft: how many top MiniLM layers to fine-tune (default: the preset's)")
+                   help="sentiment --model minilm-ft or minilm-ft-lex: how many top MiniLM layers to fine-tune "
+                        "(default: the preset's)")
     p.add_argument("--encoder", default=None, choices=["minilm", "minilm-sentft"],
                    help="sentiment: the MiniLM whose states the frozen models read (minilm-sentft: fine-tuned on the "
                         "sentence set first; default minilm)")
