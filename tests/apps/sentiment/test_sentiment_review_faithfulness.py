@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from attnkit.apps.sentiment.batches import review_batch
 from attnkit.apps.sentiment.faithfulness import KS, METHODS, aopc_picture, review_deletion, text_without
 from attnkit.apps.sentiment.models import HAN, ModelConfig
-from attnkit.apps.sentiment.task import review_batch
 from attnkit.errors import AttnKitError
 
 

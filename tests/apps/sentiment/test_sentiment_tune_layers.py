@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from attnkit.apps.sentiment.batches import batch_of
 from attnkit.apps.sentiment.features import Features, mid_layer_of
 from attnkit.apps.sentiment.models import FineTuned, ModelConfig, build_model
-from attnkit.apps.sentiment.task import batch_of
 from attnkit.errors import AttnKitError
 
 
 def _minilm():
-    from attnkit.apps.sentiment.task import _minilm
+    from attnkit.apps.sentiment.loaded import _minilm
 
     return _minilm(128)
 

@@ -6,8 +6,9 @@ lexical references TF-IDF + logistic regression and NB-SVM; ten fixed folds, att
 and a faithfulness test of the attention."""
 
 from .data import DATASETS, FOLDS, DataMissing, Example, fold_split, folds, load
+from .loaded import LoadedRun, Prediction, load_run
 from .models import MODEL_DATA, MODELS, AttentionPool, ModelConfig, build_model
-from .task import PRESETS, LoadedRun, Prediction, evaluate_run, load_run, train
+from .task import PRESETS, evaluate_run, train
 
 __all__ = ["DATASETS", "FOLDS", "DataMissing", "Example", "fold_split", "folds", "load", "MODEL_DATA", "MODELS",
            "AttentionPool", "ModelConfig", "build_model", "PRESETS", "LoadedRun", "Prediction", "evaluate_run",

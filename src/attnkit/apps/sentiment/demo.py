@@ -11,7 +11,8 @@ from ..trainer import cache_dir
 from .data import fold_split, load, require_data, split_sentences
 from .features import feature_path
 from .highlight import highlight_html, highlight_png, top_tokens
-from .task import Prediction, load_run, train
+from .loaded import Prediction, load_run
+from .task import train
 
 ENCODE_REVIEWS = "python -m attnkit.apps.sentiment.features reviews"
 MAX_SENTENCES = 12

@@ -92,7 +92,7 @@ def save_adapted(run: str | Path) -> Path:
     as the ``minilm-sentft`` encoder; returns the file."""
     from safetensors.torch import save_file
 
-    from .task import load_run
+    from .loaded import load_run
 
     lr = load_run(run)
     if lr.kind != "minilm-ft" or lr.data != "sentences" or lr.model.config.tune_layers != 6:

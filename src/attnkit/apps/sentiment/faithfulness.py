@@ -37,9 +37,11 @@ from torch import Tensor
 
 from ...errors import AttnKitError
 from ..trainer import write_json
+from .batches import pad_rows, review_batch
 from .data import fold_split, load, split_sentences
+from .features import MAX_TOKENS
+from .loaded import LoadedRun, load_run
 from .models import input_kind
-from .task import MAX_TOKENS, LoadedRun, _pad_rows, load_run, review_batch
 
 __all__ = ["KS", "METHODS", "LEXICAL_MODES", "faithfulness", "review_deletion", "text_without", "aopc_picture"]
 
@@ -68,7 +70,7 @@ class _Full:
             p.requires_grad_(False)
 
     def __call__(self, ids: Sequence[Tensor], grad: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
-        x, mask = _pad_rows([i.long() for i in ids])
+        x, mask = pad_rows([i.long() for i in ids])
         captured: list[Tensor] = []
 
         def keep(_m, _i, out: Tensor) -> Tensor:

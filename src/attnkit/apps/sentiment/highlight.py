@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from ...errors import AttnKitError
 
 if TYPE_CHECKING:
-    from .task import LoadedRun, Prediction
+    from .loaded import LoadedRun, Prediction
 
 __all__ = ["words_of", "top_tokens", "highlight_html", "highlight_png", "highlight_run"]
 

@@ -1,6 +1,7 @@
-"""The sentiment task end to end: folds, batches from the cached MiniLM states, training with the
-shared trainer (or scikit-learn's logistic regression), evaluation on the held-out fold with the
-majority-class baseline, highlights, and classifying new text from a run.
+"""The sentiment task end to end: folds, training with the shared trainer on batches of the
+cached MiniLM states (:mod:`.batches`), or scikit-learn's logistic regression (:mod:`.probes`), or
+the lexical models (:mod:`.lexical`); evaluation on the held-out fold with the majority-class
+baseline, highlights, and classifying new text from a run.
 
 One run trains on eight folds, stops early on the next fold after the test fold (validation) and
 reports accuracy on the test fold (default: fold 10; see :func:`~attnkit.apps.sentiment.data.fold_split`).
@@ -12,20 +13,21 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import AttnKitError
-from ..trainer import RunFolder, TrainConfig, Trainer, TrainResult, load_weights, read_json, save_weights, write_json
+from ..trainer import RunFolder, TrainConfig, Trainer, TrainResult, read_json, save_weights, write_json
+from .batches import cross_entropy_loss, positive_probs, train_batches
 from .data import DATASETS, FOLDS, fold_split, load
-from .encoders import DEFAULT_ENCODER, check_encoder, load_encoder
-from .features import MAX_TOKENS, Features, encode_units, features, token_ids, units_of
+from .encoders import DEFAULT_ENCODER, check_encoder
+from .features import MAX_TOKENS, features
+from .loaded import TASK, _minilm, load_run
 from .models import (
     FUSION_MODELS,
     LEXICAL_MODELS,
@@ -38,13 +40,11 @@ from .models import (
     has_attention,
     input_kind,
 )
+from .probes import fit_lr, pooled
 
-__all__ = ["TASK", "Preset", "PRESETS", "THRESHOLDS", "MAX_WORDS", "train", "LoadedRun", "load_run", "evaluate_run",
-           "Prediction", "check_text", "batch_of", "summary"]
+__all__ = ["Preset", "PRESETS", "THRESHOLDS", "train", "evaluate_run", "summary"]
 
-TASK = "sentiment"
 THRESHOLDS = {"sentences": (0.65, 0.70, 0.75, 0.80), "reviews": (0.75, 0.80, 0.85, 0.88)}  # validation accuracy
-MAX_WORDS = {"sentences": 100, "reviews": 2500}  # longest text classify accepts
 
 
 @dataclass(frozen=True)
@@ -95,150 +95,6 @@ def _check_model(data: str, model: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# batches
-# ----------------------------------------------------------------------------------------------
-
-
-def _pad_rows(rows: Sequence[Tensor], fill: float | int = 0) -> tuple[Tensor, Tensor]:
-    """``rows`` of ``(T_i, ...)`` -> padded ``(B, T, ...)`` and mask ``(B, T)`` (True = real)."""
-    t = max(1, max(len(r) for r in rows))
-    out = rows[0].new_full((len(rows), t, *rows[0].shape[1:]), fill)
-    mask = torch.zeros(len(rows), t, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r
-        mask[i, : len(r)] = True
-    return out, mask
-
-
-def _text_tokens(feats: Features, text: int, field: Tensor) -> Tensor:
-    units = feats.units(text)
-    return field[int(feats.unit_offsets[units.start]): int(feats.unit_offsets[units.stop])]
-
-
-def batch_of(feats: Features, texts: Sequence[int], kind: str, lex: Tensor | None = None) -> dict[str, Tensor]:
-    """The batch of the given texts for a model reading ``input_kind`` ``kind`` (see :mod:`.models`);
-    ``lex (N_text,)``, when given, adds each text's lexical score (``han-lex``, ``minilm-ft-lex``)."""
-    if kind == "review":
-        sents = [[feats.states[feats.tokens(u)] for u in feats.units(t)] for t in texts]
-        batch = review_batch(sents)
-        if lex is not None:
-            batch["lex"] = lex[list(texts)]
-        return batch
-    if kind == "ids":
-        ids, mask = _pad_rows([_text_tokens(feats, t, feats.ids).long() for t in texts])
-        return {"ids": ids, "mask": mask}
-    if kind == "mid":
-        if feats.mid is None or feats.mid_layer is None:
-            raise AttnKitError("the cached features hold no intermediate states (minilm-ft runs on sentences only)")
-        x, mask = _pad_rows([_text_tokens(feats, t, feats.mid) for t in texts])
-        batch = {"mid": x.float(), "mask": mask, "mid_layer": torch.tensor(feats.mid_layer)}
-        if lex is not None:
-            batch["lex"] = lex[list(texts)]
-        return batch
-    x, mask = _pad_rows([_text_tokens(feats, t, feats.states) for t in texts])
-    return {"states": x.float(), "mask": mask}
-
-
-def review_batch(sents: Sequence[Sequence[Tensor]]) -> dict[str, Tensor]:
-    """Per review, its sentences' token states ``(T_j, C)`` -> ``states (B, S, T, C)``, ``mask
-    (B, S, T)``, ``sent_mask (B, S)``."""
-    s = max(len(r) for r in sents)
-    t = max(len(x) for r in sents for x in r)
-    c = sents[0][0].shape[-1]
-    states = torch.zeros(len(sents), s, t, c)
-    mask = torch.zeros(len(sents), s, t, dtype=torch.bool)
-    smask = torch.zeros(len(sents), s, dtype=torch.bool)
-    for i, r in enumerate(sents):
-        smask[i, : len(r)] = True
-        for j, x in enumerate(r):
-            states[i, j, : len(x)] = x.float()
-            mask[i, j, : len(x)] = True
-    return {"states": states, "mask": mask, "sent_mask": smask}
-
-
-def _batches(feats: Features, labels: Sequence[int], idx: list[int], kind: str, batch_size: int,
-             lex: Tensor | None = None):
-    def make(gen: torch.Generator) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
-        order = torch.randperm(len(idx), generator=gen).tolist()
-        for i in range(0, len(order) - batch_size + 1, batch_size):
-            chosen = [idx[j] for j in order[i: i + batch_size]]
-            yield batch_of(feats, chosen, kind, lex), torch.tensor([labels[j] for j in chosen])
-
-    return make
-
-
-def _loss(model: nn.Module, batch: tuple[dict[str, Tensor], Tensor]) -> tuple[Tensor, int]:
-    x, y = batch
-    logits, _ = model(x)
-    return F.cross_entropy(logits, y), len(y)
-
-
-@torch.no_grad()
-def _probs(model: nn.Module, feats: Features, idx: Sequence[int], kind: str, batch_size: int = 64,
-           lex: Tensor | None = None) -> Tensor:
-    """P(positive) of each text ``(N,)``."""
-    model.eval()
-    bs = 16 if kind == "review" else batch_size
-    out = [torch.softmax(model(batch_of(feats, idx[i: i + bs], kind, lex))[0], -1)[:, 1]
-           for i in range(0, len(idx), bs)]
-    return torch.cat(out) if out else torch.zeros(0)
-
-
-# ----------------------------------------------------------------------------------------------
-# scikit-learn models
-# ----------------------------------------------------------------------------------------------
-
-
-def unit_means(feats: Features) -> Tensor:
-    """The mean last-layer state of every unit ``(N_unit, C)`` float32 (computed once per Features)."""
-    if getattr(feats, "_unit_means", None) is None:
-        lengths = feats.unit_offsets[1:] - feats.unit_offsets[:-1]  # (N_unit,)
-        seg = torch.repeat_interleave(torch.arange(len(lengths)), lengths)  # (N_tok,)
-        sums = torch.zeros(len(lengths), feats.states.shape[1])
-        for i in range(0, len(seg), 200_000):
-            sums.index_add_(0, seg[i: i + 200_000], feats.states[i: i + 200_000].float())
-        feats._unit_means = sums / lengths.clamp_min(1)[:, None].float()  # type: ignore[attr-defined]
-    return feats._unit_means  # type: ignore[attr-defined]
-
-
-def pooled(feats: Features, idx: Sequence[int], kind: str) -> Tensor:
-    """Per text: ``minilm-lr`` the mean of its token states (L2-normalised), ``sent-mean-lr`` the
-    mean of its normalised sentence embeddings: ``(N, C)`` float32."""
-    means = unit_means(feats)
-    lengths = (feats.unit_offsets[1:] - feats.unit_offsets[:-1]).float()
-    rows = []
-    for t in idx:
-        u = feats.units(t)
-        if kind == "sent-mean-lr":
-            rows.append(F.normalize(means[u.start:u.stop], dim=-1).mean(0))
-        else:
-            w = lengths[u.start:u.stop, None]
-            rows.append(F.normalize((means[u.start:u.stop] * w).sum(0) / w.sum(), dim=-1))
-    return torch.stack(rows)
-
-
-def _fit_lr(x: Tensor, y: Sequence[int]) -> dict[str, Tensor]:
-    from sklearn.linear_model import LogisticRegression
-
-    clf = LogisticRegression(max_iter=3000, C=1.0).fit(x.numpy(), list(y))
-    return {"coef": torch.tensor(clf.coef_, dtype=torch.float32)[0], "intercept": torch.tensor(clf.intercept_,
-                                                                                              dtype=torch.float32)}
-
-
-class LinearProbe(nn.Module):
-    """A fitted logistic regression as a torch module: ``pooled (B, C) -> logits (B, 2)``."""
-
-    def __init__(self, dim: int = 384):
-        super().__init__()
-        self.coef = nn.Parameter(torch.zeros(dim), requires_grad=False)
-        self.intercept = nn.Parameter(torch.zeros(1), requires_grad=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        z = x @ self.coef + self.intercept  # (B,)
-        return torch.stack([torch.zeros_like(z), z], -1)
-
-
-# ----------------------------------------------------------------------------------------------
 # training
 # ----------------------------------------------------------------------------------------------
 
@@ -281,7 +137,7 @@ def train(*, data: str = "sentences", model: str = "minilm-attn", quick: bool = 
     if model in SKLEARN_MODELS:
         fit_idx = train_idx + valid_idx
         t1 = time.perf_counter()
-        weights = _fit_lr(pooled(feats, fit_idx, model), [labels[i] for i in fit_idx])
+        weights = fit_lr(pooled(feats, fit_idx, model), [labels[i] for i in fit_idx])
         seconds = time.perf_counter() - t1
         save_weights(run / "model.safetensors", weights)
         write_json(run / "config.json", {**base, "model": {"kind": model}, "parameters": 385,
@@ -310,11 +166,11 @@ def train(*, data: str = "sentences", model: str = "minilm-attn", quick: bool = 
     kind = input_kind(model)
 
     def evaluate(m: nn.Module) -> dict[str, float]:
-        p = _probs(m, feats, valid_idx, kind, lex=lex)
+        p = positive_probs(m, feats, valid_idx, kind, lex=lex)
         return {"accuracy": float(((p > 0.5).long() == torch.tensor([labels[i] for i in valid_idx])).float().mean())}
 
-    trainer = Trainer(net, cfg, run, batches=_batches(feats, labels, train_idx, kind, preset.batch_size, lex),
-                      loss_fn=_loss,
+    trainer = Trainer(net, cfg, run, batches=train_batches(feats, labels, train_idx, kind, preset.batch_size, lex),
+                      loss_fn=cross_entropy_loss,
                       evaluate=evaluate)
     result = trainer.fit_run(f"{model} on {data} (test fold {fold}): {len(train_idx)} train / {len(valid_idx)} "
                              f"valid / {len(test_idx)} test, {trainable:,} trainable parameters",
@@ -385,161 +241,6 @@ def _train_lexical(data: str, model: str, fold: int, out: str | Path | None, see
     return run, results
 
 
-# ----------------------------------------------------------------------------------------------
-# a finished run
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Prediction:
-    """One classified text: its label, P(label), and the tokens (per unit) with their weights."""
-
-    label: str
-    probability: float
-    units: list[list[str]]  # tokens of each unit (a sentence of a review), [CLS]/[SEP] included
-    token_weights: list[list[float]] | None  # attention over each unit's tokens (None: no attention)
-    unit_weights: list[float] | None  # han: attention over the sentences
-
-
-class LoadedRun:
-    """A trained run: its configuration and model, and :meth:`predict` for new text."""
-
-    def __init__(self, run: RunFolder, config: dict[str, Any], model: nn.Module):
-        self.run, self.config, self.model = run, config, model
-        self.kind: str = config["model"]["kind"]
-        self.data: str = config["data"]
-        self.lexical = None  # han-lex, minilm-ft-lex: the lexical model whose score it reads
-        if self.kind in FUSION_MODELS:
-            from .lexical import LexicalModel
-
-            self.lexical = LexicalModel.load(run / "lexical")
-
-    def lex_scores(self, texts: Sequence[str]) -> Tensor:
-        """``han-lex``, ``minilm-ft-lex``: the scaled lexical score of each text ``(N,)``."""
-        if self.lexical is None:
-            raise AttnKitError(f"a {self.kind} run reads no lexical score; expected a run of "
-                               f"{' or '.join(FUSION_MODELS)}")
-        return self.lexical.scores(texts) / float(self.config["fusion"]["scale"])
-
-    @property
-    def encoder(self) -> str:
-        """Whose token states the model reads (runs from before the option: the published MiniLM)."""
-        return self.config.get("encoder", DEFAULT_ENCODER)
-
-    def minilm(self):
-        """``(MiniLM encoder, tokenizer)`` of the run's encoder, loaded once per process."""
-        return _minilm(MAX_TOKENS[self.data], self.encoder)
-
-    def features_of(self, texts: Sequence[str]) -> tuple[dict[str, Tensor], list[list[list[str]]]]:
-        """The model's batch for raw ``texts`` and the tokens of each unit of each text."""
-        enc, tok = self.minilm()
-        units = [units_of(self.data, t) for t in texts]
-        flat = [u for us in units for u in us]
-        mid = input_kind(self.kind) == "mid"
-        if input_kind(self.kind) == "ids":  # the GRUs read WordPiece ids only
-            ids, last, middle = token_ids(tok, flat, MAX_TOKENS[self.data]), [], None
-        else:
-            ids, last, middle = encode_units(enc, tok, flat, MAX_TOKENS[self.data], mid=mid,
-                                             layer=self.model.config.mid_layer if mid else 0)
-        vocab = tok._tok  # the WordPiece vocabulary of the tokenizer
-        words = [[vocab.id_to_token(int(i)) for i in row] for row in ids]
-        per_text, k = [], 0
-        groups: list[list[int]] = []
-        for us in units:
-            groups.append(list(range(k, k + len(us))))
-            per_text.append(words[k: k + len(us)])
-            k += len(us)
-        kind = input_kind(self.kind)
-        if kind == "review":
-            return review_batch([[last[j] for j in g] for g in groups]), per_text
-        if kind == "ids":
-            x, m = _pad_rows([torch.cat([ids[j] for j in g]).long() for g in groups])
-            return {"ids": x, "mask": m}, per_text
-        src = middle if mid else last
-        x, m = _pad_rows([torch.cat([src[j] for j in g]) for g in groups])
-        if mid:
-            return {"mid": x.float(), "mask": m, "mid_layer": torch.tensor(self.model.config.mid_layer)}, per_text
-        return {"states": x.float(), "mask": m}, per_text
-
-    @torch.no_grad()
-    def predict(self, texts: Sequence[str]) -> list[Prediction]:
-        """Label, probability and attention of each text (texts are checked with :func:`check_text`)."""
-        texts = [check_text(t, self.data) for t in texts]
-        if self.kind in LEXICAL_MODELS:  # no attention: the units are the text's sentences, as words
-            p = torch.sigmoid(self.model.scores(texts))
-            return [Prediction("positive" if float(q) >= 0.5 else "negative", max(float(q), 1 - float(q)),
-                               [u.split() for u in units_of(self.data, t)], None, None) for q, t in zip(p, texts)]
-        batch, words = self.features_of(texts)
-        self.model.eval()
-        if self.kind in SKLEARN_MODELS:
-            logits, w = self._probe_logits(batch, words), None
-        else:
-            if self.lexical is not None:
-                batch["lex"] = self.lex_scores(texts)
-            logits, w = self.model(batch)
-        p = torch.softmax(logits, -1)[:, 1]
-        out = []
-        for i, text_units in enumerate(words):
-            tw, uw = None, None
-            if isinstance(w, tuple):  # han
-                tw = [w[0][i, j, : len(u)].tolist() for j, u in enumerate(text_units)]
-                uw = w[1][i, : len(text_units)].tolist()
-            elif w is not None:  # one sequence over all the units' tokens
-                flat = w[i].tolist()
-                tw, k = [], 0
-                for u in text_units:
-                    tw.append(flat[k: k + len(u)])
-                    k += len(u)
-            pos = float(p[i])
-            out.append(Prediction("positive" if pos >= 0.5 else "negative", max(pos, 1 - pos), text_units, tw, uw))
-        return out
-
-    def _probe_logits(self, batch: dict[str, Tensor], words: list[list[list[str]]]) -> Tensor:
-        rows = []
-        for i, text_units in enumerate(words):
-            if self.kind == "sent-mean-lr":
-                sents = batch["states"][i]  # (S, T, C)
-                m = batch["mask"][i]
-                rows.append(torch.stack([F.normalize(sents[j][m[j]].mean(0), dim=-1)
-                                         for j in range(len(text_units))]).mean(0))
-            else:
-                rows.append(F.normalize(batch["states"][i][batch["mask"][i]].mean(0), dim=-1))
-        return self.model(torch.stack(rows))
-
-
-def _minilm(max_length: int, encoder: str = DEFAULT_ENCODER):
-    return load_encoder(encoder, max_length)
-
-
-def check_text(text: object, data: str) -> str:
-    """``text`` if it is a non-empty str of at most ``MAX_WORDS[data]`` words; else a clear error."""
-    if not isinstance(text, str):
-        raise AttnKitError(f"TEXT must be a str; got {type(text).__name__}")
-    if not text.strip():
-        raise AttnKitError("TEXT is empty; expected some words to classify")
-    n = len(text.split())
-    if n > MAX_WORDS[data]:
-        raise AttnKitError(f"TEXT has {n} words; expected at most {MAX_WORDS[data]} for a model trained on {data}")
-    return text
-
-
-def load_run(path: str | Path) -> LoadedRun:
-    """The model of a sentiment run folder, in eval mode, with its best weights."""
-    run, config = RunFolder.open_task(path, TASK)
-    kind = config["model"]["kind"]
-    if kind in LEXICAL_MODELS:
-        from .lexical import LexicalModel
-
-        return LoadedRun(run, config, LexicalModel.load(run.path, config["model"]))  # type: ignore[arg-type]
-    weights = load_weights(run / "model.safetensors")
-    if kind in SKLEARN_MODELS:
-        model: nn.Module = LinearProbe(int(weights["coef"].shape[0]))
-    else:
-        model = build_model(ModelConfig(**config["model"]))
-    model.load_state_dict(weights)
-    return LoadedRun(run, config, model.eval())
-
-
 def _accuracy(p: Tensor, y: Sequence[int]) -> float:
     return float(((p > 0.5).long() == torch.tensor(list(y))).float().mean()) if len(y) else math.nan
 
@@ -566,7 +267,7 @@ def evaluate_run(path: str | Path | RunFolder, *, log: Callable[[str], None] = p
         if lr.lexical is not None:
             lex = torch.full((len(examples),), math.nan)
             lex[test_idx] = lr.lex_scores([examples[i].text for i in test_idx])
-        p = _probs(lr.model, feats, test_idx, input_kind(kind), lex=lex)
+        p = positive_probs(lr.model, feats, test_idx, input_kind(kind), lex=lex)
     majority = max(set(labels[i] for i in train_idx), key=[labels[i] for i in train_idx].count)
     state = read_json(run / "trainer_state.json") if (run / "trainer_state.json").exists() else {}
     before = read_json(run / "results.json").get("train", {}) if (run / "results.json").exists() else {}
