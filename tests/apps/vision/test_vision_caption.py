@@ -58,6 +58,31 @@ def test_cross_attention_weights():
         m(torch.rand(2, 3, 64, 64), None, torch.tensor([[1]]))
 
 
+@pytest.mark.parametrize("stem", [(), (8, 16, 24)])
+def test_stem_gives_the_decoder_one_token_per_patch(stem):
+    """Both stems turn an S x S canvas into (S/8)^2 tokens of the width; attention and pooled share
+    the encoder (same parameters); a config survives its JSON form; a bad stem is refused."""
+    import json
+
+    from attnkit.apps.vision.captioner import PatchEncoder, conv_stem
+    from attnkit.errors import AttnKitError
+
+    v = Vocabulary()
+    for side in (64, 32):
+        enc = PatchEncoder(side, 24, 0, 2, 48, 0.0, stem).eval()
+        assert enc(torch.rand(3, 1, side, side)).shape == (3, (side // 8) ** 2, 24)
+    cfgs = {k: CaptionConfig(kind=k, vocab=len(v), d_model=32, enc_layers=1, dec_layers=1, heads=2, ff=64, stem=stem)
+            for k in ("attention", "pooled")}
+    nets = {k: Captioner(c) for k, c in cfgs.items()}
+    count = {k: sum(p.numel() for p in n.parameters()) for k, n in nets.items()}
+    assert count["attention"] == count["pooled"]
+    assert nets["attention"].memory(torch.rand(2, 1, 64, 64)).shape == (2, 64, 32)
+    assert CaptionConfig(**json.loads(json.dumps(cfgs["attention"].to_dict()))) == cfgs["attention"]
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in conv_stem(32, stem)) == bool(stem)
+    with pytest.raises(AttnKitError, match="stem must be 3 positive channel counts"):
+        CaptionConfig(kind="attention", vocab=len(v), stem=(8, 16))
+
+
 def test_quick_run_beats_the_trivial_baseline(quick):
     path, results = quick
     t, base = results["test"], results["baselines"]["most-frequent-caption"]

@@ -3,7 +3,8 @@ shared trainer, evaluation on held-out scenes (BLEU-4 with sacrebleu, CIDEr-D, r
 against the boxes; the most frequent training caption as the trivial baseline), the "show, attend
 and tell" pictures, and captioning a new canvas from a run.
 
-Presets: ``quick`` (the test suite's size: well under a minute on 2 cores) and ``full``.
+Presets: ``quick`` (the test suite's size: well under a minute on 2 cores) and ``full``; both give
+the two models the same conv-BN-ReLU patch stem (``stem`` of :class:`.captioner.CaptionConfig`).
 """
 
 from __future__ import annotations
@@ -40,10 +41,12 @@ METRIC = "relation_accuracy"
 Preset = ScenePreset
 
 PRESETS = {
-    "quick": Preset(2000, 150, 300, 32, dict(d_model=64, enc_layers=1, dec_layers=1, heads=4, ff=128),
+    "quick": Preset(2000, 150, 300, 32, dict(d_model=64, enc_layers=1, dec_layers=1, heads=4, ff=128,
+                                             stem=(16, 32, 64)),
                     TrainConfig(max_steps=300, budget_seconds=120, lr=2e-3, warmup_steps=30, eval_every=100,
                                 metric=METRIC, progress=False)),
-    "full": Preset(20000, 400, 2000, 32, dict(d_model=96, enc_layers=2, dec_layers=2, heads=4, ff=192, dropout=0.1),
+    "full": Preset(20000, 400, 2000, 32, dict(d_model=96, enc_layers=2, dec_layers=2, heads=4, ff=192, dropout=0.1,
+                                              stem=(32, 64, 96)),
                    TrainConfig(max_steps=30000, budget_seconds=25 * 60, lr=1e-3, warmup_steps=200, eval_every=500,
                                metric=METRIC, schedule="cosine", min_lr_ratio=0.05)),
 }

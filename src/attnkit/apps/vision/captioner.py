@@ -2,8 +2,8 @@
 without attention over the image.
 
 * ``attention`` ("show, attend and tell" with transformer layers): a convolutional patch
-  embedding (three stride-2 convolutions: an ``S x S`` canvas becomes ``S/8 x S/8`` patch tokens),
-  learned 2-D positions, :class:`~attnkit.nn.TransformerEncoder` layers, and a
+  embedding (three stride-2 convolutions: an ``S x S`` canvas becomes ``S/8 x S/8`` patch tokens;
+  see :func:`conv_stem`), learned 2-D positions, :class:`~attnkit.nn.TransformerEncoder` layers, and a
   :class:`~attnkit.nn.TransformerDecoder` whose cross-attention reads every patch token.
 * ``pooled``: the same network, but the decoder's memory is the mean of the patch tokens, one
   vector: each cross-attention has a single key (weight 1), so the decoder is conditioned on a
@@ -42,8 +42,9 @@ from ...nn import (
 from ..translation.tokenizer import BOS, EOS, PAD, SPECIALS
 from .data import CLASSES
 from .scenes import RELATIONS
+from .stems import conv_bn_stem, plain_stem
 
-__all__ = ["CAPTION_MODELS", "WORDS", "Vocabulary", "CaptionConfig", "PatchEncoder", "Captioner"]
+__all__ = ["CAPTION_MODELS", "WORDS", "Vocabulary", "CaptionConfig", "conv_stem", "PatchEncoder", "Captioner"]
 
 CAPTION_MODELS = ("attention", "pooled")
 WORDS = tuple(dict.fromkeys(["a", "an", "the", ","] + [w for c in CLASSES for w in c.split()]
@@ -94,12 +95,19 @@ class CaptionConfig:
     ff: int = 192
     dropout: float = 0.0
     max_len: int = 40  # the longest caption, with </s>
+    # channels of the three stride-2 conv-BN-ReLU layers of the patch stem, then a 1 x 1 convolution
+    # to the width; empty: three plain stride-2 convolutions (16, 32, E channels, GELU, no norm)
+    stem: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in CAPTION_MODELS:
             raise AttnKitError(f"model {self.kind!r} is not known; expected one of {', '.join(CAPTION_MODELS)}")
         if self.image % 8:
             raise ShapeError(f"image side must divide by 8; got {self.image}")
+        object.__setattr__(self, "stem", tuple(self.stem))
+        if self.stem and (len(self.stem) != 3 or not all(isinstance(c, int) and c > 0 for c in self.stem)):
+            raise AttnKitError(f"stem must be 3 positive channel counts (one per stride-2 convolution) or empty; "
+                               f"got {self.stem}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,17 +120,27 @@ def check_images(images: Tensor, side: int) -> None:
         raise ShapeError(f"images must be (B, 1, {side}, {side}) in [0, 1]; got {got}")
 
 
+def conv_stem(d_model: int, channels: Sequence[int] = ()) -> nn.Sequential:
+    """The patch stem, ``(B, 1, S, S) -> (B, E, S/8, S/8)``: three 3 x 3 stride-2 convolutions.
+
+    With ``channels`` (three counts): conv-BN-ReLU per count, then a 1 x 1 convolution to the
+    width ``E``. Empty: plain convolutions to 16, 32 and ``E`` channels with GELU between them."""
+    if not channels:
+        return plain_stem(d_model)
+    if len(channels) != 3:
+        raise AttnKitError(f"channels must hold 3 counts (one per stride-2 convolution); got {tuple(channels)}")
+    return conv_bn_stem(channels, d_model)
+
+
 class PatchEncoder(nn.Module):
-    """``images (B, 1, S, S)`` -> patch tokens ``(B, N, E)``: three stride-2 convolutions, learned
+    """``images (B, 1, S, S)`` -> patch tokens ``(B, N, E)``: the :func:`conv_stem`, learned
     positions, then ``layers`` transformer encoder layers (none: the convolutional tokens)."""
 
-    def __init__(self, image: int, d_model: int, layers: int, heads: int, ff: int, dropout: float):
+    def __init__(self, image: int, d_model: int, layers: int, heads: int, ff: int, dropout: float,
+                 stem: Sequence[int] = ()):
         super().__init__()
         self.image = image
-        self.stem = nn.Sequential(
-            nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(32, d_model, 3, stride=2, padding=1))
+        self.stem = conv_stem(d_model, stem)
         self.grid = image // 8
         self.pos = nn.Parameter(torch.randn(1, self.grid * self.grid, d_model) * 0.02)
         self.encoder = None
@@ -143,7 +161,7 @@ class Captioner(nn.Module):
     def __init__(self, config: CaptionConfig):
         super().__init__()
         self.config = c = config
-        self.encoder = PatchEncoder(c.image, c.d_model, c.enc_layers, c.heads, c.ff, c.dropout)
+        self.encoder = PatchEncoder(c.image, c.d_model, c.enc_layers, c.heads, c.ff, c.dropout, c.stem)
         self.token = nn.Embedding(c.vocab, c.d_model, padding_idx=PAD)
         nn.init.normal_(self.token.weight, std=c.d_model ** -0.5)
         self.register_buffer("positions", sinusoidal_encoding(torch.arange(c.max_len + 1), c.d_model),

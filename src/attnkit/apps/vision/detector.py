@@ -43,6 +43,7 @@ from ...nn import (
 from .boxes import box_iou, cxcywh_to_xyxy, generalized_box_iou, hungarian_match, xyxy_to_cxcywh
 from .captioner import check_images
 from .data import CLASSES
+from .stems import plain_stem
 
 __all__ = ["DETECT_MODELS", "DetectConfig", "DETR", "GridDetector", "build_detector", "position_2d", "match",
            "set_loss", "grid_loss", "nms"]
@@ -78,12 +79,6 @@ class DetectConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _backbone(d: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.GELU(),
-                         nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.GELU(),
-                         nn.Conv2d(32, d, 3, stride=2, padding=1))
 
 
 class _MLP(nn.Module):
@@ -134,7 +129,7 @@ class DETR(nn.Module):
     def __init__(self, config: DetectConfig):
         super().__init__()
         self.config = c = config
-        self.backbone = _backbone(c.d_model)
+        self.backbone = plain_stem(c.d_model)
         g = c.image // 8
         cells = (torch.arange(g, dtype=torch.float32) + 0.5) * 8
         yy, xx = torch.meshgrid(cells, cells, indexing="ij")
@@ -252,7 +247,7 @@ class GridDetector(nn.Module):
         super().__init__()
         self.config = c = config
         d = c.d_model
-        self.backbone = _backbone(d)
+        self.backbone = plain_stem(d)
         self.head = nn.Sequential(nn.GELU(), nn.Conv2d(d, d, 3, padding=1), nn.GELU(), nn.Conv2d(d, d, 3, padding=1),
                                   nn.GELU(), nn.Conv2d(d, d, 3, padding=1), nn.GELU(),
                                   nn.Conv2d(d, 1 + c.classes + 4, 1))

@@ -32,6 +32,7 @@ from ...errors import AttnKitError, ShapeError
 from ...interpret import attention_rollout, capture_attention
 from ...masks import Mask, neighborhood_2d
 from ...nn import TransformerEncoderLayer
+from .stems import conv_bn_stem
 
 __all__ = ["MODELS", "ModelConfig", "ViT", "SmallCNN", "build_model", "rollout_maps"]
 
@@ -88,17 +89,6 @@ def _check_images(x: Tensor, side: int) -> None:
         raise ShapeError(f"images must be (B, 1, {side}, {side}); got shape {tuple(x.shape)}")
 
 
-def _conv_stem(c: ModelConfig) -> nn.Sequential:
-    """3 x 3 stride-2 conv-BN-ReLU per entry of ``c.stem``, then a 1 x 1 convolution to the width:
-    ``(B, 1, H, W) -> (B, E, H / P, W / P)``."""
-    layers: list[nn.Module] = []
-    cin = 1
-    for cout in c.stem:
-        layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-        cin = cout
-    return nn.Sequential(*layers, nn.Conv2d(cin, c.d_model, 1))
-
-
 class ViT(nn.Module):
     """A Vision Transformer; with ``local_layers > 0`` (``vit-neighborhood``) its first layers
     attend within a neighbourhood of patches. ``forward(images (B, 1, H, W)) -> logits (B, C)``."""
@@ -106,8 +96,10 @@ class ViT(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = c = config
-        self.patch_embed = _conv_stem(c) if c.kind == "vit-convstem" else nn.Conv2d(1, c.d_model, c.patch,
-                                                                                     stride=c.patch)
+        if c.kind == "vit-convstem":
+            self.patch_embed = conv_bn_stem(c.stem, c.d_model)
+        else:
+            self.patch_embed = nn.Conv2d(1, c.d_model, c.patch, stride=c.patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.d_model))
         self.pos_embed = nn.Parameter(torch.randn(1, c.grid * c.grid + 1, c.d_model) * 0.02)
         self.layers = nn.ModuleList(
