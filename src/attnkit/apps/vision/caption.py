@@ -9,10 +9,9 @@ the two models the same conv-BN-ReLU patch stem (``stem`` of :class:`.captioner.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...errors import AttnKitError
-from ..trainer import RunFolder, TrainConfig, Trainer, TrainResult, load_weights, read_json, write_json
+from ..trainer import RunFolder, TrainConfig, TrainResult, load_weights, read_json, write_json
 from ..translation.decoding import beam_search, greedy
 from ..translation.tokenizer import BOS, EOS, PAD
 from .captioner import CAPTION_MODELS, CaptionConfig, Captioner, Vocabulary
 from .cider import cider_d
-from .common import ScenePreset, load_scenes, time_to_thresholds
-from .scenes import Scene, SceneConfig, relation_scores, stack_images
+from .common import SceneModel, ScenePreset, load_scenes, time_to_thresholds, train_on_scenes
+from .scenes import Scene, relation_scores, stack_images
 
 __all__ = ["TASK", "MODELS", "Preset", "PRESETS", "THRESHOLDS", "train", "LoadedRun", "load_run", "caption_images",
            "evaluate_run", "caption_picture", "summary"]
@@ -128,37 +127,27 @@ def train(*, data: str = "scenes", model: str = "attention", quick: bool = False
     _check_data(data)
     if model not in MODELS:
         raise AttnKitError(f"--model {model!r} is not known; expected one of {', '.join(MODELS)}")
-    preset = PRESETS["quick" if quick else "full"]
-    cfg = preset.train.overridden(seed=seed, progress=progress,
-                                  budget_minutes=budget_minutes, max_steps=max_steps, target=target,
-                                  eval_every=eval_every)
-    RunFolder.refuse_existing(out, resume)
-    t0 = time.perf_counter()
-    train_scenes = load_scenes("train", preset.n_train)
-    valid = load_scenes("valid", preset.n_valid)
     vocab = Vocabulary()
-    run = RunFolder.create(TASK, model, out)
-    torch.manual_seed(seed)
-    mcfg = CaptionConfig(kind=model, vocab=len(vocab), **preset.model)
-    net = Captioner(mcfg)
-    frequent = Counter(s.caption for s in train_scenes).most_common(1)[0][0]
-    write_json(run / "config.json", {
-        "task": TASK, "data": data, "preset": "quick" if quick else "full", "model": mcfg.to_dict(),
-        "train": asdict(cfg), "batch_size": preset.batch_size, "scenes": asdict(SceneConfig()),
-        "sizes": {"train": preset.n_train, "valid": preset.n_valid, "test": preset.n_test},
-        "most_frequent_caption": frequent, "parameters": sum(p.numel() for p in net.parameters())})
-    valid_images = stack_images(valid)
 
-    def evaluate(m: Captioner) -> dict[str, float]:
-        s = relation_scores(caption_images(m, vocab, valid_images), valid)
-        return {k: round(v, 5) for k, v in s.items()}
+    def setup(train_scenes: list[Scene], valid: list[Scene]) -> SceneModel:
+        mcfg = CaptionConfig(kind=model, vocab=len(vocab), **preset.model)
+        net = Captioner(mcfg)
+        valid_images = stack_images(valid)
 
-    batches = _batches(stack_images(train_scenes), _targets(vocab, [s.caption for s in train_scenes]),
-                       preset.batch_size)
-    trainer = Trainer(net, cfg, run, batches=batches, loss_fn=_loss, evaluate=evaluate)
-    return trainer.fit_and_evaluate(f"the {model} captioner: {len(train_scenes)} scenes, "
-                                    f"{sum(p.numel() for p in net.parameters()):,} parameters", evaluate_run,
-                                    started=t0, resume=resume, log=log)
+        def evaluate(m: Captioner) -> dict[str, float]:
+            s = relation_scores(caption_images(m, vocab, valid_images), valid)
+            return {k: round(v, 5) for k, v in s.items()}
+
+        frequent = Counter(s.caption for s in train_scenes).most_common(1)[0][0]
+        batches = _batches(stack_images(train_scenes), _targets(vocab, [s.caption for s in train_scenes]),
+                           preset.batch_size)
+        return SceneModel(net, mcfg.to_dict(), {"most_frequent_caption": frequent}, batches, _loss, evaluate)
+
+    preset = PRESETS["quick" if quick else "full"]
+    return train_on_scenes(TASK, "captioner", data=data, model=model, preset=preset, quick=quick, setup=setup,
+                           evaluate_run=evaluate_run, budget_minutes=budget_minutes, max_steps=max_steps,
+                           eval_every=eval_every, target=target, out=out, seed=seed, progress=progress,
+                           resume=resume, log=log)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""What the scene tasks (captioning, detection) share: cached scene sets, reading and writing a
-canvas as a PNG, and the steps and seconds a run took to reach quality thresholds.
+"""What the scene tasks (captioning, detection) share: cached scene sets, the training run around
+a task's model (:func:`train_on_scenes`), reading and writing a canvas as a PNG, and the steps and
+seconds a run took to reach quality thresholds.
 
 Shape legend: N scenes, K items, S canvas side.
 """
@@ -8,19 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ...errors import AttnKitError
-from ..trainer import TrainConfig, cache_dir
+from ..trainer import RunFolder, TrainConfig, Trainer, cache_dir, write_json
 from .scenes import Scene, SceneConfig, make_scenes
 
-__all__ = ["ScenePreset", "load_scenes", "read_image", "write_image", "time_to_thresholds"]
+__all__ = ["ScenePreset", "SceneModel", "load_scenes", "train_on_scenes", "read_image", "write_image",
+           "time_to_thresholds"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,50 @@ class ScenePreset:
     batch_size: int
     model: dict[str, Any]  # the model config's fields
     train: TrainConfig
+
+
+@dataclass
+class SceneModel:
+    """What a scene task hands :func:`train_on_scenes`: its network and model config (a dict for
+    ``config.json``), extra ``config.json`` entries (its trivial baseline), its training batches
+    and loss, and its validation metrics of a network."""
+
+    net: nn.Module
+    model_config: dict[str, Any]
+    extra: dict[str, Any]
+    batches: Callable[..., Any]
+    loss_fn: Callable[..., Any]
+    evaluate: Callable[[nn.Module], dict[str, float]]
+
+
+def train_on_scenes(task: str, what: str, *, data: str, model: str, preset: ScenePreset, quick: bool,
+                    setup: Callable[[list[Scene], list[Scene]], SceneModel], evaluate_run: Callable[..., Any],
+                    budget_minutes: float | None, max_steps: int | None, eval_every: int | None, target: float | None,
+                    out: str | Path | None, seed: int, progress: bool, resume: bool,
+                    log: Callable[[str], None]) -> tuple[RunFolder, dict[str, Any]]:
+    """One training run of a scene task (``what``: "captioner", "detector"): the preset's budgets
+    with the user's, the cached training and validation scenes, the run folder and its
+    ``config.json``, the shared trainer, then ``evaluate_run`` on the held-out scenes. ``setup``
+    builds the task's :class:`SceneModel` from the training and validation scenes, after the
+    seed is set."""
+    cfg = preset.train.overridden(seed=seed, progress=progress, budget_minutes=budget_minutes, max_steps=max_steps,
+                                  target=target, eval_every=eval_every)
+    RunFolder.refuse_existing(out, resume)
+    t0 = time.perf_counter()
+    train_scenes = load_scenes("train", preset.n_train)
+    valid = load_scenes("valid", preset.n_valid)
+    run = RunFolder.create(task, model, out)
+    torch.manual_seed(seed)
+    m = setup(train_scenes, valid)
+    parameters = sum(p.numel() for p in m.net.parameters())
+    write_json(run / "config.json", {
+        "task": task, "data": data, "preset": "quick" if quick else "full", "model": m.model_config,
+        "train": asdict(cfg), "batch_size": preset.batch_size, "scenes": asdict(SceneConfig()),
+        "sizes": {"train": preset.n_train, "valid": preset.n_valid, "test": preset.n_test},
+        **m.extra, "parameters": parameters})
+    trainer = Trainer(m.net, cfg, run, batches=m.batches, loss_fn=m.loss_fn, evaluate=m.evaluate)
+    return trainer.fit_and_evaluate(f"the {model} {what}: {len(train_scenes)} scenes, {parameters:,} parameters",
+                                    evaluate_run, started=t0, resume=resume, log=log)
 
 
 def _pack(scenes: Sequence[Scene]) -> dict[str, Any]:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,11 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import AttnKitError
-from ..trainer import RunFolder, TrainConfig, Trainer, TrainResult, load_weights, read_json, write_json
-from .common import ScenePreset, load_scenes, time_to_thresholds
+from ..trainer import RunFolder, TrainConfig, TrainResult, load_weights, read_json, write_json
+from .common import SceneModel, ScenePreset, load_scenes, time_to_thresholds, train_on_scenes
 from .data import CLASSES
 from .detector import DETECT_MODELS, DetectConfig, build_detector
-from .scenes import Scene, SceneConfig, stack_images
+from .scenes import Scene, stack_images
 
 __all__ = ["TASK", "MODELS", "Preset", "PRESETS", "THRESHOLDS", "coco_map", "train", "LoadedRun", "load_run",
            "detect_images", "evaluate_run", "detection_picture", "summary"]
@@ -138,33 +137,23 @@ def train(*, data: str = "scenes", model: str = "detr", quick: bool = False,
         raise AttnKitError(f"--data {data!r} is not available for detection; expected scenes")
     if model not in MODELS:
         raise AttnKitError(f"--model {model!r} is not known; expected one of {', '.join(MODELS)}")
+
+    def setup(train_scenes: list[Scene], valid: list[Scene]) -> SceneModel:
+        mcfg = DetectConfig(kind=model, **preset.model)
+        net = build_detector(mcfg)
+        valid_images = stack_images(valid)
+
+        def evaluate(m: nn.Module) -> dict[str, float]:
+            return {k: round(v, 5) for k, v in coco_map(detect_images(m, valid_images), valid).items()}
+
+        batches = _batches(stack_images(train_scenes), _targets(train_scenes), preset.batch_size)
+        return SceneModel(net, mcfg.to_dict(), {"prior": _prior_baseline(train_scenes)}, batches, _loss, evaluate)
+
     preset = PRESETS["quick" if quick else "full"]
-    cfg = preset.train.overridden(seed=seed, progress=progress,
-                                  budget_minutes=budget_minutes, max_steps=max_steps, target=target,
-                                  eval_every=eval_every)
-    RunFolder.refuse_existing(out, resume)
-    t0 = time.perf_counter()
-    train_scenes = load_scenes("train", preset.n_train)
-    valid = load_scenes("valid", preset.n_valid)
-    run = RunFolder.create(TASK, model, out)
-    torch.manual_seed(seed)
-    mcfg = DetectConfig(kind=model, **preset.model)
-    net = build_detector(mcfg)
-    write_json(run / "config.json", {
-        "task": TASK, "data": data, "preset": "quick" if quick else "full", "model": mcfg.to_dict(),
-        "train": asdict(cfg), "batch_size": preset.batch_size, "scenes": asdict(SceneConfig()),
-        "sizes": {"train": preset.n_train, "valid": preset.n_valid, "test": preset.n_test},
-        "prior": _prior_baseline(train_scenes), "parameters": sum(p.numel() for p in net.parameters())})
-    valid_images = stack_images(valid)
-
-    def evaluate(m: nn.Module) -> dict[str, float]:
-        return {k: round(v, 5) for k, v in coco_map(detect_images(m, valid_images), valid).items()}
-
-    batches = _batches(stack_images(train_scenes), _targets(train_scenes), preset.batch_size)
-    trainer = Trainer(net, cfg, run, batches=batches, loss_fn=_loss, evaluate=evaluate)
-    return trainer.fit_and_evaluate(f"the {model} detector: {len(train_scenes)} scenes, "
-                                    f"{sum(p.numel() for p in net.parameters()):,} parameters", evaluate_run,
-                                    started=t0, resume=resume, log=log)
+    return train_on_scenes(TASK, "detector", data=data, model=model, preset=preset, quick=quick, setup=setup,
+                           evaluate_run=evaluate_run, budget_minutes=budget_minutes, max_steps=max_steps,
+                           eval_every=eval_every, target=target, out=out, seed=seed, progress=progress,
+                           resume=resume, log=log)
 
 
 # ----------------------------------------------------------------------------------------------
