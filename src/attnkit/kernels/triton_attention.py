@@ -234,6 +234,15 @@ def _layout(q: Tensor, hashed) -> _Layout:
                    True)
 
 
+def _prepared(q: Tensor, k: Tensor, v: Tensor, hashed) -> tuple[_Layout, Tensor, Tensor, Tensor, int]:
+    """A launch's row layout, its q, k and v (dense where rows are indexed: the per-round gradient
+    slices take the items' strides) and the number of key rows the kernels walk."""
+    lay = _layout(q, hashed)
+    if lay.indexed:
+        q, k, v = (x.contiguous() for x in (q, k, v))
+    return lay, q, k, v, (lay.t_slots if lay.indexed else k.shape[2])
+
+
 def _common(q: Tensor, k: Tensor, v: Tensor, scale: float) -> dict:
     d, dv = q.shape[-1], v.shape[-1]
     return dict(D=_pow2(d), DV=_pow2(dv), D_REAL=d, DV_REAL=dv, IEEE=q.dtype == torch.float32,
@@ -263,12 +272,9 @@ def fwd(q: Tensor, k: Tensor, v: Tensor, plan, scale: float, hashed=None, launch
     of ``plan`` (tiles ``plan.bm x plan.bn``). With ``hashed.rows`` (LSH rounds read through the
     sort order) q, k and v are the unsorted items ``(B, H, N+1, E)`` and the results are
     ``(R*B, H, n_queries, Dv)`` and ``(R*B, H, n_queries)``, each round's queries in their order."""
-    lay = _layout(q, hashed)
-    if lay.indexed:  # the per-round gradient slices take the items' (dense) strides
-        q, k, v = (x.contiguous() for x in (q, k, v))
+    lay, q, k, v, s = _prepared(q, k, v, hashed)
     b, h, _, d = q.shape
     hkv = k.shape[1]
-    s = lay.t_slots if lay.indexed else k.shape[2]
     out = torch.empty(lay.b_out, h, lay.t_out, v.shape[-1], device=q.device, dtype=q.dtype)
     lse = torch.empty(lay.b_out, h, lay.t_out, device=q.device, dtype=torch.float32)
     (ids, *ids_args), flags = _mode_args(hashed, q.device)

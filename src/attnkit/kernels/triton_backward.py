@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .triton_attention import _common, _hashed, _launch, _layout, _mode_args, _pow2, _query_of, _rows_of, _warps
+from .triton_attention import _common, _hashed, _launch, _mode_args, _pow2, _prepared, _query_of, _rows_of, _warps
 
 __all__ = ["bwd"]
 
@@ -284,12 +284,9 @@ def bwd(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor,
     """``(dq, dk, dv)`` over both lists of ``plan`` (its tiles ``plan.bm x plan.bn``); ``dlse`` is
     the gradient of the returned log-sum-exp, or None. With ``hashed.rows`` each round writes its
     gradients at the items' rows of a slice of its own, and the slices are summed (float32)."""
-    lay = _layout(q, hashed)
-    if lay.indexed:  # the per-round gradient slices take the items' (dense) strides
-        q, k, v = (x.contiguous() for x in (q, k, v))
+    lay, q, k, v, s = _prepared(q, k, v, hashed)
     b, h, _, d = q.shape
     hkv = k.shape[1]
-    s = lay.t_slots if lay.indexed else k.shape[2]
     t_out = out.shape[2]
     dout = dout.contiguous()
     delta = torch.empty(lay.b_out, h, t_out, device=q.device, dtype=torch.float32)  # rowsum(dO * O) - dlse
