@@ -44,3 +44,18 @@ def test_tune_layers_is_for_minilm_ft_only(tmp_path):
     with pytest.raises(AttnKitError, match="tune_layers"):
         train(data="sentences", model="minilm-ft", tune_layers=8, out=tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--paired", "missing.json:minilm-ft", "missing.json:nbsvm"], "cannot read the table"),
+    (["--paired", "nocolon", "x.json:y"], "expected FILE.json:MODEL"),
+    (["--markdown", "--out", "missing.json"], "--markdown: cannot read"),
+    (["--folds", "0"], "expected integers from 1 to 10"),
+])
+def test_command_line_mistakes_give_one_error_line_and_exit_2(tmp_path, monkeypatch, capsys, args, words):
+    from attnkit.apps.sentiment.crossval import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and words in err[0]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -155,12 +156,26 @@ def markdown(table: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _table(path: str, flag: str) -> dict[str, Any]:
+    """The cross-validation table in ``path``, or a clear error naming ``flag``."""
+    try:
+        return read_json(path)
+    except (OSError, ValueError) as e:
+        raise AttnKitError(f"{flag}: cannot read the table {path!r} ({type(e).__name__}: {e})") from None
+
+
+def _fail(message: str) -> int:
+    """A command-line mistake: one ``error:`` line on stderr, exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def _row(spec: str) -> tuple[str, dict[str, float]]:
     """``FILE.json:KEY`` -> (``KEY``, its test accuracy per fold)."""
     path, sep, key = spec.rpartition(":")
     if not sep or not path:
         raise AttnKitError(f"--paired {spec!r}: expected FILE.json:MODEL (a table and one of its rows)")
-    table = read_json(path)
+    table = _table(path, "--paired")
     if key not in table.get("models", {}):
         raise AttnKitError(f"--paired {spec!r}: {path} has no row {key!r}; expected one of "
                            f"{', '.join(table.get('models', {}))}")
@@ -201,26 +216,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             (ka, ra), (kb, rb) = _row(a.paired[0]), _row(a.paired[1])
             d = paired(ra, rb)
         except AttnKitError as e:
-            raise SystemExit(f"error: {e}") from None
+            return _fail(str(e))
         print(f"{ka} - {kb}: {100 * d['mean']:+.2f} points [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}] "
               f"over {len(d['folds'])} folds; better / equal on {d['better']} / {d['equal']}")
         return 0
     if a.markdown:
-        print(markdown(read_json(a.out or f"runs/sentiment-cv-{a.data}.json")))
+        try:
+            print(markdown(_table(a.out or f"runs/sentiment-cv-{a.data}.json", "--markdown")))
+        except AttnKitError as e:
+            return _fail(str(e))
         return 0
     import torch
 
     torch.set_num_threads(a.threads)
     bad = [f for f in a.folds if not 1 <= f <= FOLDS]
     if bad:
-        raise SystemExit(f"error: --folds {bad}; expected integers from 1 to {FOLDS}")
+        return _fail(f"--folds {bad}; expected integers from 1 to {FOLDS}")
     out = a.out or f"runs/sentiment-cv-{a.data}.json"
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     try:
         crossval(a.data, a.models or MODEL_DATA[a.data], out, folds=a.folds, runs=a.runs,
                  budget_minutes=a.budget_minutes, tune_layers=a.tune_layers, encoder=a.encoder)
     except AttnKitError as e:
-        raise SystemExit(f"error: {e}") from None
+        return _fail(str(e))
     return 0
 
 
