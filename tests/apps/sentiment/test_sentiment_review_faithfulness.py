@@ -113,3 +113,11 @@ def test_review_deletion_refuses_bad_input_and_draws(tmp_path):
     res["model"] = "han"
     path = aopc_picture(res, tmp_path / "f.png")
     assert path.stat().st_size > 5000
+
+
+def test_a_missing_run_gives_one_error_line_and_exit_2(tmp_path, capsys):
+    from attnkit.apps.sentiment.faithfulness import main
+
+    assert main([str(tmp_path / "no-run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "no-run" in err[0]

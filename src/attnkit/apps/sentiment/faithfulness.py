@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import random
 import statistics
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -326,8 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         lr = load_run(a.run)
         res = faithfulness(lr, n=a.n, lexical=a.lexical)
-    except AttnKitError as e:
-        raise SystemExit(f"error: {e}") from None
+    except AttnKitError as e:  # a command-line mistake: one error line, exit code 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     name = "faithfulness" + ("-keep-lex" if res.get("lexical") == "keep" else "")
     write_json(lr.run / f"{name}.json", res)
     aopc_picture(res, lr.run / f"{name}.png")
