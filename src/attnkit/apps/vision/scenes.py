@@ -50,7 +50,7 @@ from ...errors import AttnKitError, ShapeError
 from .data import CLASSES, load_fashion_mnist
 
 __all__ = ["INK", "RELATIONS", "SPLITS", "SceneConfig", "Scene", "make_scenes", "relation", "caption_of",
-           "parse_caption", "relation_scores", "stack_images", "article"]
+           "describe", "parse_caption", "relation_scores", "stack_images", "article"]
 
 INK = 20  # a Fashion-MNIST pixel above this grey level belongs to the item
 RELATIONS = ("to the left of", "to the right of", "above", "below")
@@ -138,8 +138,13 @@ def caption_of(boxes: Tensor, labels: Tensor) -> str:
                          f"and {tuple(labels.shape)}")
     if len(set(labels.tolist())) != len(labels):
         raise AttnKitError(f"caption_of needs distinct classes; got {[CLASSES[int(c)] for c in labels]}")
+    return describe(boxes, [CLASSES[int(c)] for c in labels])
+
+
+def describe(boxes: Tensor, names: Sequence[str]) -> str:
+    """The caption's clauses for items with ``boxes (K, 4)`` called ``names`` (which may repeat, as
+    a reader that confuses two items would write them); :func:`caption_of` for a scene's own."""
     order = _order(boxes)
-    names = [CLASSES[int(labels[i])] for i in order]
     if len(order) == 1:
         return f"{article(names[0])} {names[0]}"
     clauses = []
@@ -147,9 +152,9 @@ def caption_of(boxes: Tensor, labels: Tensor) -> str:
         a, b = (order[0], order[1]) if k == 1 else (order[k], order[k - 1])
         rel = relation(boxes[a], boxes[b])
         if rel is None:
-            raise AttnKitError(f"items {CLASSES[int(labels[a])]} {boxes[a].tolist()} and {CLASSES[int(labels[b])]} "
+            raise AttnKitError(f"items {names[a]} {boxes[a].tolist()} and {names[b]} "
                                f"{boxes[b].tolist()} are placed diagonally; expected a clear relation")
-        na, nb = CLASSES[int(labels[a])], CLASSES[int(labels[b])]
+        na, nb = names[a], names[b]
         clauses.append(f"{article(na)} {na} {rel} {article(nb) if k == 1 else 'the'} {nb}")
     return ", ".join(clauses)
 
