@@ -27,7 +27,7 @@ from .batches import cross_entropy_loss, positive_probs, train_batches
 from .data import DATASETS, FOLDS, fold_split, load
 from .encoders import DEFAULT_ENCODER, check_encoder
 from .features import MAX_TOKENS, features
-from .loaded import TASK, _minilm, load_run
+from .loaded import TASK, LoadedRun, _minilm, load_run
 from .models import (
     FUSION_MODELS,
     LEXICAL_MODELS,
@@ -42,7 +42,7 @@ from .models import (
 )
 from .probes import fit_lr, pooled
 
-__all__ = ["Preset", "PRESETS", "THRESHOLDS", "train", "evaluate_run", "summary"]
+__all__ = ["Preset", "PRESETS", "THRESHOLDS", "train", "test_probabilities", "evaluate_run", "summary"]
 
 THRESHOLDS = {"sentences": (0.65, 0.70, 0.75, 0.80), "reviews": (0.75, 0.80, 0.85, 0.88)}  # validation accuracy
 
@@ -245,6 +245,25 @@ def _accuracy(p: Tensor, y: Sequence[int]) -> float:
     return float(((p > 0.5).long() == torch.tensor(list(y))).float().mean()) if len(y) else math.nan
 
 
+def test_probabilities(lr: LoadedRun, examples: Sequence[Any], test_idx: Sequence[int], *,
+                       log: Callable[[str], None] = print) -> Tensor:
+    """``(N_test,)`` P(positive) that the run ``lr`` gives the texts ``examples[test_idx]``, read
+    from the cached encoder states as in training (any model kind)."""
+    kind, data = lr.kind, lr.data
+    if kind in LEXICAL_MODELS:
+        return torch.sigmoid(lr.model.scores([examples[i].text for i in test_idx]))
+    if kind in SKLEARN_MODELS:
+        feats = features(data, log=log, encoder=lr.encoder)
+        return torch.sigmoid(pooled(feats, list(test_idx), kind) @ lr.model.coef + lr.model.intercept)
+    feats = features(data, log=log, layer=lr.model.config.mid_layer if fine_tuned(kind) else None,
+                     encoder=lr.encoder)
+    lex = None
+    if lr.lexical is not None:
+        lex = torch.full((len(examples),), math.nan)
+        lex[list(test_idx)] = lr.lex_scores([examples[i].text for i in test_idx])
+    return positive_probs(lr.model, feats, list(test_idx), input_kind(kind), lex=lex)
+
+
 def evaluate_run(path: str | Path | RunFolder, *, log: Callable[[str], None] = print, pictures: bool = True,
                  train_result: TrainResult | None = None, setup_seconds: float | None = None) -> dict[str, Any]:
     """Accuracy on the run's test fold, with the majority-class baseline; writes ``results.json``
@@ -255,19 +274,7 @@ def evaluate_run(path: str | Path | RunFolder, *, log: Callable[[str], None] = p
     train_idx, valid_idx, test_idx = fold_split(examples, config["fold"])
     labels = [e.label for e in examples]
     y_test = [labels[i] for i in test_idx]
-    if kind in LEXICAL_MODELS:
-        p = torch.sigmoid(lr.model.scores([examples[i].text for i in test_idx]))
-    elif kind in SKLEARN_MODELS:
-        feats = features(data, log=log, encoder=lr.encoder)
-        p = torch.sigmoid(pooled(feats, test_idx, kind) @ lr.model.coef + lr.model.intercept)
-    else:
-        feats = features(data, log=log, layer=lr.model.config.mid_layer if fine_tuned(kind) else None,
-                         encoder=lr.encoder)
-        lex = None
-        if lr.lexical is not None:
-            lex = torch.full((len(examples),), math.nan)
-            lex[test_idx] = lr.lex_scores([examples[i].text for i in test_idx])
-        p = positive_probs(lr.model, feats, test_idx, input_kind(kind), lex=lex)
+    p = test_probabilities(lr, examples, test_idx, log=log)
     majority = max(set(labels[i] for i in train_idx), key=[labels[i] for i in train_idx].count)
     state = read_json(run / "trainer_state.json") if (run / "trainer_state.json").exists() else {}
     before = read_json(run / "results.json").get("train", {}) if (run / "results.json").exists() else {}
