@@ -48,6 +48,22 @@ def test_lsh_encoder_runs_forward_and_backward_on_the_same_weights():
     assert all(p.grad is not None for p in lsh.encoder.parameters())
 
 
+def test_lsh_encoder_trains_with_attention_dropout():
+    """The full preset's dropout (0.1) reaches the encoder's LSH attention, which now supports it."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("transformer-lsh", vocab=50, d_model=32, layers=2, heads=4, ff=64, dropout=0.1,
+                                    bucket_size=4, n_hashes=2)).train()
+    assert model.encoder.layers[0].self_attn.dropout == 0.1
+    src, mask, tgt = _batch(50)
+    a, b = model(src, mask, tgt), model(src, mask, tgt)
+    assert not torch.equal(a, b)  # dropout draws differ in training
+    a.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.encoder.parameters())
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(src, mask, tgt), model(src, mask, tgt))
+
+
 def test_encoder_kind_is_checked():
     exact = build_model(ModelConfig("transformer", vocab=20, d_model=16, layers=1, heads=2, ff=32))
     with pytest.raises(ValueError, match="expected one of transformer, transformer-sparse, transformer-lsh"):

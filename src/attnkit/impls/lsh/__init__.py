@@ -26,7 +26,8 @@ rounded to an even number; 1 = a single bucket), ``n_hashes`` (default 4), ``sha
 (default False), ``seed`` (default 0), ``dedup`` (default True), ``kernel`` (default
 ``"auto"``: the rounds run on the native kernel where it is built, for calls without weights
 whose mask is causal and / or key padding with at least 2**20 score elements over all rounds;
-``"torch"``: always in PyTorch).
+``"torch"``: always in PyTorch). Attention dropout (``dropout_p``) drops each round's attended
+weights in the PyTorch rounds (Reformer's way); calls with dropout never take the kernels.
 
 ``triton_lsh`` is the same attention with the rounds on the Triton kernels (CUDA; CPU only under
 Triton's interpreter): hashing and sorting as PyTorch operations on the GPU, then every round's
@@ -78,7 +79,7 @@ def lsh(call: AttentionCall) -> AttnResult:
     """The ``lsh`` implementation of :func:`attnkit.attention` (weights returned dense)."""
     res = lsh_attention(call.q, call.k, call.v, call.mask, scale=call.scale,
                         settings=LSHSettings(**read_options(call, "lsh", OPTIONS)), generator=call.generator,
-                        return_weights=call.return_weights, return_lse=call.return_lse)
+                        return_weights=call.return_weights, return_lse=call.return_lse, dropout_p=call.dropout_p)
     return AttnResult(res.out, res.dense_weights(call.lk) if call.return_weights else None, res.lse)
 
 
@@ -120,7 +121,7 @@ register_impl(ImplSpec(
     weights=frozenset({"softmax"}),
     mask_types=(Causal, Padding, KeyMask, Full),
     score_mods="none",
-    dropout=False,
+    dropout=True,
     returns_lse=True,
     exact=False,
     options=frozenset(OPTIONS),

@@ -74,7 +74,7 @@ def _seeded_rotations(head_dim: int, n_hashes: int, n_buckets: int, seed: int, d
 
 def lsh_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, scale: float | None = None,
                   settings: LSHSettings | None = None, generator: torch.Generator | None = None,
-                  return_weights: bool = False, return_lse: bool = False) -> LSHResult:
+                  return_weights: bool = False, return_lse: bool = False, dropout_p: float = 0.0) -> LSHResult:
     """LSH attention on ``q (B, H, T, D)``, ``k (B, Hkv, S, D)``, ``v (B, Hkv, S, Dv)``.
 
     Returns an :class:`LSHResult` with ``out (B, H, T, Dv)`` (and the attended keys and their
@@ -82,7 +82,15 @@ def lsh_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, 
     A query with no allowed key among those it attended gets a zero output; NaN in a query, or in
     a key or value it attends, gives a NaN output row. Differentiable in ``q``, ``k``, ``v`` (the
     bucket assignment is piecewise constant and carries no gradient).
+
+    ``dropout_p`` drops each attended (query, key) weight of each round with that probability and
+    scales the kept ones by ``1 / (1 - dropout_p)`` (as Reformer does, per round; the masks are drawn
+    from ``generator`` when given), so the output is unbiased; the normaliser, the log-sum-exp and
+    the returned weights are those without dropout, as in the reference. Dropout runs the rounds in
+    PyTorch (the kernels have none).
     """
+    if not 0.0 <= dropout_p < 1.0:
+        raise AttnKitError(f"dropout_p must be in [0, 1); got {dropout_p!r}")
     st = settings or LSHSettings()
     b, h, t, d = q.shape
     s, dv = k.shape[2], v.shape[3]
@@ -96,6 +104,8 @@ def lsh_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, 
     on_triton = False
     if st.kernel == "triton" or (st.kernel == "auto" and q.is_cuda):
         why = triton_route_reasons(q.device, st.bucket_size, max(d, dv), mask_form, return_weights)
+        if dropout_p > 0:
+            why = [*why, "dropout runs in PyTorch only"]
         if why and st.kernel == "triton":
             raise AttnKitError(f"lsh option kernel='triton' cannot run this call: {'; '.join(why)}")
         on_triton = not why
@@ -130,7 +140,7 @@ def lsh_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, 
         out, lse = rounds_on_triton(items, orders, ranks, chunk_of if st.dedup else None, mask_form, b, h, t, s,
                                     chunk, scale, st.shared_qk, indexed=st.triton_rows == "indexed")
         return LSHResult(out.to(out_dtype), lse=lse if return_lse else None)
-    on_kernel = mask_form if st.kernel == "auto" and not return_weights else None
+    on_kernel = mask_form if st.kernel == "auto" and not return_weights and not dropout_p else None
     if on_kernel is not None and n < 2**31 and kernel_usable(  # the kernel reads int32 positions
             device=q.device, head_dim=max(d, dv), block_q=chunk, block_k=chunk, work=n * 2 * chunk * st.n_hashes):
         out, lse = rounds_on_kernel(items, orders, ranks, chunk_of if st.dedup else None, on_kernel, b, h, t, s,
@@ -172,8 +182,12 @@ def lsh_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, 
         m = sc.amax(-1, keepdim=True).detach()  # (BH, nC, C, 1)
         m_safe = torch.where(torch.isfinite(m), m, torch.zeros((), dtype=m.dtype))
         p = sc.sub_(m_safe).exp_() if inplace and not return_weights else torch.exp(sc - m_safe)  # (BH, nC, C, K)
+        p_used = p
+        if dropout_p > 0:  # the numerator's weights only: dropout of the normalised weights
+            keep = torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype) >= dropout_p
+            p_used = p * keep / (1 - dropout_p)
         # numerator, denominator and running max in sorted order, back to query order in one gather
-        stats = torch.cat([p @ vs, p.sum(-1, keepdim=True), m], dim=-1).view(b * h, n_chunks * chunk, dv + 2)
+        stats = torch.cat([p_used @ vs, p.sum(-1, keepdim=True), m], dim=-1).view(b * h, n_chunks * chunk, dv + 2)
         rank = ranks[:, r, :t]  # (BH, T) sorted slot of each query (items 0..T-1 are the queries)
         back = stats.reshape(-1, dv + 2).index_select(0, (rank + slot_base).flatten()).view(b * h, t, dv + 2)
         nums.append(back[..., :dv])  # (BH, T, Dv)
