@@ -8,8 +8,9 @@ import json
 
 import pytest
 import torch
+from vision_helpers import quick_classifier as train_quick
 
-from attnkit.apps.vision import ceiling, classify, data
+from attnkit.apps.vision import ceiling, data
 from attnkit.apps.vision.scenes import _crop, caption_of, describe, make_scenes, parse_caption, relation_scores
 from attnkit.errors import AttnKitError
 
@@ -89,13 +90,7 @@ def test_true_labels_give_every_relation_and_confused_labels_lose_theirs():
 def quick_classifier(tmp_path_factory):
     if not _installed():
         pytest.skip("Debian dataset-fashion-mnist is not installed (run 'make data')")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run, _ = classify.train(model="cnn", quick=True, out=tmp_path_factory.mktemp("cnn") / "run", progress=False,
-                                log=lambda *_: None)
-    finally:
-        torch.set_num_threads(threads)
+    run, _ = train_quick("cnn", tmp_path_factory.mktemp("cnn") / "run")
     return run.path
 
 

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from vision_helpers import quick_classifier
 
 from attnkit import masks
 from attnkit.apps.vision import classify, data
@@ -25,13 +26,7 @@ def quick_vit(tmp_path_factory):
     """``(run folder, results)`` of ``attnkit train vit --quick`` (one thread)."""
     if not _installed():
         pytest.skip("Debian dataset-fashion-mnist is not installed (run 'make data')")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run, results = classify.train(model="vit", quick=True, out=tmp_path_factory.mktemp("vit") / "run",
-                                      progress=False, log=lambda *_: None)
-    finally:
-        torch.set_num_threads(threads)
+    run, results = quick_classifier("vit", tmp_path_factory.mktemp("vit") / "run")
     return run.path, results
 
 

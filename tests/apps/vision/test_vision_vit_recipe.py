@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from vision_helpers import quick_classifier
 
 from attnkit.apps.vision import classify, data
 from attnkit.apps.vision.vit import MODELS, ModelConfig, ViT, build_model
@@ -171,13 +172,7 @@ def test_cli_accepts_every_model_and_refuses_a_bad_name(tmp_path, capsys):
 def test_quick_conv_stem_run_beats_the_majority_baseline(tmp_path):
     if not _installed():
         pytest.skip("Debian dataset-fashion-mnist is not installed (run 'make data')")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _, results = classify.train(model="vit-convstem", quick=True, out=tmp_path / "run", progress=False,
-                                    log=lambda *_: None)
-    finally:
-        torch.set_num_threads(threads)
+    _, results = quick_classifier("vit-convstem", tmp_path / "run")
     test, base = results["test"], results["baselines"]["majority-class"]
     assert test["n"] == 1000 and base["accuracy"] < 0.15
     assert test["accuracy"] > base["accuracy"] + 0.25, results
