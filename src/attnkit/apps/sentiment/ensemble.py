@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ def member_runs(spec: str, data: str, folds: Sequence[int]) -> tuple[str, dict[i
 
 
 def ensemble(data: str, members: Sequence[str], *, folds: Sequence[int] = tuple(range(1, FOLDS + 1)),
-             log=print) -> dict[str, Any]:
+             log: Callable[[str], None] = print) -> dict[str, Any]:
     """The equal-weight ensemble of ``members`` (``RUNS:MODEL`` each, two or more) on ``folds``
     of ``data``: a :mod:`.crossval` table with one row ``ensemble`` and one per member."""
     if data not in DATASETS:

@@ -43,7 +43,7 @@ from .data import CLASSES, load_fashion_mnist
 from .scenes import SPLITS, Scene, describe, relation_scores
 
 __all__ = ["READINGS", "canvas_items", "distinct_labels", "item_probabilities", "ceiling_captions", "ceiling",
-           "main"]
+           "summary", "main"]
 
 READINGS = ("labels", "source", "canvas")
 SIDE = 28  # Fashion-MNIST's frame
