@@ -111,16 +111,52 @@ std::vector<float> widened(const at::BFloat16* x, int64_t rows, int64_t cols, in
   return out;
 }
 
+// The right operand of a bfloat16 product in VNNI order: op(B) (k x n) with pairs of rows
+// interleaved, dst[(x / 2) * 2n + 2y + (x & 1)] = op(B)[x][y], k padded to even with a zero row.
+// dst holds (k + (k & 1)) * n values.
+void pack_vnni(bool tb, int64_t n, int64_t k, const at::BFloat16* b, int64_t ldb, at::BFloat16* dst) {
+  const at::BFloat16 zero(0.f);
+  for (int64_t x = 0; x < k + (k & 1); ++x) {
+    at::BFloat16* d = dst + (x / 2) * 2 * n + (x & 1);
+    if (x == k) {
+      for (int64_t y = 0; y < n; ++y) d[2 * y] = zero;
+    } else if (tb) {
+      for (int64_t y = 0; y < n; ++y) d[2 * y] = b[y * ldb + x];
+    } else {
+      const at::BFloat16* src = b + x * ldb;
+      for (int64_t y = 0; y < n; ++y) d[2 * y] = src[y];
+    }
+  }
+}
+
+// C (m x n, float) = alpha A B + beta C (beta 0 or 1) for a row-major bfloat16 A (m x kp, kp even,
+// its padding column zero) and B already in VNNI order (pack_vnni, kp x n), by brgemm.
+void mm_vnni(int64_t m, int64_t n, int64_t kp, float alpha, const at::BFloat16* a, int64_t lda,
+             const at::BFloat16* b, float beta, float* c, int64_t ldc) {
+  TORCH_CHECK(beta == 0.f || beta == 1.f, "beta must be 0 or 1");
+  if (alpha == 1.f || beta == 0.f) {
+    at::native::cpublas::brgemm(m, n, kp, lda, n, ldc, beta != 0.f, a, b, c, true);
+    if (alpha != 1.f) {
+      for (int64_t i = 0; i < m; ++i) at::vec::map([alpha](Vec<float> x) { return x * Vec<float>(alpha); },
+                                                   c + i * ldc, c + i * ldc, n);
+    }
+    return;
+  }
+  thread_local std::vector<float> cbuf;
+  cbuf.resize(m * n);
+  at::native::cpublas::brgemm(m, n, kp, lda, n, n, false, a, b, cbuf.data(), true);
+  for (int64_t i = 0; i < m; ++i) {
+    at::vec::map2([alpha](Vec<float> x, Vec<float> y) { return x + y * Vec<float>(alpha); }, c + i * ldc,
+                  c + i * ldc, cbuf.data() + i * n, n);
+  }
+}
+
 // C (m x n, float) = alpha op(A) op(B) + beta C for bfloat16 A, B with beta 0 or 1, by brgemm: A
-// copied row-major when it is transposed or k is odd, B packed in VNNI order (pairs of rows
-// interleaved), k padded to even with zeros.
+// copied row-major when it is transposed or k is odd, B packed in VNNI order, k padded to even.
 void mm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const at::BFloat16* a, int64_t lda,
              const at::BFloat16* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  TORCH_CHECK(beta == 0.f || beta == 1.f, "beta must be 0 or 1");
   thread_local std::vector<at::BFloat16> abuf, bbuf;
-  thread_local std::vector<float> cbuf;
   const int64_t kp = k + (k & 1);
-  const at::BFloat16 zero(0.f);
   const at::BFloat16* ap = a;
   int64_t ld_a = lda;
   if (ta || kp != k) {
@@ -128,37 +164,14 @@ void mm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, con
     for (int64_t i = 0; i < m; ++i) {
       at::BFloat16* row = abuf.data() + i * kp;
       for (int64_t x = 0; x < k; ++x) row[x] = ta ? a[x * lda + i] : a[i * lda + x];
-      if (kp != k) row[k] = zero;
+      if (kp != k) row[k] = at::BFloat16(0.f);
     }
     ap = abuf.data();
     ld_a = kp;
   }
   bbuf.resize(kp * n);
-  for (int64_t x = 0; x < kp; ++x) {
-    at::BFloat16* dst = bbuf.data() + (x / 2) * 2 * n + (x & 1);
-    if (x == k) {
-      for (int64_t y = 0; y < n; ++y) dst[2 * y] = zero;
-    } else if (tb) {
-      for (int64_t y = 0; y < n; ++y) dst[2 * y] = b[y * ldb + x];
-    } else {
-      const at::BFloat16* src = b + x * ldb;
-      for (int64_t y = 0; y < n; ++y) dst[2 * y] = src[y];
-    }
-  }
-  if (alpha == 1.f || beta == 0.f) {
-    at::native::cpublas::brgemm(m, n, kp, ld_a, n, ldc, beta != 0.f, ap, bbuf.data(), c, true);
-    if (alpha != 1.f) {
-      for (int64_t i = 0; i < m; ++i) at::vec::map([alpha](Vec<float> x) { return x * Vec<float>(alpha); },
-                                                   c + i * ldc, c + i * ldc, n);
-    }
-    return;
-  }
-  cbuf.resize(m * n);
-  at::native::cpublas::brgemm(m, n, kp, ld_a, n, n, false, ap, bbuf.data(), cbuf.data(), true);
-  for (int64_t i = 0; i < m; ++i) {
-    at::vec::map2([alpha](Vec<float> x, Vec<float> y) { return x + y * Vec<float>(alpha); }, c + i * ldc,
-                  c + i * ldc, cbuf.data() + i * n, n);
-  }
+  pack_vnni(tb, n, k, b, ldb, bbuf.data());
+  mm_vnni(m, n, kp, alpha, ap, ld_a, bbuf.data(), beta, c, ldc);
 }
 
 // Whether ATen's bfloat16 brgemm takes VNNI-packed operands here (oneDNN's micro-kernels on CPUs
@@ -492,9 +505,27 @@ void parallel_round_robin(int64_t n, const F& body) {
 // forward
 // ---------------------------------------------------------------------------------------------
 
+// Rows of x (B, H, T, D) bfloat16 in VNNI pairs for products that take them as the right operand
+// with T as the inner dimension: (B, H, ceil(T / 2), D, 2), [.., p, y, e] = x[.., 2p + e, y] (0
+// past T). Rows [i0, i1) with i0 even are then the contiguous slice from pair i0 / 2.
+at::Tensor row_pairs(const at::Tensor& x) {
+  const int64_t T = x.size(2);
+  at::Tensor padded = (T & 1) ? at::constant_pad_nd(x, {0, 0, 0, 1}) : x;
+  return padded.view({x.size(0), x.size(1), (T + 1) / 2, 2, x.size(3)}).transpose(3, 4).contiguous();
+}
+
+// K^T of every key block of k (B, Hkv, S, D) bfloat16 in VNNI order, the right operand of the
+// scores: (B, Hkv, nK, ceil(D / 2), bk, 2), [.., j, p, y, e] = k[.., j bk + y, 2p + e] (0 past S or D).
+at::Tensor key_blocks_t(const at::Tensor& k, int64_t nK, int64_t bk) {
+  const int64_t S = k.size(2), D = k.size(3), Dp = D + (D & 1);
+  at::Tensor padded = at::constant_pad_nd(k, {0, Dp - D, 0, nK * bk - S});
+  return padded.view({k.size(0), k.size(1), nK, bk, Dp / 2, 2}).permute({0, 1, 2, 4, 3, 5}).contiguous();
+}
+
 template <typename T, typename I>
 void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse,
-                  const Plan& pl, double scale_d, const std::vector<ModOp<T>>& mods) {
+                  const Plan& pl, double scale_d, const std::vector<ModOp<T>>& mods, const I* kt_blocks,
+                  const I* v_pairs) {
   const int64_t B = q.size(0), H = q.size(1), T_ = q.size(2), D = q.size(3);
   const int64_t Hkv = k.size(1), S = k.size(2), Dv = v.size(3);
   const int64_t rep = H / Hkv, bq = pl.bq, bk = pl.bk, G = pl.G;
@@ -523,7 +554,8 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const int64_t rows_max = std::max(bq * G, fold);
   parallel_round_robin(n_items, [&](int64_t tid, int64_t nt) {
     std::vector<T> sbuf(rows_max * kMaxRun), obuf(rows_max * Dv), mrow(rows_max), lrow(rows_max), alpha(rows_max);
-    std::vector<I> pin(std::is_same_v<T, I> ? 0 : rows_max * kMaxRun);  // P rounded to the input type
+    std::vector<I> pin(std::is_same_v<T, I> ? 0 : rows_max * (kMaxRun + 1));  // P rounded to the input type
+    std::vector<I> pk;  // a partial key block's K^T, packed
     for (int64_t it = tid; it < n_items; it += nt) {
       const int64_t b = items[3 * it], g = items[3 * it + 1], gr = items[3 * it + 2];
       const int64_t h0 = g * fold, hk = h0 / rep;
@@ -542,7 +574,26 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
         while (t2 < t_end && pl.grp_col[t2] == pl.grp_col[t2 - 1] + 1 && (t2 - t + 1) * bk <= kMaxRun) ++t2;
         const int64_t j0 = pl.grp_col[t] * bk, j1 = std::min(S, (pl.grp_col[t2 - 1] + 1) * bk), n = j1 - j0;
         T* s = sbuf.data();
-        mm<T, I>(false, true, m, n, D, scale, qb, D, kb + j0 * D, D, T(0), s, n);
+        bool done = false;
+        if constexpr (!std::is_same_v<T, I>) {
+          if (kt_blocks != nullptr) {  // block by block from the packed K^T; a partial last block packed here
+            const int64_t Dp = D + (D & 1);
+            for (int64_t u = t; u < t2; ++u) {
+              const int64_t c0 = (u - t) * bk, nc = std::min(bk, n - c0);
+              const I* bt = kt_blocks + ((b * Hkv + hk) * pl.nK + pl.grp_col[u]) * Dp * bk;
+              if (nc != bk) {
+                pk.resize(Dp * nc);
+                pack_vnni(true, nc, D, kb + (j0 + c0) * D, D, pk.data());
+                bt = pk.data();
+              }
+              at::native::cpublas::brgemm(m, nc, Dp, D, nc, n, false, qb, bt, s + c0, true);
+            }
+            for (int64_t i = 0; i < m; ++i)
+              at::vec::map([scale](Vec<T> x) { return x * Vec<T>(scale); }, s + i * n, s + i * n, n);
+            done = true;
+          }
+        }
+        if (!done) mm<T, I>(false, true, m, n, D, scale, qb, D, kb + j0 * D, D, T(0), s, n);
         if (!mods.empty()) {  // row r: query head h0 + r / m_tok, query i0 + r % m_tok
           for (int64_t r = 0; r < m; ++r)
             mods_row<T>(mods, s + r * n, n, b, h0 + r / m_tok, i0 + r % m_tok, j0, S - T_, nullptr);
@@ -586,6 +637,19 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
             at::vec::map([a](Vec<T> x) { return x * Vec<T>(a); }, oi, oi, Dv);
           }
         }
+        if constexpr (!std::is_same_v<T, I>) {
+          if (v_pairs != nullptr) {  // P rounded, rows padded to an even width, times V's row pairs
+            const int64_t np = n + (n & 1);
+            for (int64_t i = 0; i < m; ++i) {
+              at::vec::convert(s + i * n, pin.data() + i * np, n);
+              if (np != n) pin[i * np + n] = I(0.f);
+            }
+            mm_vnni(m, Dv, np, 1.f, pin.data(), np, v_pairs + ((b * Hkv + hk) * ((S + 1) / 2) + j0 / 2) * 2 * Dv, 1.f,
+                    obuf.data(), Dv);
+            t = t2;
+            continue;
+          }
+        }
         mm<T, I>(false, false, m, Dv, n, T(1), as_input<T, I>(s, m * n, pin), n, vb + j0 * Dv, Dv, T(1), obuf.data(),
                  Dv);
         t = t2;
@@ -626,14 +690,23 @@ std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const 
   at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, compute);
   if (q.scalar_type() == at::kFloat) {
     forward_impl<float, float>(q, k, v, out, lse, pl, scale,
-                               make_mods<float>(mod_kinds, mod_tensors, mod_params, q.size(1)));
+                               make_mods<float>(mod_kinds, mod_tensors, mod_params, q.size(1)), nullptr, nullptr);
   } else if (q.scalar_type() == at::kBFloat16) {
+    // K^T by key block and V as row pairs, the right operands of every product, packed once per
+    // call (key runs start on block boundaries, so on even rows when blocks are even)
+    at::Tensor kt_blocks, v_pairs;
+    if (has_bf16_gemm() && bk % 2 == 0 && q.size(3) % 2 == 0) {
+      kt_blocks = key_blocks_t(k, nK, bk);
+      v_pairs = row_pairs(v);
+    }
+    const auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<at::BFloat16>() : nullptr; };
     forward_impl<float, at::BFloat16>(q, k, v, out, lse, pl, scale,
-                                      make_mods<float>(mod_kinds, mod_tensors, mod_params, q.size(1)));
+                                      make_mods<float>(mod_kinds, mod_tensors, mod_params, q.size(1)),
+                                      ptr(kt_blocks), ptr(v_pairs));
   } else {
     TORCH_CHECK(q.scalar_type() == at::kDouble, "float32, float64 or bfloat16 expected");
     forward_impl<double, double>(q, k, v, out, lse, pl, scale,
-                         make_mods<double>(mod_kinds, mod_tensors, mod_params, q.size(1)));
+                                 make_mods<double>(mod_kinds, mod_tensors, mod_params, q.size(1)), nullptr, nullptr);
   }
   return {out, lse};
 }
@@ -642,11 +715,130 @@ std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const 
 // backward: per (batch, kv head, key block), the query tiles of its column, dK and dV kept locally
 // ---------------------------------------------------------------------------------------------
 
+// dst (n x ld, bfloat16) = src^T for src (m x n bfloat16, leading dimension lds), by 16 x 16
+// blocks; columns m .. ld of dst are zero.
+void transpose_bf16(const at::BFloat16* src, int64_t m, int64_t n, int64_t lds, at::BFloat16* dst, int64_t ld) {
+  constexpr int64_t Bt = 16;
+  for (int64_t x0 = 0; x0 < m; x0 += Bt) {
+    for (int64_t y0 = 0; y0 < n; y0 += Bt) {
+      const at::BFloat16* s = src + x0 * lds + y0;
+      at::BFloat16* d = dst + y0 * ld + x0;
+      if (x0 + Bt <= m && y0 + Bt <= n) {
+        at::vec::transpose_mxn<at::BFloat16, Bt, Bt>(s, lds, d, ld);
+      } else {
+        at::vec::transpose_mxn<at::BFloat16>(s, lds, d, ld, static_cast<int>(std::min(Bt, m - x0)),
+                                             static_cast<int>(std::min(Bt, n - y0)));
+      }
+    }
+  }
+  for (int64_t y = 0; y < n; ++y) std::fill(dst + y * ld + m, dst + (y + 1) * ld, at::BFloat16(0.f));
+}
+
+// The five products of the backward on the tile group (m query rows) x (one key block of n keys).
+// float / double: gemm calls. bfloat16 with brgemm: the key block's K^T, V^T and K are packed once
+// (set_keys) for all of its query tiles, Q and dO come packed once per call (row_pairs), and P / dS
+// are rounded and transposed by 16 x 16 blocks, so no operand is packed element by element per tile.
+template <typename T, typename I>
+struct BackwardProducts {
+  static constexpr bool kPacked = !std::is_same_v<T, I>;
+  int64_t D, Dv, rmax;
+  bool packed;  // bfloat16 with brgemm
+  const I *kb = nullptr, *vb = nullptr;
+  int64_t n = 0, np = 0;
+  std::vector<I> kt, vt, kn, pin, ptr, scr;  // packed K^T, V^T, K; P / dS rounded; transposed; scratch
+
+  BackwardProducts(int64_t D_, int64_t Dv_, int64_t rmax_, int64_t bk)
+      : D(D_), Dv(Dv_), rmax(rmax_), packed(kPacked && has_bf16_gemm()) {
+    if constexpr (kPacked) {
+      pin.resize(rmax * (bk + 1));
+      if (packed) {
+        kt.resize((D + 1) * bk);
+        vt.resize((Dv + 1) * bk);
+        kn.resize((bk + 1) * D);
+        ptr.resize((bk + 1) * (rmax + 1));
+      }
+    }
+  }
+
+  void set_keys(const I* kb_, const I* vb_, int64_t n_) {
+    kb = kb_;
+    vb = vb_;
+    n = n_;
+    np = n + (n & 1);
+    if constexpr (kPacked) {
+      if (packed) {
+        pack_vnni(true, n, D, kb, D, kt.data());
+        pack_vnni(true, n, Dv, vb, Dv, vt.data());
+        pack_vnni(false, D, n, kb, D, kn.data());
+      }
+    }
+  }
+
+  // s (m x n) = scale Q K^T
+  void scores(const I* qb, int64_t m, T scale, T* s) {
+    if constexpr (kPacked) {
+      if (packed && D % 2 == 0) return mm_vnni(m, n, D, scale, qb, D, kt.data(), 0.f, s, n);
+    }
+    mm<T, I>(false, true, m, n, D, scale, qb, D, kb, D, T(0), s, n);
+  }
+
+  // dP (m x n) = dO V^T
+  void dp(const I* dob, int64_t m, T* dp) {
+    if constexpr (kPacked) {
+      if (packed && Dv % 2 == 0) return mm_vnni(m, n, Dv, 1.f, dob, Dv, vt.data(), 0.f, dp, n);
+    }
+    mm<T, I>(false, true, m, n, Dv, T(1), dob, Dv, vb, Dv, T(0), dp, n);
+  }
+
+  // dV (n x Dv) += P^T dO for P (m x n); dO's rows also as pairs (null: pack them here)
+  void dv(T* p, int64_t m, const I* dob, const I* do_pairs, T* dvbuf) {
+    if constexpr (kPacked) {
+      if (packed) {
+        const int64_t mp = m + (m & 1);
+        at::vec::convert(p, pin.data(), m * n);
+        transpose_bf16(pin.data(), m, n, n, ptr.data(), mp);
+        if (do_pairs == nullptr) {
+          scr.resize(mp * Dv);
+          pack_vnni(false, Dv, m, dob, Dv, scr.data());
+          do_pairs = scr.data();
+        }
+        return mm_vnni(n, Dv, mp, 1.f, ptr.data(), mp, do_pairs, 1.f, dvbuf, Dv);
+      }
+    }
+    mm<T, I>(true, false, n, Dv, m, T(1), as_input<T, I>(p, m * n, pin), n, dob, Dv, T(1), dvbuf, Dv);
+  }
+
+  // dK (n x D) += scale dS^T Q and dQ (m x D, rows of dq) += scale dS K for dS (m x n, overwritten)
+  void dk_dq(T* ds, int64_t m, T scale, const I* qb, const I* q_pairs, T* dkbuf, T* dq) {
+    if constexpr (kPacked) {
+      if (packed) {
+        const int64_t mp = m + (m & 1);
+        for (int64_t i = 0; i < m; ++i) {  // scale dS, round it (rows np wide, the padding zero)
+          at::vec::map([scale](Vec<T> x) { return x * Vec<T>(scale); }, ds + i * n, ds + i * n, n);
+          at::vec::convert(ds + i * n, pin.data() + i * np, n);
+          if (np != n) pin[i * np + n] = I(0.f);
+        }
+        transpose_bf16(pin.data(), m, n, np, ptr.data(), mp);
+        if (q_pairs == nullptr) {
+          scr.resize(mp * D);
+          pack_vnni(false, D, m, qb, D, scr.data());
+          q_pairs = scr.data();
+        }
+        mm_vnni(n, D, mp, 1.f, ptr.data(), mp, q_pairs, 1.f, dkbuf, D);
+        return mm_vnni(m, D, np, 1.f, pin.data(), np, kn.data(), 1.f, dq, D);
+      }
+    }
+    const I* d = as_input<T, I>(ds, m * n, pin);
+    mm<T, I>(true, false, n, D, m, scale, d, n, qb, D, T(1), dkbuf, D);
+    mm<T, I>(false, false, m, D, n, scale, d, n, kb, D, T(1), dq, D);
+  }
+};
+
 template <typename T, typename I>
 void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& dout,
                    const at::Tensor& lse, const at::Tensor& delta, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv,
                    const Plan& pl, double scale_d, const std::vector<ModOp<T>>& mods,
-                   std::vector<at::Tensor>& dbias) {
+                   std::vector<at::Tensor>& dbias, const I* q_pairs, const I* do_pairs) {
   const int64_t B = q.size(0), H = q.size(1), T_ = q.size(2), D = q.size(3);
   const int64_t Hkv = k.size(1), S = k.size(2), Dv = v.size(3);
   const int64_t rep = H / Hkv, bq = pl.bq, bk = pl.bk, nK = pl.nK, nQ = pl.nQ;
@@ -688,7 +880,7 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   }
   parallel_round_robin(n_items, [&](int64_t tid, int64_t nt) {
     std::vector<T> pbuf(rmax * bk), dpbuf(rmax * bk), dkbuf(bk * D), dvbuf(bk * Dv), tbuf(n_caps * rmax * bk);
-    std::vector<I> pin(std::is_same_v<T, I> ? 0 : rmax * bk);  // P, then dS, rounded to the input type
+    BackwardProducts<T, I> prod(D, Dv, rmax, bk);
     std::vector<T*> tanh_rows(std::max<int64_t>(n_caps, 1));
     T* dqp = dq.data_ptr<T>();
     if (!dq_bufs.empty()) {
@@ -718,7 +910,7 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
         const I* vb = vp + ((b * Hkv + hk) * S + j0) * Dv;
         std::fill(dkbuf.begin(), dkbuf.begin() + n * D, T(0));
         std::fill(dvbuf.begin(), dvbuf.begin() + n * Dv, T(0));
-        bool any = false;
+        bool any = false, keys_set = false;
         for (int64_t h = hk * rep; h < (hk + 1) * rep; ++h) {
           const int64_t bm = pl.Bm == 1 ? 0 : b, hm = pl.Hm == 1 ? 0 : h;
           const int64_t c = (bm * pl.Hm + hm) * nK + kj;
@@ -727,13 +919,18 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
             int64_t t2 = t + 1;
             while (t2 < t_end && pl.col_row[t2] == pl.col_row[t2 - 1] + 1 && (t2 - t + 1) * bq <= rmax) ++t2;
             any = true;
+            if (!keys_set) {
+              prod.set_keys(kb, vb, n);
+              keys_set = true;
+            }
             const int64_t i0 = pl.col_row[t] * bq, i1 = std::min(T_, (pl.col_row[t2 - 1] + 1) * bq), m = i1 - i0;
             const int64_t row0 = (b * H + h) * T_ + i0;
+            const int64_t pair0 = (b * H + h) * ((T_ + 1) / 2) + i0 / 2;  // in q_pairs / do_pairs
             const I* qb = qp + row0 * D;
             const I* dob = dop + row0 * Dv;
             T* p = pbuf.data();
             T* dp = dpbuf.data();
-            mm<T, I>(false, true, m, n, D, scale, qb, D, kb, D, T(0), p, n);  // scores
+            prod.scores(qb, m, scale, p);
             if (!ops.empty()) {
               for (int64_t i = 0; i < m; ++i) {
                 for (int64_t c = 0; c < n_caps; ++c) tanh_rows[c] = tbuf.data() + (c * rmax + i) * n;
@@ -754,9 +951,8 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
                 exp_sum(pi, n, l);
               }
             }
-            mm<T, I>(true, false, n, Dv, m, T(1), as_input<T, I>(p, m * n, pin), n, dob, Dv, T(1), dvbuf.data(),
-                     Dv);                                                          // dV += P^T dO
-            mm<T, I>(false, true, m, n, Dv, T(1), dob, Dv, vb, Dv, T(0), dp, n);  // dP = dO V^T
+            prod.dv(p, m, dob, do_pairs == nullptr ? nullptr : do_pairs + pair0 * 2 * Dv, dvbuf.data());
+            prod.dp(dob, m, dp);
             for (int64_t i = 0; i < m; ++i) {  // dS = P * (dP - delta)
               const T d = dlp[row0 + i];
               T* pi = p + i * n;
@@ -769,9 +965,8 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
                 mods_row_backward<T>(ops, p + i * n, n, b, h, i0 + i, j0, tanh_rows.data(), n_caps);
               }
             }
-            const I* ds = as_input<T, I>(p, m * n, pin);
-            mm<T, I>(true, false, n, D, m, scale, ds, n, qb, D, T(1), dkbuf.data(), D);     // dK += dS^T Q
-            mm<T, I>(false, false, m, D, n, scale, ds, n, kb, D, T(1), dqp + row0 * D, D);  // dQ += dS K
+            prod.dk_dq(p, m, scale, qb, q_pairs == nullptr ? nullptr : q_pairs + pair0 * 2 * D, dkbuf.data(),
+                       dqp + row0 * D);
             t = t2;
           }
         }
@@ -821,14 +1016,24 @@ std::vector<at::Tensor> backward(const at::Tensor& q, const at::Tensor& k, const
   }
   if (q.scalar_type() == at::kFloat) {
     backward_impl<float, float>(q, k, v, dout, lse, delta, dq, dk, dv, pl, scale,
-                                make_mods<float>(mod_kinds, mod_tensors, mod_params, q.size(1)), dbias);
+                                make_mods<float>(mod_kinds, mod_tensors, mod_params, q.size(1)), dbias, nullptr,
+                                nullptr);
   } else if (q.scalar_type() == at::kBFloat16) {
+    // Q and dO as row pairs, the right operands of dK and dV, packed once (query tiles start on even rows)
+    at::Tensor q_pairs, do_pairs;
+    if (has_bf16_gemm() && bq % 2 == 0) {
+      q_pairs = row_pairs(q);
+      do_pairs = row_pairs(dout);
+    }
+    const auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<at::BFloat16>() : nullptr; };
     backward_impl<float, at::BFloat16>(q, k, v, dout, lse, delta, dq, dk, dv, pl, scale,
-                                       make_mods<float>(mod_kinds, mod_tensors, mod_params, q.size(1)), dbias);
+                                       make_mods<float>(mod_kinds, mod_tensors, mod_params, q.size(1)), dbias,
+                                       ptr(q_pairs), ptr(do_pairs));
   } else {
     TORCH_CHECK(q.scalar_type() == at::kDouble, "float32, float64 or bfloat16 expected");
     backward_impl<double, double>(q, k, v, dout, lse, delta, dq, dk, dv, pl, scale,
-                          make_mods<double>(mod_kinds, mod_tensors, mod_params, q.size(1)), dbias);
+                                  make_mods<double>(mod_kinds, mod_tensors, mod_params, q.size(1)), dbias, nullptr,
+                                  nullptr);
   }
   std::vector<at::Tensor> res{dq, dk, dv};
   for (auto& g : dbias) res.push_back(g.defined() ? g : at::empty({0}, compute));
