@@ -26,7 +26,9 @@
 // Scalars: float and double run as they are. bfloat16 q, k, v (and dO) stay bfloat16: every
 // product takes bfloat16 operands and accumulates in float (ATen's bfloat16 brgemm, with the right
 // operand packed in VNNI order, where the CPU has it: at::native::cpublas::could_pack; elsewhere
-// the operands are widened to float tile by tile); the scores,
+// the operands are widened to float tile by tile). The right operands are packed once, not per
+// tile: per call K^T by key block and V, Q, dO as row pairs, per key block its K^T, V^T and K in
+// the backward; only P and dS are rounded and transposed per tile. The scores,
 // softmax, out, lse and the gradients are float, and P / dS are rounded to bfloat16 for the
 // products that take them, as FlashAttention does. Half inputs are converted to float by the
 // caller. float / double products go to the BLAS sgemm_/dgemm_ that libtorch exports (MKL builds),
@@ -507,19 +509,50 @@ void parallel_round_robin(int64_t n, const F& body) {
 
 // Rows of x (B, H, T, D) bfloat16 in VNNI pairs for products that take them as the right operand
 // with T as the inner dimension: (B, H, ceil(T / 2), D, 2), [.., p, y, e] = x[.., 2p + e, y] (0
-// past T). Rows [i0, i1) with i0 even are then the contiguous slice from pair i0 / 2.
+// past T). Rows [i0, i1) with i0 even are then the contiguous slice from pair i0 / 2. Packed in
+// parallel, 64 rows at a time.
 at::Tensor row_pairs(const at::Tensor& x) {
-  const int64_t T = x.size(2);
-  at::Tensor padded = (T & 1) ? at::constant_pad_nd(x, {0, 0, 0, 1}) : x;
-  return padded.view({x.size(0), x.size(1), (T + 1) / 2, 2, x.size(3)}).transpose(3, 4).contiguous();
+  const int64_t BH = x.size(0) * x.size(1), T = x.size(2), D = x.size(3), Tp = T + (T & 1);
+  constexpr int64_t kRows = 64;
+  const int64_t chunks = (T + kRows - 1) / kRows;
+  at::Tensor out = at::empty({x.size(0), x.size(1), Tp / 2, D, 2}, x.options());
+  const at::BFloat16* src = x.data_ptr<at::BFloat16>();
+  at::BFloat16* dst = out.data_ptr<at::BFloat16>();
+  at::parallel_for(0, BH * chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t bh = c / chunks, r0 = (c % chunks) * kRows, rows = std::min(kRows, T - r0);
+      pack_vnni(false, D, rows, src + (bh * T + r0) * D, D, dst + (bh * Tp + r0) * D);
+    }
+  });
+  return out;
 }
 
-// K^T of every key block of k (B, Hkv, S, D) bfloat16 in VNNI order, the right operand of the
-// scores: (B, Hkv, nK, ceil(D / 2), bk, 2), [.., j, p, y, e] = k[.., j bk + y, 2p + e] (0 past S or D).
+// K^T of every full key block of k (B, Hkv, S, D) bfloat16 in VNNI order, the right operand of the
+// scores: (B, Hkv, nK, D / 2, bk, 2), [.., j, p, y, e] = k[.., j bk + y, 2p + e] (D even). A
+// partial last block is left unset (the forward packs it where it is used). Each pair (2p, 2p + 1)
+// of a key's row moves together, so a block is a transpose of pairs; blocks in parallel.
 at::Tensor key_blocks_t(const at::Tensor& k, int64_t nK, int64_t bk) {
-  const int64_t S = k.size(2), D = k.size(3), Dp = D + (D & 1);
-  at::Tensor padded = at::constant_pad_nd(k, {0, Dp - D, 0, nK * bk - S});
-  return padded.view({k.size(0), k.size(1), nK, bk, Dp / 2, 2}).permute({0, 1, 2, 4, 3, 5}).contiguous();
+  const int64_t BH = k.size(0) * k.size(1), S = k.size(2), D = k.size(3), half = D / 2;
+  TORCH_CHECK(D % 2 == 0, "key_blocks_t needs an even head dim");
+  at::Tensor out = at::empty({k.size(0), k.size(1), nK, half, bk, 2}, k.options());
+  const at::BFloat16* src = k.data_ptr<at::BFloat16>();
+  at::BFloat16* dst = out.data_ptr<at::BFloat16>();
+  at::parallel_for(0, BH * nK, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t i = b0; i < b1; ++i) {
+      const int64_t bh = i / nK, j0 = (i % nK) * bk;
+      if (j0 + bk > S) continue;
+      const at::BFloat16* ks = src + (bh * S + j0) * D;
+      at::BFloat16* d = dst + i * D * bk;
+      for (int64_t y = 0; y < bk; ++y) {
+        const at::BFloat16* row = ks + y * D;
+        for (int64_t p = 0; p < half; ++p) {
+          d[(p * bk + y) * 2] = row[2 * p];
+          d[(p * bk + y) * 2 + 1] = row[2 * p + 1];
+        }
+      }
+    }
+  });
+  return out;
 }
 
 template <typename T, typename I>

@@ -67,6 +67,8 @@ def test_command_writes_the_table_and_refuses_bad_members(lexical_runs, tmp_path
                        "no run of folds"),
                       (["--member", "nocolon", "--member", f"{root / 'runs'}:nbsvm"], "expected RUNS:MODEL"),
                       (["--member", f"{root / 'runs'}:nbsvm", "--member", f"{root / 'runs'}:nbsvm"], "must differ"),
+                      (["--member", f"{root / 'runs'}:nbsvm=", "--member", f"{root / 'runs'}:tfidf-lr"],
+                       "expected RUNS:MODEL or RUNS:MODEL=LABEL"),
                       (["--member", f"{root / 'runs'}:nbsvm", "--member", f"{root / 'runs'}:tfidf-lr",
                         "--folds", "11"], "expected integers from 1 to 10")]:
         assert main(argv) == 2
@@ -74,3 +76,16 @@ def test_command_writes_the_table_and_refuses_bad_members(lexical_runs, tmp_path
         assert err.startswith("error: ") and msg in err and err.count("\n") == 1
     with pytest.raises(AttnKitError, match="--member 'x:y': no run of folds"):
         ensemble("sentences", ["x:y", "x:z"], folds=[1])
+
+
+def test_a_label_lets_one_model_join_twice(lexical_runs):
+    """Two members that are runs of one model get their own rows by label; with identical members
+    the ensemble is that model."""
+    root, table = lexical_runs
+    ens = ensemble("sentences", [f"{root / 'runs'}:nbsvm", f"{root / 'runs'}:nbsvm=nbsvm-again"], folds=FOLDS,
+                   log=lambda *_: None)
+    assert set(ens["models"]) == {"ensemble", "nbsvm", "nbsvm-again"}
+    for f in FOLDS:
+        want = table["models"]["nbsvm"]["per_fold"][str(f)]["accuracy"]
+        for row in ("nbsvm", "nbsvm-again", "ensemble"):
+            assert ens["models"][row]["per_fold"][str(f)]["accuracy"] == want

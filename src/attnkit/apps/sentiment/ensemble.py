@@ -6,7 +6,9 @@ run of each fold (``RUNS/<data>/<model>/fold-K``, as :mod:`.crossval` writes the
 members' probabilities of the fold's held-out texts with equal weights, and writes a table in
 :mod:`.crossval`'s form (``--paired`` and its rows read it): per fold the ensemble's accuracy and each
 member's (recomputed from the loaded run, so a member whose weights changed is caught), the mean and
-the 95% interval. Nothing is trained; the members' training seconds are summed per fold.
+the 95% interval. Nothing is trained; the members' training seconds are summed per fold. A member's
+row is named by its model, or by a label (``RUNS:MODEL=LABEL``) when two members are runs of one
+model from different folders (say two- and six-layer fine-tuning).
 """
 
 from __future__ import annotations
@@ -29,22 +31,26 @@ from .task import test_probabilities
 __all__ = ["member_runs", "ensemble", "main"]
 
 
-def _parse(spec: str) -> tuple[str, str]:
-    runs, sep, model = spec.rpartition(":")
-    if not sep or not runs or not model:
-        raise AttnKitError(f"--member {spec!r}: expected RUNS:MODEL (a cross-validation runs folder and a model)")
-    return runs, model
+def _parse(spec: str) -> tuple[str, str, str]:
+    """``RUNS:MODEL[=LABEL]`` -> (runs, model, label); the label defaults to the model."""
+    runs, sep, rest = spec.rpartition(":")
+    model, eq, label = rest.partition("=")
+    if not sep or not runs or not model or (eq and not label):
+        raise AttnKitError(f"--member {spec!r}: expected RUNS:MODEL or RUNS:MODEL=LABEL "
+                           "(a cross-validation runs folder, a model and optionally the row's label)")
+    return runs, model, label or model
 
 
 def member_runs(spec: str, data: str, folds: Sequence[int]) -> tuple[str, dict[int, Path]]:
-    """``RUNS:MODEL`` -> (``MODEL``, its run folder per fold), or a clear error naming what is missing."""
-    runs, model = _parse(spec)
+    """``RUNS:MODEL[=LABEL]`` -> (its row label, its run folder per fold), or a clear error naming
+    what is missing."""
+    runs, model, label = _parse(spec)
     paths = {f: Path(runs) / data / model / f"fold-{f}" for f in folds}
     missing = [f for f, p in paths.items() if not (p / "config.json").exists()]
     if missing:
         raise AttnKitError(f"--member {spec!r}: no run of folds {missing} under {Path(runs) / data / model}; "
                            "expected the runs `python -m attnkit.apps.sentiment.crossval` writes")
-    return model, paths
+    return label, paths
 
 
 def ensemble(data: str, members: Sequence[str], *, folds: Sequence[int] = tuple(range(1, FOLDS + 1)),
@@ -58,9 +64,10 @@ def ensemble(data: str, members: Sequence[str], *, folds: Sequence[int] = tuple(
     bad = [f for f in folds if not 1 <= f <= FOLDS]
     if bad:
         raise AttnKitError(f"--folds {bad}; expected integers from 1 to {FOLDS}")
-    names = [_parse(m)[1] for m in members]
+    names = [_parse(m)[2] for m in members]
     if len(set(names)) != len(names):
-        raise AttnKitError(f"--member models must differ (their rows are keyed by model); got {names}")
+        raise AttnKitError(f"--member rows must differ (a row is named by its model, or by LABEL in "
+                           f"RUNS:MODEL=LABEL); got {names}")
     loaded = [member_runs(m, data, folds) for m in members]
     examples = load(data)
     labels = torch.tensor([e.label for e in examples])
@@ -101,8 +108,9 @@ def _fold(p: torch.Tensor, y: torch.Tensor, majority: float, seconds: float) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m attnkit.apps.sentiment.ensemble", description=__doc__.split("\n")[0])
     ap.add_argument("--data", choices=DATASETS, default="sentences")
-    ap.add_argument("--member", action="append", default=[], metavar="RUNS:MODEL",
-                    help="a member: the runs folder crossval wrote (its --runs) and the model (twice or more)")
+    ap.add_argument("--member", action="append", default=[], metavar="RUNS:MODEL[=LABEL]",
+                    help="a member: the runs folder crossval wrote (its --runs), the model and optionally "
+                         "its row's label (twice or more)")
     ap.add_argument("--folds", nargs="+", type=int, default=list(range(1, FOLDS + 1)))
     ap.add_argument("--out", default=None, help="write the table as JSON here")
     ap.add_argument("--threads", type=int, default=1)
