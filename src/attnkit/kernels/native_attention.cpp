@@ -527,6 +527,9 @@ at::Tensor row_pairs(const at::Tensor& x) {
   return out;
 }
 
+// The data of a packed operand, or null where none was packed.
+const at::BFloat16* packed_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr<at::BFloat16>() : nullptr; }
+
 // K^T of every full key block of k (B, Hkv, S, D) bfloat16 in VNNI order, the right operand of the
 // scores: (B, Hkv, nK, D / 2, bk, 2), [.., j, p, y, e] = k[.., j bk + y, 2p + e] (D even). A
 // partial last block is left unset (the forward packs it where it is used). Each pair (2p, 2p + 1)
@@ -610,16 +613,15 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
         bool done = false;
         if constexpr (!std::is_same_v<T, I>) {
           if (kt_blocks != nullptr) {  // block by block from the packed K^T; a partial last block packed here
-            const int64_t Dp = D + (D & 1);
-            for (int64_t u = t; u < t2; ++u) {
+            for (int64_t u = t; u < t2; ++u) {  // (packed only for even D)
               const int64_t c0 = (u - t) * bk, nc = std::min(bk, n - c0);
-              const I* bt = kt_blocks + ((b * Hkv + hk) * pl.nK + pl.grp_col[u]) * Dp * bk;
+              const I* bt = kt_blocks + ((b * Hkv + hk) * pl.nK + pl.grp_col[u]) * D * bk;
               if (nc != bk) {
-                pk.resize(Dp * nc);
+                pk.resize(D * nc);
                 pack_vnni(true, nc, D, kb + (j0 + c0) * D, D, pk.data());
                 bt = pk.data();
               }
-              at::native::cpublas::brgemm(m, nc, Dp, D, nc, n, false, qb, bt, s + c0, true);
+              at::native::cpublas::brgemm(m, nc, D, D, nc, n, false, qb, bt, s + c0, true);
             }
             for (int64_t i = 0; i < m; ++i)
               at::vec::map([scale](Vec<T> x) { return x * Vec<T>(scale); }, s + i * n, s + i * n, n);
@@ -732,10 +734,9 @@ std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const 
       kt_blocks = key_blocks_t(k, nK, bk);
       v_pairs = row_pairs(v);
     }
-    const auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<at::BFloat16>() : nullptr; };
     forward_impl<float, at::BFloat16>(q, k, v, out, lse, pl, scale,
                                       make_mods<float>(mod_kinds, mod_tensors, mod_params, q.size(1)),
-                                      ptr(kt_blocks), ptr(v_pairs));
+                                      packed_or_null(kt_blocks), packed_or_null(v_pairs));
   } else {
     TORCH_CHECK(q.scalar_type() == at::kDouble, "float32, float64 or bfloat16 expected");
     forward_impl<double, double>(q, k, v, out, lse, pl, scale,
@@ -1058,10 +1059,9 @@ std::vector<at::Tensor> backward(const at::Tensor& q, const at::Tensor& k, const
       q_pairs = row_pairs(q);
       do_pairs = row_pairs(dout);
     }
-    const auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<at::BFloat16>() : nullptr; };
     backward_impl<float, at::BFloat16>(q, k, v, dout, lse, delta, dq, dk, dv, pl, scale,
                                        make_mods<float>(mod_kinds, mod_tensors, mod_params, q.size(1)), dbias,
-                                       ptr(q_pairs), ptr(do_pairs));
+                                       packed_or_null(q_pairs), packed_or_null(do_pairs));
   } else {
     TORCH_CHECK(q.scalar_type() == at::kDouble, "float32, float64 or bfloat16 expected");
     backward_impl<double, double>(q, k, v, dout, lse, delta, dq, dk, dv, pl, scale,
